@@ -1,0 +1,47 @@
+"""Backend plugins: compute plus transports (see :mod:`fsdgraph.backend` for the interface).
+
+Backends are found through the entry-point group ``fsdgraph.backends``; a third party registers
+its own in its package metadata::
+
+    [options.entry_points]
+    fsdgraph.backends =
+        mycloud = mypkg.backend:MyCloudBackend
+
+``local`` (the embedded default) is always available, even without installed metadata.
+
+>>> get_backend("local").name
+'local'
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from fsdgraph.backend import Backend
+from fsdgraph.errors import ConfigError
+
+_BUILTIN = {"local": "fsdgraph.backends.local:LocalBackend"}
+
+
+def backend_names() -> list[str]:
+    """Every known backend name."""
+    return sorted(set(_BUILTIN) | {ep.name for ep in entry_points(group="fsdgraph.backends")})
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered as ``name``."""
+    for ep in entry_points(group="fsdgraph.backends"):
+        if ep.name == name:
+            cls = ep.load()
+            break
+    else:
+        if name not in _BUILTIN:
+            raise ConfigError(f"unknown backend {name!r}; known: {', '.join(backend_names())}")
+        module, _, attr = _BUILTIN[name].partition(":")
+        cls = getattr(__import__(module, fromlist=[attr]), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ConfigError(f"backend {name!r} does not name a fsdgraph Backend subclass")
+    return cls
+
+
+__all__ = ["backend_names", "get_backend"]

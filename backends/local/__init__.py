@@ -1,0 +1,103 @@
+"""The embedded default backend: workers are local OS processes, transports are local files.
+
+Nothing to start by hand and no network: each run gets a fresh directory (on ``/dev/shm`` when it
+exists, so "files" live in memory) holding the object store, the queues and topics, the workers'
+pid files and logs; the session removes it, and stops any worker still alive, when the run ends.
+The transports keep the cloud semantics the protocol must survive: atomic objects, at-least-once
+queues with visibility timeouts and size limits. The fault-injection knobs (``duplicate_rate``,
+``shuffle``, ``kill``) exist so tests can prove that it does.
+
+>>> import asyncio
+>>> async def demo():
+...     async with LocalBackend().session("doc") as services:
+...         await services.objects.put("k", b"v")
+...         return await services.objects.get("k")
+>>> asyncio.run(demo())
+b'v'
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from fsdgraph.backend import Backend, Services
+from fsdgraph.backends.local.functions import ProcessFunctions, stop_workers
+from fsdgraph.backends.local.objectstore import DirectoryObjectStore
+from fsdgraph.backends.local.queues import SpoolMessageService
+from fsdgraph.transport import Limits
+
+
+def _default_parent() -> str:
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return str(shm)
+    return tempfile.gettempdir()
+
+
+@dataclass
+class LocalBackend(Backend):
+    """Local processes + directory object store + spool queues. See the module docstring."""
+
+    name: ClassVar[str] = "local"
+
+    #: Where run directories are created (default: /dev/shm, else the temp dir).
+    root: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    #: Probability that a queue message is delivered twice (at-least-once fault injection).
+    duplicate_rate: float = 0.0
+    #: Receive visible messages in random order instead of oldest first.
+    shuffle: bool = False
+    #: ``(worker, layer)``: that worker dies by SIGKILL as it starts the layer.
+    kill: tuple[int, int] | None = None
+
+    @asynccontextmanager
+    async def session(self, run_id: str) -> AsyncIterator[Services]:
+        run_dir = tempfile.mkdtemp(prefix=f"fsdgraph-{run_id}-", dir=self.root or _default_parent())
+        description = {"root": run_dir, "limits": asdict(self.limits),
+                       "duplicate_rate": self.duplicate_rate, "shuffle": self.shuffle,
+                       "kill": list(self.kill) if self.kill else None}
+        services = _services(description)
+        try:
+            yield services
+        finally:
+            stop_workers(run_dir)
+            if isinstance(services.functions, ProcessFunctions):
+                services.functions.reap()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    @classmethod
+    @asynccontextmanager
+    async def attach(cls, description: Mapping[str, Any]) -> AsyncIterator[Services]:
+        yield _services(description)
+
+
+def _services(description: Mapping[str, Any]) -> Services:
+    root = Path(description["root"])
+    limits = Limits(**description["limits"])
+    kill = description.get("kill")
+
+    def die_at(worker: int, layer: int) -> None:
+        if kill and [worker, layer] == list(kill):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return Services(
+        objects=DirectoryObjectStore(root / "objects"),
+        messages=SpoolMessageService(root / "messaging", limits,
+                                     duplicate_rate=float(description.get("duplicate_rate", 0.0)),
+                                     shuffle=bool(description.get("shuffle", False))),
+        functions=ProcessFunctions(root, limits.max_invoke_payload_bytes),
+        limits=limits,
+        description=dict(description),
+        layer_hook=die_at if kill else None,
+    )
+
+
+__all__ = ["LocalBackend"]

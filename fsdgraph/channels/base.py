@@ -1,0 +1,214 @@
+"""The channel protocol, written once; a channel only says how chunks move.
+
+Per layer, a worker calls :meth:`Channel.send` with one block per destination (possibly empty)
+and iterates :meth:`Channel.receive` over the chunks its sources sent it. The rules every channel
+follows (docs/protocol.md):
+
+* a chunk is identified by ``(run, layer, src, dst, index)`` and carries ``count``, the number of
+  chunks of its edge; ``count == 0`` is the explicit "nothing for you this layer" marker;
+* the receiver knows its sources from the plan, and a layer is complete when, for every source,
+  ``count`` distinct indices have arrived (no database, no listing);
+* transports deliver at least once: a chunk seen before is dropped (:class:`Inbox`), never added
+  twice; chunks of later layers are kept until their layer is read; chunks of another run are
+  never consumed;
+* a source that sends nothing new for ``peer_timeout_s`` fails the run with a
+  :class:`~fsdgraph.errors.RunTimeout` naming the worker, the layer and the missing sources.
+
+Subclasses implement :meth:`Channel._send_chunks` and :meth:`Channel._fetch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from fsdgraph.backend import Services
+from fsdgraph.codec import BlockCodec, Chunk
+from fsdgraph.errors import ConfigError, RunTimeout
+from fsdgraph.kernels import Block
+from fsdgraph.metrics import WorkerMetrics
+from fsdgraph.resources import RunNames
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Tunables of the channels (all times in seconds)."""
+
+    topics: int = 10  #: SNS-style topics per run; worker w publishes on topic w mod topics
+    peer_timeout_s: float = 60.0  #: fail if a source sends nothing new for this long
+    poll_wait_s: float = 1.0  #: long-poll wait of one receive call
+    visibility_timeout_s: float = 30.0
+    object_poll_min_s: float = 0.0005  #: object channel: first retry of a missing key...
+    object_poll_max_s: float = 0.02  #: ...backing off to this
+
+    def __post_init__(self) -> None:
+        if self.topics < 1:
+            raise ConfigError(f"channel topics must be >= 1, got {self.topics}")
+        for name in ("peer_timeout_s", "poll_wait_s", "visibility_timeout_s",
+                     "object_poll_min_s", "object_poll_max_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"channel {name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class OutChunk:
+    """One encoded chunk on its way: edge ``layer, src -> dst``, number ``index`` of ``count``."""
+
+    layer: int
+    src: int
+    dst: int
+    index: int
+    count: int
+    payload: bytes
+
+
+class Inbox:
+    """Received chunks by layer: deduplication and completeness, independent of transport."""
+
+    def __init__(self) -> None:
+        self._count: dict[tuple[int, int], int] = {}
+        self._seen: dict[tuple[int, int], set[int]] = {}
+        self._ready: dict[int, list[tuple[int, bytes]]] = {}
+        self._closed_below = 0
+
+    def offer(self, layer: int, src: int, index: int, count: int, payload: bytes) -> bool:
+        """Keep a chunk unless it was seen before (or its layer is done); True if kept."""
+        if layer < self._closed_below:
+            return False
+        seen = self._seen.setdefault((layer, src), set())
+        if index in seen:
+            return False
+        seen.add(index)
+        self._count[(layer, src)] = count
+        if count:
+            self._ready.setdefault(layer, []).append((src, payload))
+        return True
+
+    def take(self, layer: int) -> list[tuple[int, bytes]]:
+        return self._ready.pop(layer, [])
+
+    def missing(self, layer: int, sources: Sequence[int]) -> dict[int, str]:
+        """Sources of ``layer`` still incomplete, with what is missing in words."""
+        out = {}
+        for src in sources:
+            seen = len(self._seen.get((layer, src), ()))
+            count = self._count.get((layer, src))
+            if count is None:
+                out[src] = "no chunk yet"
+            elif seen < max(count, 1):
+                out[src] = f"{seen} of {count} chunks"
+        return out
+
+    def close(self, layer: int) -> None:
+        """Forget ``layer`` and everything before it; later copies of its chunks are dropped."""
+        self._closed_below = layer + 1
+        for key in [k for k in self._seen if k[0] <= layer]:
+            del self._seen[key]
+            self._count.pop(key, None)
+
+
+class Channel(ABC):
+    """Moves one worker's chunks; see the module docstring for the protocol."""
+
+    name: ClassVar[str]
+
+    def __init__(self, services: Services, names: RunNames, worker: int, workers: int,
+                 config: ChannelConfig, metrics: WorkerMetrics, codec: BlockCodec) -> None:
+        self.services = services
+        self.names = names
+        self.worker = worker
+        self.workers = workers
+        self.config = config
+        self.metrics = metrics
+        self.codec = codec
+        self.inbox = Inbox()
+
+    # -- run resources (scheduler side) ---------------------------------------------------------
+    @classmethod
+    async def create_resources(cls, services: Services, names: RunNames, workers: int,
+                               config: ChannelConfig) -> None:
+        """Create what the channel needs for a run (queues, topics...). Default: nothing."""
+
+    @classmethod
+    async def delete_resources(cls, services: Services, names: RunNames, workers: int,
+                               config: ChannelConfig) -> None:
+        """Remove what :meth:`create_resources` made. Default: nothing."""
+
+    # -- data plane -----------------------------------------------------------------------------
+    @abstractmethod
+    def chunk_budget(self) -> int:
+        """The largest encoded chunk, in bytes, this channel can carry."""
+
+    @abstractmethod
+    async def _send_chunks(self, chunks: list[OutChunk]) -> None:
+        """Deliver every chunk (retrying what the transport rejected as retryable)."""
+
+    @abstractmethod
+    async def _fetch(self, layer: int, pending: Sequence[int], wait_s: float) -> int:
+        """Move whatever has arrived for this worker into ``self.inbox``, waiting at most
+        ``wait_s`` for something; return how many new chunks were kept."""
+
+    async def send(self, layer: int, outgoing: Sequence[tuple[int, Block]]) -> None:
+        """Send each ``(dst, block)`` of ``layer``; an empty block sends the empty marker."""
+        start = time.perf_counter()
+        budget = self.chunk_budget()
+        chunks: list[OutChunk] = []
+        m = self.metrics.current
+        for dst, block in outgoing:
+            payloads = self.codec.encode_chunks(block, budget) if len(block.rows) else []
+            for i, p in enumerate(payloads):
+                chunks.append(OutChunk(layer, self.worker, dst, i, len(payloads), p))
+            if not payloads:
+                chunks.append(OutChunk(layer, self.worker, dst, 0, 0, b""))
+            m.rows_sent += len(block.rows)
+            m.nnz_sent += block.nnz
+        m.codec_s += time.perf_counter() - start
+        m.messages_sent += len(chunks)
+        await self._send_chunks(chunks)
+
+    async def receive(self, layer: int, sources: Sequence[int]) -> AsyncIterator[tuple[int, Chunk]]:
+        """Yield ``(src, chunk)`` for every chunk of ``layer`` from ``sources``, as they arrive."""
+        m = self.metrics.current
+        deadline = time.monotonic() + self.config.peer_timeout_s
+        while True:
+            for src, payload in self.inbox.take(layer):
+                start = time.perf_counter()
+                chunk = self.codec.decode(payload)
+                m.codec_s += time.perf_counter() - start
+                m.rows_received += len(chunk.block.rows)
+                m.nnz_received += chunk.block.nnz
+                yield src, chunk
+            pending = list(self.inbox.missing(layer, sources))
+            if not pending:
+                self.inbox.close(layer)
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = self.inbox.missing(layer, sources)
+                detail = "; ".join(f"worker {s}: {what}" for s, what in missing.items())
+                raise RunTimeout(
+                    f"worker {self.worker} layer {layer}: nothing new from "
+                    f"{sorted(missing)} for {self.config.peer_timeout_s:g} s ({detail})",
+                    worker=self.worker, layer=layer)
+            start = time.perf_counter()
+            kept = await self._fetch(layer, pending, min(remaining, self.config.poll_wait_s))
+            m.wait_s += time.perf_counter() - start
+            if kept:
+                deadline = time.monotonic() + self.config.peer_timeout_s
+
+    async def close(self) -> None:
+        """Release what the channel holds (background tasks, clients)."""
+
+
+async def gather_strict(*aws: asyncio.Future[object] | asyncio.Task[object]) -> None:
+    """Await all; if one fails, cancel the rest and raise the first error."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()

@@ -1,0 +1,78 @@
+"""The object channel: one object per edge and layer (S3).
+
+Sender ``src`` writes ``runs/<run>/x/<layer>/<dst>/<src>`` holding every chunk of the edge (an
+object holds up to ``max_object_bytes``, so one object nearly always suffices; a larger edge is
+split into several chunks inside the same object). An empty edge is an object with no chunks: the
+explicit empty marker. The reader knows every key it expects from the plan and GETs them, backing
+off while they are missing, instead of LISTing a prefix (a LIST costs as much as a PUT and lags).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import msgpack
+
+from fsdgraph.channels.base import Channel, OutChunk
+from fsdgraph.errors import NotFound, ProtocolError
+
+
+class ObjectChannel(Channel):
+    """See the module docstring."""
+
+    name = "object"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._delay = self.config.object_poll_min_s
+
+    def chunk_budget(self) -> int:
+        return self.services.limits.max_object_bytes - 64
+
+    async def _send_chunks(self, chunks: list[OutChunk]) -> None:
+        by_edge: dict[tuple[int, int], list[OutChunk]] = {}
+        for c in chunks:
+            by_edge.setdefault((c.layer, c.dst), []).append(c)
+        puts = []
+        for (layer, dst), edge in by_edge.items():
+            body = msgpack.packb([self.names.run_id, [c.payload for c in edge if c.count]],
+                                 use_bin_type=True)
+            self.metrics.current.bytes_sent += len(body)
+            puts.append(self.services.objects.put(
+                self.names.exchange_key(layer, self.worker, dst), body))
+        await asyncio.gather(*puts)
+
+    async def _fetch(self, layer: int, pending: Sequence[int], wait_s: float) -> int:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait_s
+        while True:
+            kept = 0
+            for src in pending:
+                key = self.names.exchange_key(layer, src, self.worker)
+                try:
+                    body = await self.services.objects.get(key)
+                except NotFound:
+                    continue
+                kept += self._unpack(layer, src, key, body)
+            if kept or loop.time() >= until:
+                if kept:
+                    self._delay = self.config.object_poll_min_s
+                return kept
+            await asyncio.sleep(min(self._delay, max(0.0, until - loop.time())))
+            self._delay = min(self._delay * 2, self.config.object_poll_max_s)
+
+    def _unpack(self, layer: int, src: int, key: str, body: bytes) -> int:
+        try:
+            run_id, payloads = msgpack.unpackb(body, raw=False)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise ProtocolError(f"object {key} is not a chunk list: {exc}") from exc
+        if run_id != self.names.run_id:
+            return 0  # never consume another run's data (keys carry the run id too)
+        m = self.metrics.current
+        m.messages_received += 1
+        m.bytes_received += len(body)
+        if not payloads:
+            return int(self.inbox.offer(layer, src, 0, 0, b""))
+        return sum(self.inbox.offer(layer, src, i, len(payloads), p)
+                   for i, p in enumerate(payloads))

@@ -1,0 +1,145 @@
+"""The queue channel: topics fan out to one queue per worker (SNS + SQS).
+
+Run resources: ``topics`` topics and one queue per worker, the queue of worker ``w`` subscribed to
+every topic with the filter policy ``{"target": [w]}``. Worker ``w`` publishes on topic
+``w mod topics``. A chunk is one message: the base64 chunk as body, its identity as string
+attributes (``run``, ``layer``, ``src``, ``target``, ``index``, ``count``). Chunks for several
+targets are packed into one batch call (at most ``max_batch_entries`` entries and
+``max_batch_bytes`` in all: the paper's payload packing). Entries that fail with a retryable error
+are retried alone, with exponential backoff and jitter, until the peer timeout; a non-retryable
+failure fails the run with the target, layer and the service's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+
+from fsdgraph.backend import Services
+from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk
+from fsdgraph.codec import TextCodec
+from fsdgraph.errors import ProtocolError, RunError
+from fsdgraph.resources import RunNames
+from fsdgraph.transport import Entry, Message, entry_size
+
+_text = TextCodec()
+
+
+def pack_batches(entries: Sequence[Entry], max_entries: int, max_bytes: int) -> list[list[Entry]]:
+    """First-fit-decreasing packing of entries into batch calls within both limits.
+
+    >>> sizes = [Entry("x" * n) for n in (90, 60, 40, 10)]
+    >>> [[len(e.body) for e in b] for b in pack_batches(sizes, max_entries=10, max_bytes=100)]
+    [[90, 10], [60, 40]]
+    """
+    batches: list[list[Entry]] = []
+    room: list[int] = []
+    for entry in sorted(entries, key=entry_size, reverse=True):
+        size = entry_size(entry)
+        for i, batch in enumerate(batches):
+            if len(batch) < max_entries and room[i] >= size:
+                batch.append(entry)
+                room[i] -= size
+                break
+        else:
+            batches.append([entry])
+            room.append(max_bytes - size)
+    return batches
+
+
+class QueueChannel(Channel):
+    """See the module docstring."""
+
+    name = "queue"
+
+    @classmethod
+    async def create_resources(cls, services: Services, names: RunNames, workers: int,
+                               config: ChannelConfig) -> None:
+        messages = services.messages
+        topics = [await messages.create_topic(names.topic(t))
+                  for t in range(min(config.topics, workers))]
+        for w in range(workers):
+            queue = await messages.create_queue(
+                names.queue(w), visibility_timeout_s=config.visibility_timeout_s,
+                max_message_bytes=services.limits.max_message_bytes)
+            for topic in topics:
+                await messages.subscribe(topic, queue, filter_policy={"target": [str(w)]})
+
+    @classmethod
+    async def delete_resources(cls, services: Services, names: RunNames, workers: int,
+                               config: ChannelConfig) -> None:
+        for t in range(min(config.topics, workers)):
+            await services.messages.delete_topic(names.topic(t))
+        for w in range(workers):
+            await services.messages.delete_queue(names.queue(w))
+
+    def _attributes(self, c: OutChunk) -> dict[str, str]:
+        return {"run": self.names.run_id, "layer": str(c.layer), "src": str(c.src),
+                "target": str(c.dst), "index": str(c.index), "count": str(c.count)}
+
+    def chunk_budget(self) -> int:
+        widest = OutChunk(10**9, 10**6, 10**6, 10**6, 10**6, b"")
+        overhead = entry_size(Entry("", self._attributes(widest)))
+        return _text.raw_budget(self.services.limits.max_message_bytes - overhead)
+
+    async def _send_chunks(self, chunks: list[OutChunk]) -> None:
+        entries = [Entry(_text.encode(c.payload), self._attributes(c)) for c in chunks]
+        m = self.metrics.current
+        m.bytes_sent += sum(entry_size(e) for e in entries)
+        limits = self.services.limits
+        topic = self.names.topic(self.worker % min(self.config.topics, self.workers))
+        batches = pack_batches(entries, limits.max_batch_entries, limits.max_batch_bytes)
+        await asyncio.gather(*(self._publish(topic, batch) for batch in batches))
+
+    async def _publish(self, topic: str, batch: list[Entry]) -> None:
+        deadline = time.monotonic() + self.config.peer_timeout_s
+        delay = 0.01
+        while True:
+            result = await self.services.messages.publish_batch(topic, batch)
+            if result.ok:
+                return
+            fatal = [f for f in result.failures if not f.retryable]
+            if fatal or time.monotonic() + delay > deadline:
+                f = (fatal or list(result.failures))[0]
+                e = batch[f.index]
+                raise RunError(
+                    f"worker {self.worker} layer {e.attributes['layer']}: publishing a chunk for "
+                    f"worker {e.attributes['target']} failed: {f.code}: {f.message}",
+                    worker=self.worker, layer=int(e.attributes["layer"]))
+            batch = [batch[f.index] for f in result.failures]
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    async def _fetch(self, layer: int, pending: Sequence[int], wait_s: float) -> int:
+        queue = self.names.queue(self.worker)
+        messages = await self.services.messages.receive(queue, max_messages=10, wait_s=wait_s)
+        kept, receipts = 0, []
+        m = self.metrics.current
+        for msg in messages:
+            if msg.attributes.get("run") != self.names.run_id:
+                continue  # another run's message: never consume it
+            receipts.append(msg.receipt)
+            if self._keep(msg):
+                kept += 1
+                m.messages_received += 1
+                m.bytes_received += entry_size(Entry(msg.body, msg.attributes))
+            else:
+                m.duplicates_dropped += 1
+        if receipts:
+            await self.services.messages.delete_batch(queue, receipts)
+        return kept
+
+    def _keep(self, msg: Message) -> bool:
+        a = msg.attributes
+        try:
+            layer, src, index, count = (int(a["layer"]), int(a["src"]), int(a["index"]),
+                                        int(a["count"]))
+            target = int(a["target"])
+        except (KeyError, ValueError) as exc:
+            raise ProtocolError(f"worker {self.worker}: message without valid chunk attributes "
+                                f"{dict(a)!r}") from exc
+        if target != self.worker:
+            raise ProtocolError(f"worker {self.worker}: received a chunk for worker {target}")
+        return self.inbox.offer(layer, src, index, count, _text.decode(msg.body))

@@ -1,0 +1,65 @@
+"""Status messages from workers to the scheduler, over the run's control queue.
+
+A worker reports ``progress`` (layers done, at most every ``progress_interval_s``), ``done``
+(its output object is written) or ``error`` (what failed, with the remote traceback as text:
+failures travel as data). Bodies are JSON; nothing received is ever evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fsdgraph.errors import ProtocolError
+from fsdgraph.transport import Entry, Message, MessageService
+
+KINDS = ("started", "progress", "done", "error")
+
+
+@dataclass(frozen=True)
+class Status:
+    kind: str
+    worker: int
+    layer: int  #: layers completed so far (progress/done) or the failing layer (error)
+    message: str = ""
+    details: str = ""
+    launched_at: float = 0.0
+
+
+def encode_status(run_id: str, status: Status) -> Entry:
+    body = json.dumps({"kind": status.kind, "worker": status.worker, "layer": status.layer,
+                       "message": status.message, "details": status.details,
+                       "launched_at": status.launched_at})
+    return Entry(body, {"run": run_id, "kind": status.kind})
+
+
+def decode_status(msg: Message) -> Status:
+    try:
+        d: dict[str, Any] = json.loads(msg.body)
+        return Status(str(d["kind"]), int(d["worker"]), int(d["layer"]), str(d["message"]),
+                      str(d["details"]), float(d["launched_at"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed status message {msg.body[:200]!r}") from exc
+
+
+class Reporter:
+    """A worker's side of the control queue."""
+
+    def __init__(self, messages: MessageService, queue: str, run_id: str, worker: int,
+                 progress_interval_s: float = 0.5) -> None:
+        self.messages, self.queue, self.run_id, self.worker = messages, queue, run_id, worker
+        self.interval = progress_interval_s
+        self._last = 0.0
+        self.launched_at = 0.0
+
+    async def report(self, kind: str, layer: int, message: str = "", details: str = "") -> None:
+        status = Status(kind, self.worker, layer, message, details, self.launched_at)
+        await self.messages.send_batch(self.queue, [encode_status(self.run_id, status)])
+        self._last = time.monotonic()
+
+    async def progress(self, layers_done: int) -> None:
+        """Report progress if the last report is older than the interval."""
+        if time.monotonic() - self._last >= self.interval:
+            await self.report("progress", layers_done)

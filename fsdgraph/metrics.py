@@ -1,0 +1,179 @@
+"""What a worker measures, and the transport wrappers that count requests for it.
+
+Every counter is per layer (``LayerMetrics``) and summed per worker; the scheduler sums workers
+into the run report. Requests are counted by kind (``publish``, ``send``, ``receive``,
+``delete``, ``put``, ``get``, ``list``, ``invoke``) at the transport boundary, so a backend never
+has to count anything itself: :func:`counted` wraps its services.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from fsdgraph.backend import Functions, Services
+from fsdgraph.transport import BatchResult, Entry, Message, MessageService, ObjectStore, entry_size
+
+#: The per-layer counters, in report order.
+COUNTERS = ("rows_sent", "nnz_sent", "bytes_sent", "messages_sent", "rows_received",
+            "nnz_received", "bytes_received", "messages_received", "duplicates_dropped")
+TIMERS = ("compute_s", "wait_s", "codec_s")
+
+
+@dataclass
+class LayerMetrics:
+    """Counters and timers of one worker for one layer (layer -1: staging and output)."""
+
+    layer: int
+    rows_sent: int = 0
+    nnz_sent: int = 0
+    bytes_sent: int = 0
+    messages_sent: int = 0
+    rows_received: int = 0
+    nnz_received: int = 0
+    bytes_received: int = 0
+    messages_received: int = 0
+    duplicates_dropped: int = 0
+    compute_s: float = 0.0
+    wait_s: float = 0.0
+    codec_s: float = 0.0
+    requests: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["requests"] = dict(self.requests)
+        return d
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> LayerMetrics:
+        names = {f.name for f in fields(LayerMetrics)}
+        m = LayerMetrics(**{k: v for k, v in d.items() if k in names and k != "requests"})
+        m.requests = Counter(d.get("requests", {}))
+        return m
+
+
+class WorkerMetrics:
+    """The metrics of one worker; ``current`` is the layer being worked on."""
+
+    def __init__(self, worker: int) -> None:
+        self.worker = worker
+        self.setup = LayerMetrics(-1)
+        self.layers: list[LayerMetrics] = []
+        self.current = self.setup
+        self.started = time.time()
+
+    def begin_layer(self, layer: int) -> LayerMetrics:
+        self.current = LayerMetrics(layer)
+        self.layers.append(self.current)
+        return self.current
+
+    def end_layers(self) -> None:
+        self.current = self.setup
+
+    def request(self, kind: str, count: int = 1) -> None:
+        self.current.requests[kind] += count
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"worker": self.worker, "started": self.started, "setup": self.setup.to_dict(),
+                "layers": [m.to_dict() for m in self.layers]}
+
+
+class _CountingStore(ObjectStore):
+    def __init__(self, inner: ObjectStore, metrics: WorkerMetrics) -> None:
+        self.inner, self.metrics = inner, metrics
+
+    async def put(self, key: str, data: bytes) -> None:
+        self.metrics.request("put")
+        await self.inner.put(key, data)
+
+    async def get(self, key: str) -> bytes:
+        self.metrics.request("get")
+        return await self.inner.get(key)
+
+    async def list(self, prefix: str) -> list[str]:
+        self.metrics.request("list")
+        return await self.inner.list(prefix)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        self.metrics.request("delete_objects")
+        return await self.inner.delete_prefix(prefix)
+
+
+class _CountingMessages(MessageService):
+    def __init__(self, inner: MessageService, metrics: WorkerMetrics) -> None:
+        self.inner, self.metrics = inner, metrics
+
+    async def create_queue(
+        self, name: str, *, visibility_timeout_s: float, max_message_bytes: int
+    ) -> str:
+        self.metrics.request("create_queue")
+        return await self.inner.create_queue(
+            name, visibility_timeout_s=visibility_timeout_s, max_message_bytes=max_message_bytes)
+
+    async def create_topic(self, name: str) -> str:
+        self.metrics.request("create_topic")
+        return await self.inner.create_topic(name)
+
+    async def subscribe(
+        self, topic: str, queue: str, *, filter_policy: Mapping[str, Sequence[str]]
+    ) -> None:
+        self.metrics.request("subscribe")
+        await self.inner.subscribe(topic, queue, filter_policy=filter_policy)
+
+    async def delete_queue(self, queue: str) -> None:
+        self.metrics.request("delete_queue")
+        await self.inner.delete_queue(queue)
+
+    async def delete_topic(self, topic: str) -> None:
+        self.metrics.request("delete_topic")
+        await self.inner.delete_topic(topic)
+
+    async def publish_batch(self, topic: str, entries: Sequence[Entry]) -> BatchResult:
+        self.metrics.request("publish")
+        self.metrics.request("publish_units", _units(entries))
+        return await self.inner.publish_batch(topic, entries)
+
+    async def send_batch(self, queue: str, entries: Sequence[Entry]) -> BatchResult:
+        self.metrics.request("send")
+        self.metrics.request("send_units", _units(entries))
+        return await self.inner.send_batch(queue, entries)
+
+    async def receive(
+        self, queue: str, *, max_messages: int = 10, wait_s: float = 1.0
+    ) -> list[Message]:
+        self.metrics.request("receive")
+        return await self.inner.receive(queue, max_messages=max_messages, wait_s=wait_s)
+
+    async def delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
+        self.metrics.request("delete")
+        return await self.inner.delete_batch(queue, receipts)
+
+
+class _CountingFunctions(Functions):
+    def __init__(self, inner: Functions, metrics: WorkerMetrics) -> None:
+        self.inner, self.metrics = inner, metrics
+
+    async def invoke(self, event: Mapping[str, Any]) -> None:
+        self.metrics.request("invoke")
+        await self.inner.invoke(event)
+
+
+def _units(entries: Sequence[Entry]) -> int:
+    """AWS bills a batch call per started 64 KiB of its total payload."""
+    total = sum(entry_size(e) for e in entries)
+    return max(1, -(-total // (64 * 1024)))
+
+
+def counted(services: Services, metrics: WorkerMetrics) -> Services:
+    """The same services, with every request counted into ``metrics``."""
+    return Services(
+        objects=_CountingStore(services.objects, metrics),
+        messages=_CountingMessages(services.messages, metrics),
+        functions=_CountingFunctions(services.functions, metrics),
+        limits=services.limits,
+        description=services.description,
+        layer_hook=services.layer_hook,
+    )

@@ -1,0 +1,180 @@
+"""The compiled plan: who computes what, and which activation rows travel where.
+
+For every layer ``l`` the plan fixes ``owners[l][j]``, the worker computing output neuron ``j``.
+Worker ``w`` then needs, for layer ``l``, the input neurons with a nonzero weight into its outputs;
+those owned by another worker ``s`` (owner of that neuron as an output of layer ``l - 1``) arrive
+over the exchange edge ``(l, s, w)``. Layer 0 reads the input features, staged per worker, so it
+has no exchange edges.
+
+A :class:`WorkerShard` is everything one worker needs, and nothing else: its output columns, bias
+and weight rows grouped by the source that sends them, and what it must send to whom. Shards
+serialise separately (:meth:`Plan.shard_bytes`), so a worker downloads only its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+
+from fsdgraph.errors import ProtocolError
+from fsdgraph.serialize import pack, unpack
+
+#: ``SourceRows.src`` of layer 0: the staged input features rather than a peer.
+INPUT = -1
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What every worker applies after the product of a layer."""
+
+    width: int
+    relu: bool
+    cap: float | None
+    bias_on_nonzero: bool
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Activation rows of ``neurons`` (input neurons of ``layer``) sent from ``src`` to ``dst``."""
+
+    layer: int
+    src: int
+    dst: int
+    neurons: np.ndarray
+
+
+@dataclass(frozen=True)
+class SourceRows:
+    """The weight rows (``neurons`` x owned outputs) that multiply what ``src`` sends."""
+
+    src: int
+    neurons: np.ndarray
+    weight: sp.csr_matrix
+
+
+@dataclass(frozen=True)
+class Send:
+    """Before computing a layer, send ``columns`` (indices into the worker's previous outputs)."""
+
+    dst: int
+    columns: np.ndarray
+
+
+@dataclass(frozen=True)
+class LayerShard:
+    out_cols: np.ndarray
+    bias: np.ndarray
+    sources: list[SourceRows]
+    sends: list[Send]
+
+
+@dataclass(frozen=True)
+class WorkerShard:
+    """One worker's part of the plan."""
+
+    worker: int
+    workers: int
+    input_neurons: np.ndarray
+    specs: list[LayerSpec]
+    layers: list[LayerShard]
+
+    def to_bytes(self) -> bytes:
+        return pack({
+            "version": 1, "worker": self.worker, "workers": self.workers,
+            "input_neurons": self.input_neurons,
+            "specs": [[s.width, s.relu, s.cap, s.bias_on_nonzero] for s in self.specs],
+            "layers": [
+                {"out": ls.out_cols, "bias": ls.bias,
+                 "sources": [[r.src, r.neurons, r.weight] for r in ls.sources],
+                 "sends": [[s.dst, s.columns] for s in ls.sends]}
+                for ls in self.layers
+            ],
+        })
+
+    @staticmethod
+    def from_bytes(data: bytes) -> WorkerShard:
+        d = unpack(data)
+        if not isinstance(d, dict) or d.get("version") != 1:
+            raise ProtocolError("not a version-1 fsdgraph worker shard")
+        return WorkerShard(
+            worker=d["worker"], workers=d["workers"], input_neurons=d["input_neurons"],
+            specs=[LayerSpec(*s) for s in d["specs"]],
+            layers=[
+                LayerShard(
+                    out_cols=ls["out"], bias=ls["bias"],
+                    sources=[SourceRows(s, n, w) for s, n, w in ls["sources"]],
+                    sends=[Send(dst, cols) for dst, cols in ls["sends"]])
+                for ls in d["layers"]
+            ],
+        )
+
+
+@dataclass
+class Plan:
+    """A compiled graph: see the module docstring. Built by :func:`fsdgraph.compile`."""
+
+    workers: int
+    input_width: int
+    partitioner: str
+    specs: list[LayerSpec]
+    owners: list[np.ndarray]
+    shards: list[WorkerShard]
+    edges: list[Edge] = field(default_factory=list)
+
+    @property
+    def layers(self) -> int:
+        return len(self.specs)
+
+    @property
+    def output_width(self) -> int:
+        return self.specs[-1].width
+
+    def shard_bytes(self, worker: int) -> bytes:
+        return self.shards[worker].to_bytes()
+
+    @cached_property
+    def dag(self) -> nx.DiGraph:
+        """Tasks ``(layer, worker)``; an edge carries ``neurons`` (how many travel) and
+        ``exchange`` (False for a worker's own previous outputs)."""
+        g = nx.DiGraph()
+        for layer in range(self.layers):
+            for w in range(self.workers):
+                g.add_node((layer, w), layer=layer, worker=w,
+                           outputs=len(self.shards[w].layers[layer].out_cols))
+                if layer:
+                    g.add_edge((layer - 1, w), (layer, w), neurons=0, exchange=False)
+        for e in self.edges:
+            g.add_edge((e.layer - 1, e.src), (e.layer, e.dst), neurons=len(e.neurons),
+                       exchange=True)
+        return g
+
+    def rows_to_send(self) -> list[int]:
+        """Per layer: the number of (neuron, destination) pairs that cross between workers,
+        i.e. the activation columns each row must ship (the partitioners' connectivity cost)."""
+        per_layer = [0] * self.layers
+        for e in self.edges:
+            per_layer[e.layer] += len(e.neurons)
+        return per_layer
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able description of the plan (``fsdgraph plan`` prints it)."""
+        shard_sizes = [len(self.shard_bytes(w)) for w in range(self.workers)]
+        return {
+            "workers": self.workers,
+            "layers": self.layers,
+            "input_width": self.input_width,
+            "output_width": self.output_width,
+            "partitioner": self.partitioner,
+            "edges": len(self.edges),
+            "exchanged_neurons_per_layer": self.rows_to_send(),
+            "exchanged_neurons_total": sum(self.rows_to_send()),
+            "owned_per_worker": [len(s.layers[0].out_cols) for s in self.shards],
+            "shard_bytes": shard_sizes,
+            "tasks": self.dag.number_of_nodes(),
+            "dag_edges": self.dag.number_of_edges(),
+        }

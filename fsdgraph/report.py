@@ -1,0 +1,79 @@
+"""The run report: one JSON-able dict, documented field by field in docs/reports.md.
+
+Totals are sums over workers; per-layer times are the slowest worker's (the layer ends when its
+slowest worker does), per-worker times are sums over layers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fsdgraph.metrics import COUNTERS, TIMERS, LayerMetrics
+from fsdgraph.plan import Plan
+
+
+def build_report(
+    worker_metrics: Sequence[Mapping[str, Any]],
+    coordinator: Mapping[str, Any],
+    *,
+    run_id: str,
+    backend: str,
+    channel: str,
+    plan: Plan,
+    batch: int,
+    wall_s: float,
+    stage_s: float,
+    launch_s: float,
+    config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Sum worker metrics into per-layer, per-worker and run totals."""
+    per_layer: list[dict[str, Any]] = []
+    per_worker: list[dict[str, Any]] = []
+    requests: Counter[str] = Counter()
+    workers_layers = [[LayerMetrics.from_dict(d) for d in wm["layers"]] for wm in worker_metrics]
+    setups = [LayerMetrics.from_dict(wm["setup"]) for wm in worker_metrics]
+    for layer in range(plan.layers):
+        rows = [wl[layer] for wl in workers_layers if layer < len(wl)]
+        entry: dict[str, Any] = {"layer": layer}
+        for name in COUNTERS:
+            entry[name] = sum(getattr(m, name) for m in rows)
+        for name in TIMERS:
+            entry[name] = max((getattr(m, name) for m in rows), default=0.0)
+        layer_requests: Counter[str] = Counter()
+        for m in rows:
+            layer_requests.update(m.requests)
+        entry["requests"] = dict(layer_requests)
+        per_layer.append(entry)
+    for wm, layers, setup in zip(worker_metrics, workers_layers, setups):
+        w_requests: Counter[str] = Counter(setup.requests)
+        for m in layers:
+            w_requests.update(m.requests)
+        requests.update(w_requests)
+        w: dict[str, Any] = {"worker": wm["worker"]}
+        for name in COUNTERS:
+            w[name] = sum(getattr(m, name) for m in layers)
+        for name in TIMERS:
+            w[name] = sum(getattr(m, name) for m in layers)
+        w["requests"] = dict(w_requests)
+        per_worker.append(w)
+    requests.update(LayerMetrics.from_dict(coordinator["setup"]).requests)
+    totals = {name: sum(w[name] for w in per_worker) for name in COUNTERS}
+    return {
+        "run_id": run_id,
+        "backend": backend,
+        "channel": channel,
+        "workers": plan.workers,
+        "layers": plan.layers,
+        "batch": batch,
+        "partitioner": plan.partitioner,
+        "wall_s": wall_s,
+        "stage_s": stage_s,
+        "launch_s": launch_s,
+        **totals,
+        "requests": dict(sorted(requests.items())),
+        "per_layer": per_layer,
+        "per_worker": per_worker,
+        "config": dict(config),
+    }

@@ -1,0 +1,44 @@
+"""Names of everything a run creates. Every name and key carries the run id (run isolation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunNames:
+    """Queue, topic and key names of run ``run_id``.
+
+    >>> n = RunNames("r1")
+    >>> n.queue(3), n.exchange_key(5, 1, 2)
+    ('fsd-r1-w3', 'runs/r1/x/5/2/1')
+    """
+
+    run_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"runs/{self.run_id}/"
+
+    @property
+    def control_queue(self) -> str:
+        return f"fsd-{self.run_id}-ctl"
+
+    def queue(self, worker: int) -> str:
+        return f"fsd-{self.run_id}-w{worker}"
+
+    def topic(self, index: int) -> str:
+        return f"fsd-{self.run_id}-t{index}"
+
+    def shard_key(self, worker: int) -> str:
+        return f"{self.prefix}plan/{worker}"
+
+    def input_key(self, worker: int) -> str:
+        return f"{self.prefix}input/{worker}"
+
+    def output_key(self, worker: int) -> str:
+        return f"{self.prefix}out/{worker}"
+
+    def exchange_key(self, layer: int, src: int, dst: int) -> str:
+        # dst before src: a reader's keys for one layer share a prefix.
+        return f"{self.prefix}x/{layer}/{dst}/{src}"

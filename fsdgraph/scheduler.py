@@ -1,0 +1,243 @@
+"""The scheduler: submit a plan, get the outputs, metrics and a clean slate back.
+
+One run, in order (``Scheduler.run``):
+
+1. open a backend session; stage every worker's plan shard and input columns in the object store
+   (keys under ``runs/<run id>/``);
+2. create the run's control queue and the channel's resources (queues, topics);
+3. invoke the roots of the invocation tree (they invoke the rest) and watch the control queue:
+   progress moves the progress bar; an ``error`` status fails the run at once with the worker's
+   own message; a worker silent for ``stall_timeout_s`` or a run longer than ``timeout_s`` fails
+   it with a :class:`~fsdgraph.errors.RunTimeout` naming the workers, their last layer and what
+   is missing;
+4. fetch every worker's output columns and metrics, assemble the (batch x out) activations;
+5. always: delete queues, topics and objects of the run, close the session.
+
+State of the watch loop is one :class:`RunState`; the loop only feeds it status messages and the
+clock, which keeps the failure rules in one readable place.
+
+>>> import numpy as np, scipy.sparse as sp
+>>> from fsdgraph import compile, sequential
+>>> plan = compile(sequential([sp.eye(4, format="csr", dtype=np.float32)], bias=-0.5), workers=2)
+>>> y = sp.csr_matrix(np.array([[1, 0, 0, 1], [0, 0, 0, 0]], np.float32))
+>>> Scheduler("local", "object").run_sync(plan, y).categories
+array([0])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm import tqdm
+
+from fsdgraph.backend import Backend, Services
+from fsdgraph.backends import get_backend
+from fsdgraph.channels import ChannelConfig, get_channel
+from fsdgraph.codec import BlockCodec
+from fsdgraph.control import Status, decode_status
+from fsdgraph.errors import ConfigError, FsdError, InputError, RunError, RunTimeout
+from fsdgraph.kernels import Block, categories
+from fsdgraph.metrics import WorkerMetrics, counted
+from fsdgraph.plan import Plan
+from fsdgraph.report import build_report
+from fsdgraph.resources import RunNames
+from fsdgraph.serialize import unpack
+from fsdgraph.tree import invocation_tree
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a run is launched and watched (times in seconds)."""
+
+    branching: int = 4  #: children per node of the invocation tree
+    timeout_s: float = 900.0  #: the whole run
+    stall_timeout_s: float = 120.0  #: a worker that reports nothing for this long failed
+    progress: bool | None = None  #: progress bar; None = only on a terminal
+    progress_interval_s: float = 0.5  #: how often a worker reports progress
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+
+    def __post_init__(self) -> None:
+        if self.branching < 1:
+            raise ConfigError(f"branching must be >= 1, got {self.branching}")
+        if self.timeout_s <= 0 or self.stall_timeout_s <= 0:
+            raise ConfigError("timeout_s and stall_timeout_s must be > 0")
+
+
+@dataclass
+class Result:
+    """Outputs of a run: final activations (batch x out, CSR), categories and the report."""
+
+    activations: sp.csr_matrix
+    categories: np.ndarray
+    report: dict[str, Any]
+
+
+class RunState:
+    """What the scheduler knows about every worker while a run is going."""
+
+    def __init__(self, workers: int, layers: int, started: float) -> None:
+        self.layers = layers
+        self.done_layers = [0] * workers
+        self.last_heard = [started] * workers
+        self.heard_from = [False] * workers
+        self.finished: set[int] = set()
+        self.launched_at: dict[int, float] = {}
+        self.started = started
+
+    def apply(self, status: Status, now: float) -> None:
+        """Fold one status message in; raise RunError for an ``error`` status."""
+        w = status.worker
+        if not 0 <= w < len(self.done_layers):
+            return
+        self.last_heard[w] = now
+        self.heard_from[w] = True
+        self.launched_at[w] = status.launched_at
+        if status.kind == "error":
+            raise RunError(f"worker {w} failed at layer {status.layer}: {status.message}",
+                           worker=w, layer=status.layer, details=status.details)
+        self.done_layers[w] = max(self.done_layers[w], status.layer)
+        if status.kind == "done":
+            self.finished.add(w)
+
+    def check(self, now: float, config: RunConfig) -> None:
+        """Raise RunTimeout if the run or a worker is past its deadline."""
+        waiting = [w for w in range(len(self.done_layers)) if w not in self.finished]
+        if now - self.started > config.timeout_s:
+            raise RunTimeout(f"run timed out after {config.timeout_s:g} s; "
+                             f"{self._describe(waiting)}", worker=waiting[0] if waiting else None)
+        silent = [w for w in waiting if now - self.last_heard[w] > config.stall_timeout_s]
+        if silent:
+            w = silent[0]
+            what = (f"stopped reporting after layer {self.done_layers[w]} of {self.layers}"
+                    if self.heard_from[w] else "never started (no status since launch)")
+            raise RunTimeout(f"worker {w} {what} for {config.stall_timeout_s:g} s; "
+                             f"{self._describe(waiting)}", worker=w, layer=self.done_layers[w])
+
+    def _describe(self, waiting: list[int]) -> str:
+        return "unfinished: " + ", ".join(
+            f"worker {w} at layer {self.done_layers[w]}/{self.layers}" for w in waiting)
+
+
+class Scheduler:
+    """Runs compiled plans on a backend through a channel. See the module docstring."""
+
+    def __init__(self, backend: str | Backend = "local", channel: str = "queue",
+                 config: RunConfig | None = None) -> None:
+        self.backend = get_backend(backend)() if isinstance(backend, str) else backend
+        self.channel = get_channel(channel)
+        self.config = config or RunConfig()
+
+    def run_sync(self, plan: Plan, inputs: sp.spmatrix | np.ndarray) -> Result:
+        """:meth:`run` for callers without an event loop."""
+        return asyncio.run(self.run(plan, inputs))
+
+    async def run(self, plan: Plan, inputs: sp.spmatrix | np.ndarray) -> Result:
+        """Run ``plan`` on ``inputs`` (batch x input width); see the module docstring."""
+        y0 = sp.csr_matrix(inputs, dtype=np.float32)
+        if y0.shape[1] != plan.input_width:
+            raise InputError(f"inputs have {y0.shape[1]} features, the plan expects "
+                             f"{plan.input_width}")
+        if not np.all(np.isfinite(y0.data)):
+            raise InputError("inputs contain NaN or infinite values")
+        submitted = time.perf_counter()
+        names = RunNames(uuid.uuid4().hex[:12])
+        coordinator = WorkerMetrics(-1)
+        async with self.backend.session(names.run_id) as raw:
+            services = counted(raw, coordinator)
+            try:
+                staged = time.perf_counter()
+                await self._stage(services, names, plan, y0)
+                stage_s = time.perf_counter() - staged
+                invoked = time.time()
+                state = await self._launch_and_watch(services, names, plan, y0.shape[0])
+                outputs = await asyncio.gather(*(
+                    services.objects.get(names.output_key(w)) for w in range(plan.workers)))
+                activations, worker_metrics = _assemble(outputs, y0.shape[0], plan.output_width)
+                wall_s = time.perf_counter() - submitted
+            finally:
+                await self._cleanup(services, names, plan)
+        launch_s = max(state.launched_at.values(), default=invoked) - invoked
+        report = build_report(
+            worker_metrics, coordinator.to_dict(), run_id=names.run_id,
+            backend=self.backend.name, channel=self.channel.name, plan=plan, batch=y0.shape[0],
+            wall_s=wall_s, stage_s=stage_s, launch_s=launch_s,
+            config=asdict(self.config))
+        cats = categories(activations)
+        report["categories"] = len(cats)
+        return Result(activations, cats, report)
+
+    async def _stage(self, services: Services, names: RunNames, plan: Plan,
+                     y0: sp.csr_matrix) -> None:
+        codec = BlockCodec()
+        puts = []
+        for w, shard in enumerate(plan.shards):
+            block = Block.from_matrix(y0[:, shard.input_neurons])
+            puts.append(services.objects.put(names.input_key(w), codec.encode(block)))
+            puts.append(services.objects.put(names.shard_key(w), shard.to_bytes()))
+        await asyncio.gather(*puts)
+        await services.messages.create_queue(
+            names.control_queue, visibility_timeout_s=self.config.channel.visibility_timeout_s,
+            max_message_bytes=services.limits.max_message_bytes)
+        await self.channel.create_resources(services, names, plan.workers, self.config.channel)
+
+    async def _launch_and_watch(self, services: Services, names: RunNames, plan: Plan,
+                                batch: int) -> RunState:
+        event = {"run_id": names.run_id, "workers": plan.workers, "batch": batch,
+                 "channel": self.channel.name, "channel_config": asdict(self.config.channel),
+                 "backend": self.backend.name, "backend_config": services.description,
+                 "progress_interval_s": self.config.progress_interval_s}
+        state = RunState(plan.workers, plan.layers, time.monotonic())
+        for root in invocation_tree(plan.workers, self.config.branching):
+            await services.functions.invoke({**event, **root})
+        show = self.config.progress if self.config.progress is not None else sys.stderr.isatty()
+        with tqdm(total=plan.workers * plan.layers, disable=not show, unit="layer",
+                  desc=f"{plan.workers} workers", leave=False) as bar:
+            while len(state.finished) < plan.workers:
+                messages = await services.messages.receive(
+                    names.control_queue, max_messages=10, wait_s=0.5)
+                now = time.monotonic()
+                for msg in messages:
+                    if msg.attributes.get("run") == names.run_id:
+                        state.apply(decode_status(msg), now)
+                if messages:
+                    await services.messages.delete_batch(
+                        names.control_queue, [m.receipt for m in messages])
+                bar.update(sum(state.done_layers) - bar.n)
+                state.check(now, self.config)
+        return state
+
+    async def _cleanup(self, services: Services, names: RunNames, plan: Plan) -> None:
+        """Remove every resource of the run; a failure here must not hide the run's error."""
+        steps = [
+            self.channel.delete_resources(services, names, plan.workers, self.config.channel),
+            services.messages.delete_queue(names.control_queue),
+            services.objects.delete_prefix(names.prefix),
+        ]
+        for step in steps:
+            try:
+                await step
+            except FsdError as exc:
+                print(f"fsdgraph: cleanup of run {names.run_id}: {exc}", file=sys.stderr)
+
+
+def _assemble(outputs: list[bytes], batch: int,
+              width: int) -> tuple[sp.csr_matrix, list[Mapping[str, Any]]]:
+    """Stitch every worker's output columns into one (batch x width) matrix."""
+    codec = BlockCodec()
+    parts, metrics = [], []
+    for body in outputs:
+        d = unpack(body)
+        block = codec.decode(d["block"]).block
+        coo = block.to_matrix(batch).tocoo()
+        parts.append((coo.row, d["columns"][coo.col], coo.data))
+        metrics.append(d["metrics"])
+    rows, cols, data = (np.concatenate(x) for x in zip(*parts))
+    return sp.csr_matrix((data, (rows, cols)), shape=(batch, width)), metrics

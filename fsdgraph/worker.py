@@ -1,0 +1,159 @@
+"""The worker runtime: what one function invocation does.
+
+:func:`handler` is the function entry point (Lambda-shaped: ``handler(event, context)``). A
+worker
+
+1. attaches to its backend's services from the event and invokes its children in the
+   invocation tree (:mod:`fsdgraph.tree`) before anything else, so the tree fans out fast;
+2. downloads only its own plan shard and input columns;
+3. per layer: sends each peer the activation rows it needs (started first, so peers are not kept
+   waiting), multiplies its own rows into an :class:`~fsdgraph.kernels.Accumulator`, then adds each
+   peer chunk as it arrives, and applies bias/ReLU/cap;
+4. writes its final columns and metrics to the object store and reports ``done`` — or, on any
+   failure, reports ``error`` with the traceback so the scheduler can raise it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fsdgraph.backend import Services
+from fsdgraph.channels import Channel, ChannelConfig, get_channel
+from fsdgraph.codec import BlockCodec
+from fsdgraph.control import Reporter
+from fsdgraph.errors import FsdError, RunError
+from fsdgraph.kernels import Accumulator, Block, WeightRows, partial_product
+from fsdgraph.metrics import WorkerMetrics, counted
+from fsdgraph.plan import INPUT, WorkerShard
+from fsdgraph.resources import RunNames
+from fsdgraph.serialize import pack
+
+
+def handler(event: Mapping[str, Any], context: object = None) -> dict[str, Any]:
+    """Function entry point: run one worker to completion."""
+    return asyncio.run(run_worker(event))
+
+
+def child_event(event: Mapping[str, Any], subtree: Mapping[str, Any]) -> dict[str, Any]:
+    """The event for a child in the invocation tree: the same run, another worker and subtree."""
+    return {**event, "worker": subtree["worker"], "children": subtree["children"]}
+
+
+async def run_worker(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Attach, invoke children, run the layers; always report the outcome to the scheduler."""
+    from fsdgraph.backends import get_backend  # late: backends import this module's peers
+
+    launched_at = time.time()
+    worker = int(event["worker"])
+    names = RunNames(str(event["run_id"]))
+    metrics = WorkerMetrics(worker)
+    backend_cls = get_backend(str(event["backend"]))
+    async with backend_cls.attach(event["backend_config"]) as raw_services:
+        services = counted(raw_services, metrics)
+        reporter = Reporter(services.messages, names.control_queue, names.run_id, worker,
+                            float(event.get("progress_interval_s", 0.5)))
+        reporter.launched_at = launched_at
+        layer = -1
+        try:
+            for sub in event.get("children", []):
+                await services.functions.invoke(child_event(event, sub))
+            runtime = WorkerRuntime(services, names, event, metrics)
+            async for layer in runtime.layers():
+                await reporter.progress(layer + 1)
+            await runtime.write_output()
+            await reporter.report("done", runtime.layer_count)
+            return {"worker": worker, "status": "done"}
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, then re-raised
+            where = getattr(exc, "layer", None)
+            await reporter.report("error", layer + 1 if where is None else where,
+                                  f"{type(exc).__name__}: {exc}",
+                                  "" if isinstance(exc, FsdError) else traceback.format_exc())
+            raise
+
+
+class WorkerRuntime:
+    """The layer loop of one worker (see the module docstring)."""
+
+    def __init__(self, services: Services, names: RunNames, event: Mapping[str, Any],
+                 metrics: WorkerMetrics) -> None:
+        self.services = services
+        self.names = names
+        self.worker = int(event["worker"])
+        self.batch = int(event["batch"])
+        self.metrics = metrics
+        self.codec = BlockCodec()
+        channel_cls = get_channel(str(event["channel"]))
+        self.channel: Channel = channel_cls(
+            services, names, self.worker, int(event["workers"]),
+            ChannelConfig(**event.get("channel_config", {})), metrics, self.codec)
+        self.output: Block | None = None
+        self.shard: WorkerShard | None = None
+
+    @property
+    def layer_count(self) -> int:
+        return len(self.shard.layers) if self.shard else 0
+
+    async def _load(self) -> tuple[WorkerShard, Block]:
+        objects = self.services.objects
+        shard_bytes, input_bytes = await asyncio.gather(
+            objects.get(self.names.shard_key(self.worker)),
+            objects.get(self.names.input_key(self.worker)))
+        shard = WorkerShard.from_bytes(shard_bytes)
+        return shard, self.codec.decode(input_bytes).block
+
+    async def layers(self) -> Any:
+        """Run every layer; yields the index of each layer once it is done."""
+        shard, prev = await self._load()
+        self.shard = shard
+        hook = self.services.layer_hook
+        for l, (spec, ls) in enumerate(zip(shard.specs, shard.layers)):
+            if hook is not None:
+                hook(self.worker, l)
+            m = self.metrics.begin_layer(l)
+            sending = asyncio.ensure_future(self.channel.send(
+                l, [(s.dst, prev.select_columns(s.columns)) for s in ls.sends]))
+            await asyncio.sleep(0)  # let the sends leave before computing
+            start = time.perf_counter()
+            acc = Accumulator(self.batch, len(ls.out_cols))
+            if not spec.bias_on_nonzero:
+                acc.touch_all()
+            weights = {r.src: WeightRows(r.weight) for r in ls.sources}
+            remote = [r.src for r in ls.sources if r.src not in (INPUT, self.worker)]
+            for r in ls.sources:
+                if r.src == INPUT:
+                    acc.add(prev.rows, partial_product(prev, weights[INPUT]))
+                elif r.src == self.worker:
+                    previous_cols = shard.layers[l - 1].out_cols
+                    mine = prev.select_columns(np.searchsorted(previous_cols, r.neurons))
+                    acc.add(mine.rows, partial_product(mine, weights[r.src]))
+            m.compute_s += time.perf_counter() - start
+            await sending  # a failed send must fail this worker now, not after a peer timeout
+            async for src, chunk in self.channel.receive(l, remote):
+                start = time.perf_counter()
+                w = weights[src]
+                if chunk.col0 or chunk.block.ncols != w.shape[0]:
+                    w = WeightRows(w.csr[chunk.col0:chunk.col0 + chunk.block.ncols])
+                acc.add(chunk.block.rows, partial_product(chunk.block, w))
+                m.compute_s += time.perf_counter() - start
+            start = time.perf_counter()
+            prev = acc.finish(ls.bias, bias_on_nonzero=spec.bias_on_nonzero, relu=spec.relu,
+                              cap=spec.cap)
+            m.compute_s += time.perf_counter() - start
+            yield l
+        self.metrics.end_layers()
+        self.output = prev
+
+    async def write_output(self) -> None:
+        if self.output is None or self.shard is None:
+            raise RunError(f"worker {self.worker}: no output to write", worker=self.worker)
+        body = pack({"block": self.codec.encode(self.output),
+                     "columns": self.shard.layers[-1].out_cols,
+                     "metrics": self.metrics.to_dict()})
+        await self.services.objects.put(self.names.output_key(self.worker), body)
+        await self.channel.close()
