@@ -28,7 +28,7 @@ from fsdgraph.channels import Channel, ChannelConfig, get_channel
 from fsdgraph.codec import BlockCodec
 from fsdgraph.control import Reporter
 from fsdgraph.errors import FsdError, RunError
-from fsdgraph.kernels import Accumulator, Block, WeightRows, partial_product
+from fsdgraph.kernels import Accumulator, Block, WeightRows
 from fsdgraph.metrics import WorkerMetrics, counted
 from fsdgraph.plan import INPUT, WorkerShard
 from fsdgraph.resources import RunNames
@@ -127,11 +127,11 @@ class WorkerRuntime:
             remote = [r.src for r in ls.sources if r.src not in (INPUT, self.worker)]
             for r in ls.sources:
                 if r.src == INPUT:
-                    acc.add(prev.rows, partial_product(prev, weights[INPUT]))
+                    acc.add(prev, weights[INPUT])
                 elif r.src == self.worker:
                     previous_cols = shard.layers[l - 1].out_cols
                     mine = prev.select_columns(np.searchsorted(previous_cols, r.neurons))
-                    acc.add(mine.rows, partial_product(mine, weights[r.src]))
+                    acc.add(mine, weights[r.src])
             m.compute_s += time.perf_counter() - start
             await sending  # a failed send must fail this worker now, not after a peer timeout
             async for src, chunk in self.channel.receive(l, remote):
@@ -139,7 +139,7 @@ class WorkerRuntime:
                 w = weights[src]
                 if chunk.col0 or chunk.block.ncols != w.shape[0]:
                     w = WeightRows(w.csr[chunk.col0:chunk.col0 + chunk.block.ncols])
-                acc.add(chunk.block.rows, partial_product(chunk.block, w))
+                acc.add(chunk.block, w)
                 m.compute_s += time.perf_counter() - start
             start = time.perf_counter()
             prev = acc.finish(ls.bias, bias_on_nonzero=spec.bias_on_nonzero, relu=spec.relu,

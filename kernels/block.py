@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 #: Store a block dense when more than this fraction of its cells is nonzero. Dense cells cost 4
 #: bytes, CSR entries 8 (value + column), and dense products run several times faster per cell.
-DENSE_ABOVE = 0.25
+DENSE_ABOVE = 0.4
 
 Values = Union[np.ndarray, sp.csr_matrix]
 

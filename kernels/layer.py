@@ -1,16 +1,16 @@
 """One worker's share of a layer, computed piece by piece as inputs arrive.
 
 A worker owning output columns ``O`` of a layer receives its input columns in pieces (its own
-previous outputs, then each peer's rows as they come off the channel). Each piece is multiplied by
-the matching rows of the weight shard at once (:func:`partial_product`) and added into an
-:class:`Accumulator`, so computing overlaps receiving. :meth:`Accumulator.finish` applies the fused
+previous outputs, then each peer's rows as they come off the channel). Each piece goes into an
+:class:`Accumulator` with the matching rows of the weight shard as it arrives, so computing
+overlaps receiving. :meth:`Accumulator.finish` applies the fused
 epilogue: bias where the sum is nonzero (the Graph Challenge rule), ReLU, cap, and drops the rows
 that died. Rows never touched by any piece cost nothing.
 
 >>> import numpy as np, scipy.sparse as sp
 >>> acc = Accumulator(batch=4, width=2)
 >>> piece = Block.from_dense(np.array([1, 3]), np.array([[1, 0], [2, 2]], np.float32))
->>> acc.add(piece.rows, partial_product(piece, sp.csr_matrix(np.eye(2, dtype=np.float32))))
+>>> acc.add(piece, sp.csr_matrix(np.eye(2, dtype=np.float32)))
 >>> out = acc.finish(np.full(2, -1.5, np.float32), bias_on_nonzero=True, relu=True, cap=32.0)
 >>> out.rows, out.values
 (array([3], dtype=int32), array([[0.5, 0.5]], dtype=float32))
@@ -25,7 +25,7 @@ from fsdgraph.kernels.block import Block, Values
 
 #: Multiply sparse x sparse below this input density; above it, dense x sparse is faster
 #: (measured on the 1024-neuron Graph Challenge layers: see docs/benchmarks.md).
-SPARSE_PRODUCT_BELOW = 0.08
+SPARSE_PRODUCT_BELOW = 0.4
 
 
 class WeightRows:
@@ -56,43 +56,79 @@ def partial_product(piece: Block, weight: WeightRows | sp.csr_matrix) -> Values:
 
 
 class Accumulator:
-    """Sums partial products into the (batch x width) pre-activation of one layer."""
+    """Sums the products of input pieces with their weight rows: one layer of one worker.
+
+    Dense pieces are multiplied as they arrive (their products are dense anyway). Sparse pieces
+    are kept and multiplied together at :meth:`finish` as one horizontally stacked CSR product,
+    which is exactly the serial reference's cost divided among the workers (adding many sparse
+    partial products would merge the same rows again and again). The dense sum covers only the
+    rows some piece touched, never the whole batch.
+    """
 
     def __init__(self, batch: int, width: int) -> None:
         self.batch = batch
         self.width = width
-        self._sum = np.zeros((batch, width), dtype=np.float32)
-        self._touched = np.zeros(batch, dtype=bool)
+        self._sparse: list[tuple[sp.csr_matrix, sp.csr_matrix]] = []
+        self._dense: list[tuple[np.ndarray, np.ndarray]] = []
+        self._all_rows = False
 
     def touch_all(self) -> None:
         """Treat every row as present (a dense bias reaches rows with no input)."""
-        self._touched[:] = True
+        self._all_rows = True
 
-    def add(self, rows: np.ndarray, partial: Values) -> None:
-        """Add ``partial`` (len(rows) x width) into rows ``rows``."""
-        if len(rows) == 0:
+    def add(self, piece: Block, weight: WeightRows | sp.csr_matrix) -> None:
+        """Add ``piece.values @ weight`` (``weight``: the shard's rows for the piece's columns)."""
+        if len(piece.rows) == 0:
             return
-        if isinstance(partial, np.ndarray):
-            self._sum[rows] += partial
+        w = weight if isinstance(weight, WeightRows) else WeightRows(weight)
+        if isinstance(piece.values, sp.csr_matrix) and piece.density < SPARSE_PRODUCT_BELOW:
+            self._sparse.append((piece.to_matrix(self.batch), w.csr))
         else:
-            csr = sp.csr_matrix(partial)
-            nz_rows = np.repeat(rows, np.diff(csr.indptr))
-            # A canonical CSR has no repeated (row, col), so fancy-index += is exact here.
-            self._sum[nz_rows, csr.indices] += csr.data
-        self._touched[rows] = True
+            self._dense.append((piece.rows, partial_product(piece, w)))  # type: ignore[arg-type]
+
+    def _sparse_sum(self) -> sp.csr_matrix | None:
+        if not self._sparse:
+            return None
+        if len(self._sparse) == 1:
+            x, w = self._sparse[0]
+        else:
+            x = sp.hstack([p for p, _ in self._sparse], format="csr")
+            w = sp.vstack([w for _, w in self._sparse], format="csr")
+        return sp.csr_matrix(x @ w)
 
     def finish(
         self, bias: np.ndarray, *, bias_on_nonzero: bool, relu: bool, cap: float | None
     ) -> Block:
-        """Apply bias / ReLU / cap to the touched rows; return the live rows as a Block."""
-        rows = np.flatnonzero(self._touched).astype(np.int32)
-        z = self._sum[rows]
+        """Apply bias / ReLU / cap to the summed rows; return the live rows as a Block."""
+        z = self._sparse_sum()
+        if not self._dense and not self._all_rows and bias_on_nonzero:
+            if z is None:
+                return Block.empty(self.width)
+            z.eliminate_zeros()  # bias goes only where the sum is nonzero
+            z.data += bias[z.indices]
+            _clip(z.data, relu, cap)
+            return Block.from_csr(np.arange(self.batch, dtype=np.int32), z)
+        parts = [rows for rows, _ in self._dense]
+        if z is not None:
+            parts.append(np.flatnonzero(np.diff(z.indptr)).astype(np.int32))
+        rows = (np.arange(self.batch, dtype=np.int32) if self._all_rows
+                else np.unique(np.concatenate(parts)).astype(np.int32))
+        d = np.zeros((len(rows), self.width), dtype=np.float32)
+        for r, partial in self._dense:
+            d[np.searchsorted(rows, r)] += partial
+        if z is not None:
+            coo = z.tocoo()
+            d[np.searchsorted(rows, coo.row), coo.col] += coo.data
         if bias_on_nonzero:
-            z += np.where(z != 0, bias[None, :], np.float32(0))
+            d += np.where(d != 0, bias[None, :], np.float32(0))
         else:
-            z += bias[None, :]
-        if relu:
-            np.maximum(z, 0, out=z)
-        if cap is not None:
-            np.minimum(z, np.float32(cap), out=z)
-        return Block.from_dense(rows, z)
+            d += bias[None, :]
+        _clip(d, relu, cap)
+        return Block.from_dense(rows, d)
+
+
+def _clip(values: np.ndarray, relu: bool, cap: float | None) -> None:
+    if relu:
+        np.maximum(values, 0, out=values)
+    if cap is not None:
+        np.minimum(values, np.float32(cap), out=values)
