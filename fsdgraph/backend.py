@@ -52,6 +52,12 @@ class Backend(ABC):
     def session(self, run_id: str) -> AbstractAsyncContextManager[Services]:
         """Services for one run; closing the context removes what the run left behind."""
 
+    def prewarm(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Start whatever makes the first run faster (warm sandboxes); optional."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release what :meth:`prewarm` or earlier runs kept alive; optional."""
+
     @classmethod
     @abstractmethod
     def attach(cls, description: Mapping[str, Any]) -> AbstractAsyncContextManager[Services]:

@@ -135,6 +135,20 @@ class Scheduler:
         self.channel = get_channel(channel)
         self.config = config or RunConfig()
 
+    def prewarm(self) -> None:
+        """Let the backend start warm workers while the caller loads data."""
+        self.backend.prewarm()
+
+    def close(self) -> None:
+        """Release the backend's warm resources."""
+        self.backend.close()
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def run_sync(self, plan: Plan, inputs: sp.spmatrix | np.ndarray) -> Result:
         """:meth:`run` for callers without an event loop."""
         return asyncio.run(self.run(plan, inputs))

@@ -138,7 +138,7 @@ class WorkerRuntime:
                 start = time.perf_counter()
                 w = weights[src]
                 if chunk.col0 or chunk.block.ncols != w.shape[0]:
-                    w = WeightRows(w.csr[chunk.col0:chunk.col0 + chunk.block.ncols])
+                    w = w.slice(chunk.col0, chunk.col0 + chunk.block.ncols)
                 acc.add(chunk.block, w)
                 m.compute_s += time.perf_counter() - start
             start = time.perf_counter()

@@ -9,7 +9,7 @@
 """
 
 from fsdgraph.kernels.block import Block
-from fsdgraph.kernels.layer import Accumulator, WeightRows, partial_product
+from fsdgraph.kernels.layer import Accumulator, WeightRows, dense_product_t
 from fsdgraph.kernels.reference import categories, reference_inference
 
-__all__ = ["Accumulator", "Block", "WeightRows", "categories", "partial_product", "reference_inference"]
+__all__ = ["Accumulator", "Block", "WeightRows", "categories", "dense_product_t", "reference_inference"]

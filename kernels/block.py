@@ -2,8 +2,14 @@
 
 In the Graph Challenge networks most rows die within a few layers and the survivors become dense
 (saturated at the cap). A :class:`Block` therefore keeps the sorted global ids of the rows that have
-any nonzero (``rows``) and their values for a set of columns, either as a dense float32 array or as
-CSR, chosen by measured density (:data:`DENSE_ABOVE`), never by habit.
+any nonzero (``rows``) and their values for a set of columns, chosen by measured density
+(:data:`DENSE_ABOVE`), never by habit:
+
+* sparse: ``csr``, a (rows x columns) CSR matrix;
+* dense: ``dense_t``, a C-ordered (columns x rows) array — feature-major, because everything a
+  worker does with dense activations works on whole columns: it sends a subset of its columns
+  (a row gather here), and multiplies by the weight as ``W^T @ dense_t`` (scipy's ``csr_matvecs``
+  wants exactly this operand, so no transpose is ever copied).
 
 >>> import numpy as np
 >>> b = Block.from_dense(np.array([2, 5]), np.array([[0, 1], [3, 0]], np.float32))
@@ -16,38 +22,43 @@ array([5], dtype=int32)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 import scipy.sparse as sp
 
-#: Store a block dense when more than this fraction of its cells is nonzero. Dense cells cost 4
-#: bytes, CSR entries 8 (value + column), and dense products run several times faster per cell.
+#: Store a block dense when more than this fraction of its cells is nonzero (measured: below it,
+#: scipy's sparse product beats the dense one on the Graph Challenge layers; docs/benchmarks.md).
 DENSE_ABOVE = 0.4
-
-Values = Union[np.ndarray, sp.csr_matrix]
 
 
 @dataclass(frozen=True)
 class Block:
-    """Rows ``rows`` (sorted global row ids, int32) of a (batch x ncols) activation matrix."""
+    """Rows ``rows`` (sorted global row ids, int32) of a (batch x ncols) activation matrix.
+
+    Exactly one of ``csr`` (rows x ncols) and ``dense_t`` (ncols x rows) is set.
+    """
 
     rows: np.ndarray
-    values: Values
+    csr: sp.csr_matrix | None = None
+    dense_t: np.ndarray | None = None
 
     @property
     def ncols(self) -> int:
-        return int(self.values.shape[1])
+        if self.dense_t is not None:
+            return int(self.dense_t.shape[0])
+        assert self.csr is not None
+        return int(self.csr.shape[1])
 
     @property
     def is_dense(self) -> bool:
-        return isinstance(self.values, np.ndarray)
+        return self.dense_t is not None
 
     @property
     def nnz(self) -> int:
-        if isinstance(self.values, np.ndarray):
-            return int(np.count_nonzero(self.values))
-        return int(self.values.nnz)
+        if self.dense_t is not None:
+            return int(np.count_nonzero(self.dense_t))
+        assert self.csr is not None
+        return int(self.csr.nnz)
 
     @property
     def density(self) -> float:
@@ -56,27 +67,32 @@ class Block:
 
     @staticmethod
     def empty(ncols: int) -> Block:
-        return Block(np.zeros(0, np.int32), np.zeros((0, ncols), np.float32))
+        return Block(np.zeros(0, np.int32), csr=sp.csr_matrix((0, ncols), dtype=np.float32))
 
     @staticmethod
     def from_dense(rows: np.ndarray, values: np.ndarray) -> Block:
-        """Drop all-zero rows, then store dense or CSR by density."""
-        values = np.asarray(values, dtype=np.float32)
-        alive = values.any(axis=1)
+        """From a (rows x ncols) array: see :meth:`from_dense_t`."""
+        return Block.from_dense_t(rows, np.ascontiguousarray(np.asarray(values, np.float32).T))
+
+    @staticmethod
+    def from_dense_t(rows: np.ndarray, values_t: np.ndarray) -> Block:
+        """From a (ncols x rows) array: drop all-zero rows, then store by density."""
+        values_t = np.asarray(values_t, dtype=np.float32)
+        alive = values_t.any(axis=0)
         if not alive.all():
-            rows, values = rows[alive], values[alive]
-        block = Block(np.asarray(rows, dtype=np.int32), values)
+            rows, values_t = rows[alive], values_t[:, alive]
+        block = Block(np.asarray(rows, dtype=np.int32), dense_t=np.ascontiguousarray(values_t))
         return block if block.density > DENSE_ABOVE else block.as_csr()
 
     @staticmethod
     def from_csr(rows: np.ndarray, values: sp.spmatrix) -> Block:
-        """Drop all-zero rows, then store dense or CSR by density."""
+        """From a (rows x ncols) sparse matrix: drop all-zero rows, then store by density."""
         csr = sp.csr_matrix(values, dtype=np.float32)
         csr.eliminate_zeros()
         alive = np.diff(csr.indptr) > 0
         if not alive.all():
             rows, csr = rows[alive], csr[alive]
-        block = Block(np.asarray(rows, dtype=np.int32), csr)
+        block = Block(np.asarray(rows, dtype=np.int32), csr=csr)
         return block.as_dense() if block.density > DENSE_ABOVE else block
 
     @staticmethod
@@ -89,24 +105,45 @@ class Block:
         return Block.from_dense(np.arange(dense.shape[0], dtype=np.int32), dense)
 
     def as_dense(self) -> Block:
-        if isinstance(self.values, np.ndarray):
+        if self.dense_t is not None:
             return self
-        return Block(self.rows, self.values.toarray())
+        assert self.csr is not None
+        return Block(self.rows, dense_t=np.ascontiguousarray(self.csr.T.toarray()))
 
     def as_csr(self) -> Block:
-        if isinstance(self.values, np.ndarray):
-            return Block(self.rows, sp.csr_matrix(self.values))
-        return self
+        if self.csr is not None:
+            return self
+        assert self.dense_t is not None
+        return Block(self.rows, csr=sp.csr_matrix(self.dense_t.T))
 
     def select_columns(self, columns: np.ndarray) -> Block:
         """The block restricted to ``columns`` (local indices), without rows that became empty."""
-        if isinstance(self.values, np.ndarray):
-            return Block.from_dense(self.rows, self.values[:, columns])
-        return Block.from_csr(self.rows, self.values[:, columns])
+        if self.dense_t is not None:
+            return Block.from_dense_t(self.rows, self.dense_t[columns])
+        assert self.csr is not None
+        return Block.from_csr(self.rows, self.csr[:, columns])
+
+    def take_rows(self, index: np.ndarray | slice) -> Block:
+        """The block restricted to some of its rows (positions, not global ids)."""
+        if self.dense_t is not None:
+            return Block(self.rows[index], dense_t=np.ascontiguousarray(self.dense_t[:, index]))
+        assert self.csr is not None
+        return Block(self.rows[index], csr=self.csr[index])
+
+    def take_columns(self, lo: int, hi: int) -> Block:
+        """Columns ``[lo, hi)`` as they are (rows kept even if they become empty)."""
+        if self.dense_t is not None:
+            return Block(self.rows, dense_t=self.dense_t[lo:hi])
+        assert self.csr is not None
+        return Block(self.rows, csr=self.csr[:, lo:hi])
+
+    def to_csr(self) -> sp.csr_matrix:
+        """The (rows x ncols) values as CSR."""
+        return self.as_csr().csr  # type: ignore[return-value]
 
     def to_matrix(self, batch: int) -> sp.csr_matrix:
         """The full (batch x ncols) CSR matrix."""
-        csr = sp.csr_matrix(self.values, dtype=np.float32)
+        csr = self.to_csr()
         counts = np.zeros(batch, dtype=np.int64)
         counts[self.rows] = np.diff(csr.indptr)
         indptr = np.concatenate([[0], np.cumsum(counts)])

@@ -12,7 +12,7 @@ that died. Rows never touched by any piece cost nothing.
 >>> piece = Block.from_dense(np.array([1, 3]), np.array([[1, 0], [2, 2]], np.float32))
 >>> acc.add(piece, sp.csr_matrix(np.eye(2, dtype=np.float32)))
 >>> out = acc.finish(np.full(2, -1.5, np.float32), bias_on_nonzero=True, relu=True, cap=32.0)
->>> out.rows, out.values
+>>> out.rows, out.to_csr().toarray()
 (array([3], dtype=int32), array([[0.5, 0.5]], dtype=float32))
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from fsdgraph.kernels.block import Block, Values
+from fsdgraph.kernels.block import Block
 
 #: Multiply sparse x sparse below this input density; above it, dense x sparse is faster
 #: (measured on the 1024-neuron Graph Challenge layers: see docs/benchmarks.md).
@@ -33,26 +33,21 @@ class WeightRows:
 
     def __init__(self, csr: sp.csr_matrix) -> None:
         self.csr = sp.csr_matrix(csr, dtype=np.float32)
-        self.transposed = self.csr.T.tocsr()  # for dense inputs: (W^T @ Y^T)^T
+        self.transposed = self.csr.T.tocsr()  # for dense inputs: W^T @ dense_t
 
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.csr.shape[0]), int(self.csr.shape[1]))
 
+    def slice(self, lo: int, hi: int) -> WeightRows:
+        return WeightRows(self.csr[lo:hi])
 
-def partial_product(piece: Block, weight: WeightRows | sp.csr_matrix) -> Values:
-    """``piece.values @ weight`` in the representation that is cheapest for the piece's density.
 
-    ``weight`` holds the rows of the worker's weight shard for the piece's columns, in order.
-    """
-    w = weight if isinstance(weight, WeightRows) else WeightRows(weight)
-    values = piece.values
-    if isinstance(values, sp.csr_matrix) and piece.density < SPARSE_PRODUCT_BELOW:
-        return (values @ w.csr).tocsr()
-    dense = values if isinstance(values, np.ndarray) else values.toarray()
-    if dense.shape[0] == 0:
-        return np.zeros((0, w.shape[1]), np.float32)
-    return np.ascontiguousarray((w.transposed @ dense.T).T)
+def dense_product_t(piece: Block, weight: WeightRows) -> np.ndarray:
+    """``(piece @ weight)^T`` as a (width x rows) array, for a dense or sparse piece."""
+    values_t = piece.as_dense().dense_t
+    assert values_t is not None
+    return np.asarray(weight.transposed @ values_t)
 
 
 class Accumulator:
@@ -61,8 +56,8 @@ class Accumulator:
     Dense pieces are multiplied as they arrive (their products are dense anyway). Sparse pieces
     are kept and multiplied together at :meth:`finish` as one horizontally stacked CSR product,
     which is exactly the serial reference's cost divided among the workers (adding many sparse
-    partial products would merge the same rows again and again). The dense sum covers only the
-    rows some piece touched, never the whole batch.
+    partial products would merge the same rows again and again). The dense sum is feature-major
+    (width x rows) and covers only the rows some piece touched, never the whole batch.
     """
 
     def __init__(self, batch: int, width: int) -> None:
@@ -77,14 +72,14 @@ class Accumulator:
         self._all_rows = True
 
     def add(self, piece: Block, weight: WeightRows | sp.csr_matrix) -> None:
-        """Add ``piece.values @ weight`` (``weight``: the shard's rows for the piece's columns)."""
+        """Add ``piece @ weight`` (``weight``: the shard's rows for the piece's columns)."""
         if len(piece.rows) == 0:
             return
         w = weight if isinstance(weight, WeightRows) else WeightRows(weight)
-        if isinstance(piece.values, sp.csr_matrix) and piece.density < SPARSE_PRODUCT_BELOW:
+        if piece.csr is not None and piece.density < SPARSE_PRODUCT_BELOW:
             self._sparse.append((piece.to_matrix(self.batch), w.csr))
         else:
-            self._dense.append((piece.rows, partial_product(piece, w)))  # type: ignore[arg-type]
+            self._dense.append((piece.rows, dense_product_t(piece, w)))
 
     def _sparse_sum(self) -> sp.csr_matrix | None:
         if not self._sparse:
@@ -95,6 +90,27 @@ class Accumulator:
             x = sp.hstack([p for p, _ in self._sparse], format="csr")
             w = sp.vstack([w for _, w in self._sparse], format="csr")
         return sp.csr_matrix(x @ w)
+
+    def _dense_sum(self, z: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
+        parts = [rows for rows, _ in self._dense]
+        if z is not None:
+            parts.append(np.flatnonzero(np.diff(z.indptr)).astype(np.int32))
+        if self._all_rows:
+            rows = np.arange(self.batch, dtype=np.int32)
+        elif len(parts) == 1 or all(np.array_equal(parts[0], p) for p in parts[1:]):
+            rows = parts[0]  # the common case once rows are dense: every piece has the same rows
+        else:
+            rows = np.unique(np.concatenate(parts)).astype(np.int32)
+        d = np.zeros((self.width, len(rows)), dtype=np.float32)
+        for r, partial_t in self._dense:
+            if len(r) == len(rows):
+                d += partial_t
+            else:
+                d[:, np.searchsorted(rows, r)] += partial_t
+        if z is not None:
+            coo = z.tocoo()
+            d[coo.col, np.searchsorted(rows, coo.row)] += coo.data
+        return rows, d
 
     def finish(
         self, bias: np.ndarray, *, bias_on_nonzero: bool, relu: bool, cap: float | None
@@ -108,23 +124,14 @@ class Accumulator:
             z.data += bias[z.indices]
             _clip(z.data, relu, cap)
             return Block.from_csr(np.arange(self.batch, dtype=np.int32), z)
-        parts = [rows for rows, _ in self._dense]
-        if z is not None:
-            parts.append(np.flatnonzero(np.diff(z.indptr)).astype(np.int32))
-        rows = (np.arange(self.batch, dtype=np.int32) if self._all_rows
-                else np.unique(np.concatenate(parts)).astype(np.int32))
-        d = np.zeros((len(rows), self.width), dtype=np.float32)
-        for r, partial in self._dense:
-            d[np.searchsorted(rows, r)] += partial
-        if z is not None:
-            coo = z.tocoo()
-            d[np.searchsorted(rows, coo.row), coo.col] += coo.data
+        rows, d = self._dense_sum(z)
+        b = bias[:, None]
         if bias_on_nonzero:
-            d += np.where(d != 0, bias[None, :], np.float32(0))
+            d += np.where(d != 0, b, np.float32(0))
         else:
-            d += bias[None, :]
+            d += b
         _clip(d, relu, cap)
-        return Block.from_dense(rows, d)
+        return Block.from_dense_t(rows, d)
 
 
 def _clip(values: np.ndarray, relu: bool, cap: float | None) -> None:

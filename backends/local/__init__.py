@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fsdgraph.backend import Backend, Services
-from fsdgraph.backends.local.functions import ProcessFunctions, stop_workers
+from fsdgraph.backends.local.functions import ProcessFunctions, WarmPool, stop_workers
 from fsdgraph.backends.local.objectstore import DirectoryObjectStore
 from fsdgraph.backends.local.queues import SpoolMessageService
 from fsdgraph.transport import Limits
@@ -57,13 +57,32 @@ class LocalBackend(Backend):
     shuffle: bool = False
     #: ``(worker, layer)``: that worker dies by SIGKILL as it starts the layer.
     kill: tuple[int, int] | None = None
+    #: Fork workers from a launcher that has the runtime imported (False: a cold process each).
+    warm: bool = True
+    _pool: WarmPool | None = field(default=None, init=False, repr=False, compare=False)
+
+    def prewarm(self) -> None:
+        """Start the warm launcher now (it imports the runtime while the caller does other
+        work); runs reuse it until :meth:`close`."""
+        if self.warm and (self._pool is None or not self._pool.alive):
+            self._pool = WarmPool()
+
+    def close(self) -> None:
+        """Stop the warm launcher (also done when the backend is garbage collected)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     @asynccontextmanager
     async def session(self, run_id: str) -> AsyncIterator[Services]:
         run_dir = tempfile.mkdtemp(prefix=f"fsdgraph-{run_id}-", dir=self.root or _default_parent())
         description = {"root": run_dir, "limits": asdict(self.limits),
                        "duplicate_rate": self.duplicate_rate, "shuffle": self.shuffle,
-                       "kill": list(self.kill) if self.kill else None}
+                       "kill": list(self.kill) if self.kill else None, "launcher": None}
+        if self.warm:
+            self.prewarm()
+            assert self._pool is not None
+            description["launcher"] = self._pool.socket
         services = _services(description)
         try:
             yield services
@@ -93,7 +112,8 @@ def _services(description: Mapping[str, Any]) -> Services:
         messages=SpoolMessageService(root / "messaging", limits,
                                      duplicate_rate=float(description.get("duplicate_rate", 0.0)),
                                      shuffle=bool(description.get("shuffle", False))),
-        functions=ProcessFunctions(root, limits.max_invoke_payload_bytes),
+        functions=ProcessFunctions(limits.max_invoke_payload_bytes,
+                                   launcher=description.get("launcher")),
         limits=limits,
         description=dict(description),
         layer_hook=die_at if kill else None,

@@ -1,18 +1,25 @@
 """Local "functions": every invocation is a new OS process running the worker entry point.
 
-``invoke`` returns once the process is started, as Lambda's ``InvocationType=Event`` returns once
-the event is queued. The event travels on the child's stdin as JSON (never pickled), bounded by
-the same payload limit as an asynchronous Lambda invoke. Each process records its pid under
-``<run dir>/pids`` so the session can stop stragglers of a failed run, and writes its stderr to
-``<run dir>/logs/worker-<w>.log``.
+``invoke`` returns once the process exists, as Lambda's ``InvocationType=Event`` returns once the
+event is queued. With a warm launcher (:mod:`fsdgraph.backends.local.launcher`, the default) the
+process is forked from a parent that has already imported the runtime; without one, a cold
+``python -m fsdgraph.backends.local run`` is started. Either way the event travels as
+JSON (never pickled), bounded by the same payload limit as an asynchronous Lambda invoke.
+Each worker records its pid under ``<run dir>/pids`` so the session can stop stragglers of a failed
+run, and writes its output to ``<run dir>/logs/worker-<w>.log``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,49 +27,93 @@ from typing import Any
 from fsdgraph.backend import Functions
 from fsdgraph.errors import MessageTooLarge, TransportError
 
+_MODULE = "fsdgraph.backends.local"
+
 
 class ProcessFunctions(Functions):
-    """Start ``python -m fsdgraph.backends.local.function`` per invocation."""
+    """Invoke workers as local processes (see the module docstring)."""
 
-    def __init__(self, run_dir: str | Path, max_payload_bytes: int) -> None:
-        self.run_dir = Path(run_dir)
+    def __init__(self, max_payload_bytes: int, *, launcher: str | None = None,
+                 startup_timeout_s: float = 60.0) -> None:
         self.max_payload_bytes = max_payload_bytes
-        self.started: list[subprocess.Popen[bytes]] = []
+        self.launcher = launcher
+        self.startup_timeout_s = startup_timeout_s
+        self._cold: list[subprocess.Popen[bytes]] = []
 
     async def invoke(self, event: Mapping[str, Any]) -> None:
         payload = json.dumps(event).encode()
         if len(payload) > self.max_payload_bytes:
             raise MessageTooLarge(f"invoke payload of {len(payload)} bytes exceeds the limit of "
                                   f"{self.max_payload_bytes} bytes")
-        logs = self.run_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        if self.launcher:
+            await self._invoke_warm(Path(self.launcher), payload)
+        else:
+            self._invoke_cold(payload)
+
+    async def _invoke_warm(self, path: Path, payload: bytes) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise TransportError(f"local launcher did not start within "
+                                     f"{self.startup_timeout_s:g} s (no {path})")
+            await asyncio.sleep(0.005)
         try:
-            with open(logs / f"worker-{event.get('worker', 'x')}.log", "ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "fsdgraph.backends.local.function"],
-                    stdin=subprocess.PIPE, stdout=log, stderr=log, close_fds=True)
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(payload)
+            writer.write_eof()
+            answer = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+        except OSError as exc:
+            raise TransportError(f"local launcher at {path} refused the invocation: {exc}") from exc
+        if answer != b"ok":
+            raise TransportError(f"local launcher rejected the invocation: {answer!r}")
+
+    def _invoke_cold(self, payload: bytes) -> None:
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", _MODULE, "run"],
+                                    stdin=subprocess.PIPE, close_fds=True)
         except OSError as exc:
             raise TransportError(f"cannot start a local worker process: {exc}") from exc
         assert proc.stdin is not None
         proc.stdin.write(payload)
         proc.stdin.close()
-        self.started.append(proc)
+        self._cold.append(proc)
 
     def reap(self) -> None:
-        """Collect exited children (no zombies in long-lived processes such as the scheduler)."""
-        self.started = [p for p in self.started if p.poll() is None]
+        """Collect exited cold children (no zombies in a long-lived scheduler process)."""
+        self._cold = [p for p in self._cold if p.poll() is None]
 
 
-def record_pid(run_dir: str | Path, worker: int) -> None:
-    pids = Path(run_dir) / "pids"
-    pids.mkdir(parents=True, exist_ok=True)
-    (pids / str(worker)).write_text(str(os.getpid()))
+class WarmPool:
+    """A running launcher (:mod:`fsdgraph.backends.local.launcher`) and its socket."""
+
+    def __init__(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="fsdgraph-launcher-")
+        self.socket = str(Path(self.directory) / "launcher.sock")
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        self.process = subprocess.Popen([sys.executable, "-m", _MODULE, "serve", self.socket],
+                                        stdin=subprocess.DEVNULL, close_fds=True, env=env)
+        self._finalizer = weakref.finalize(self, _stop_pool, self.process, self.directory)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _stop_pool(process: subprocess.Popen[bytes], directory: str) -> None:
+    process.kill()
+    process.wait()
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def stop_workers(run_dir: str | Path) -> int:
     """SIGKILL every worker of the run still alive; return how many were."""
-    import signal
-
     stopped = 0
     pids = Path(run_dir) / "pids"
     if not pids.is_dir():
@@ -71,8 +122,7 @@ def stop_workers(run_dir: str | Path) -> int:
         try:
             pid = int(f.read_text())
             # A pid file can outlive its process (SIGKILL) and the pid be reused: check first.
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"fsdgraph.backends.local.function" in cmdline:
+            if _is_worker(pid):
                 os.kill(pid, signal.SIGKILL)
                 stopped += 1
         except (OSError, ValueError):
@@ -80,20 +130,8 @@ def stop_workers(run_dir: str | Path) -> int:
     return stopped
 
 
-def main() -> int:
-    """``python -m fsdgraph.backends.local.function``: one invocation, event on stdin."""
-    from fsdgraph.worker import handler
-
-    event = json.loads(sys.stdin.buffer.read())
-    run_dir, worker = event["backend_config"]["root"], int(event["worker"])
-    record_pid(run_dir, worker)
+def _is_worker(pid: int) -> bool:
     try:
-        handler(event)
-    except Exception:  # noqa: BLE001 - already reported to the scheduler by the worker
-        import traceback
-
-        traceback.print_exc()
-        return 1
-    finally:
-        (Path(run_dir) / "pids" / str(worker)).unlink(missing_ok=True)
-    return 0
+        return _MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
