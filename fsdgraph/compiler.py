@@ -63,24 +63,27 @@ def compile(  # noqa: A001 - the user-facing verb of the design: define, compile
             needed = np.flatnonzero(np.diff(sub.indptr) > 0).astype(np.int32)
             if l == 0:
                 input_neurons.append(needed)
-                sources = [SourceRows(INPUT, needed, sub[needed])]
+                sources = [SourceRows(INPUT, np.arange(len(needed), dtype=np.int32))]
             else:
                 holder = owners[l - 1][needed]
                 sources = []
                 for s in np.unique(holder):
-                    neurons = needed[holder == s]
-                    sources.append(SourceRows(int(s), neurons, sub[neurons]))
+                    positions = np.flatnonzero(holder == s).astype(np.int32)
+                    sources.append(SourceRows(int(s), positions))
                     if s != w:
+                        neurons = needed[positions]
                         edges.append(Edge(l, int(s), w, neurons))
                         local = np.searchsorted(prev_cols[s], neurons).astype(np.int32)
                         sends[int(s)].append(Send(w, local))
             # This worker's own rows come first: they are ready before any peer's arrive.
             sources.sort(key=lambda r: (r.src != w, r.src))
-            per_worker[w].append(LayerShard(out_cols[w], layer.bias[out_cols[w]], sources, []))
+            per_worker[w].append(LayerShard(out_cols[w], layer.bias[out_cols[w]], needed,
+                                            sub[needed], sources, []))
         for w in range(workers):
             if sends[w]:
                 shard = per_worker[w][l]
-                per_worker[w][l] = LayerShard(shard.out_cols, shard.bias, shard.sources, sends[w])
+                per_worker[w][l] = LayerShard(shard.out_cols, shard.bias, shard.inputs,
+                                              shard.weight, shard.sources, sends[w])
         prev_cols = out_cols
 
     shards = [WorkerShard(w, workers, input_neurons[w], specs, per_worker[w])

@@ -78,7 +78,17 @@ class WorkerMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         return {"worker": self.worker, "started": self.started, "setup": self.setup.to_dict(),
-                "layers": [m.to_dict() for m in self.layers]}
+                "layers": [m.to_dict() for m in self.layers],
+                "peak_rss_bytes": peak_rss_bytes()}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports kilobytes, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 class _CountingStore(ObjectStore):

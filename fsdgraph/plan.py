@@ -50,11 +50,10 @@ class Edge:
 
 @dataclass(frozen=True)
 class SourceRows:
-    """The weight rows (``neurons`` x owned outputs) that multiply what ``src`` sends."""
+    """What ``src`` provides: ``positions`` index the layer's ``inputs`` (and weight rows)."""
 
     src: int
-    neurons: np.ndarray
-    weight: sp.csr_matrix
+    positions: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,17 @@ class Send:
 
 @dataclass(frozen=True)
 class LayerShard:
+    """One worker's part of a layer.
+
+    ``inputs`` are the input neurons with a nonzero weight into ``out_cols``, ascending, and
+    ``weight`` their rows (inputs x out_cols): a worker multiplies its inputs in the same order as
+    the serial product, so the result is the same bit for bit.
+    """
+
     out_cols: np.ndarray
     bias: np.ndarray
+    inputs: np.ndarray
+    weight: sp.csr_matrix
     sources: list[SourceRows]
     sends: list[Send]
 
@@ -89,8 +97,8 @@ class WorkerShard:
             "input_neurons": self.input_neurons,
             "specs": [[s.width, s.relu, s.cap, s.bias_on_nonzero] for s in self.specs],
             "layers": [
-                {"out": ls.out_cols, "bias": ls.bias,
-                 "sources": [[r.src, r.neurons, r.weight] for r in ls.sources],
+                {"out": ls.out_cols, "bias": ls.bias, "inputs": ls.inputs, "weight": ls.weight,
+                 "sources": [[r.src, r.positions] for r in ls.sources],
                  "sends": [[s.dst, s.columns] for s in ls.sends]}
                 for ls in self.layers
             ],
@@ -106,8 +114,8 @@ class WorkerShard:
             specs=[LayerSpec(*s) for s in d["specs"]],
             layers=[
                 LayerShard(
-                    out_cols=ls["out"], bias=ls["bias"],
-                    sources=[SourceRows(s, n, w) for s, n, w in ls["sources"]],
+                    out_cols=ls["out"], bias=ls["bias"], inputs=ls["inputs"], weight=ls["weight"],
+                    sources=[SourceRows(s, p) for s, p in ls["sources"]],
                     sends=[Send(dst, cols) for dst, cols in ls["sends"]])
                 for ls in d["layers"]
             ],

@@ -57,6 +57,7 @@ def build_report(
         for name in TIMERS:
             w[name] = sum(getattr(m, name) for m in layers)
         w["requests"] = dict(w_requests)
+        w["peak_rss_bytes"] = wm.get("peak_rss_bytes", 0)
         per_worker.append(w)
     requests.update(LayerMetrics.from_dict(coordinator["setup"]).requests)
     totals = {name: sum(w[name] for w in per_worker) for name in COUNTERS}
@@ -72,6 +73,7 @@ def build_report(
         "stage_s": stage_s,
         "launch_s": launch_s,
         **totals,
+        "peak_rss_bytes_max": max((w["peak_rss_bytes"] for w in per_worker), default=0),
         "requests": dict(sorted(requests.items())),
         "per_layer": per_layer,
         "per_worker": per_worker,

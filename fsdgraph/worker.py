@@ -7,8 +7,8 @@ worker
    invocation tree (:mod:`fsdgraph.tree`) before anything else, so the tree fans out fast;
 2. downloads only its own plan shard and input columns;
 3. per layer: sends each peer the activation rows it needs (started first, so peers are not kept
-   waiting), multiplies its own rows into an :class:`~fsdgraph.kernels.Accumulator`, then adds each
-   peer chunk as it arrives, and applies bias/ReLU/cap;
+   waiting), places its own columns and then each peer chunk, as it arrives, into
+   :class:`~fsdgraph.kernels.LayerInputs`, and runs the fused product + bias/ReLU/cap;
 4. writes its final columns and metrics to the object store and reports ``done`` — or, on any
    failure, reports ``error`` with the traceback so the scheduler can raise it.
 """
@@ -28,7 +28,7 @@ from fsdgraph.channels import Channel, ChannelConfig, get_channel
 from fsdgraph.codec import BlockCodec
 from fsdgraph.control import Reporter
 from fsdgraph.errors import FsdError, RunError
-from fsdgraph.kernels import Accumulator, Block, WeightRows
+from fsdgraph.kernels import Block, LayerInputs, WeightRows
 from fsdgraph.metrics import WorkerMetrics, counted
 from fsdgraph.plan import INPUT, WorkerShard
 from fsdgraph.resources import RunNames
@@ -120,30 +120,25 @@ class WorkerRuntime:
                 l, [(s.dst, prev.select_columns(s.columns)) for s in ls.sends]))
             await asyncio.sleep(0)  # let the sends leave before computing
             start = time.perf_counter()
-            acc = Accumulator(self.batch, len(ls.out_cols))
+            inputs = LayerInputs(self.batch, WeightRows(ls.weight))
             if not spec.bias_on_nonzero:
-                acc.touch_all()
-            weights = {r.src: WeightRows(r.weight) for r in ls.sources}
+                inputs.touch_all()
+            positions = {r.src: r.positions for r in ls.sources}
             remote = [r.src for r in ls.sources if r.src not in (INPUT, self.worker)]
-            for r in ls.sources:
-                if r.src == INPUT:
-                    acc.add(prev, weights[INPUT])
-                elif r.src == self.worker:
-                    previous_cols = shard.layers[l - 1].out_cols
-                    mine = prev.select_columns(np.searchsorted(previous_cols, r.neurons))
-                    acc.add(mine, weights[r.src])
+            if INPUT in positions:
+                inputs.add(prev, positions[INPUT])
+            elif self.worker in positions:
+                mine = positions[self.worker]
+                own_cols = np.searchsorted(shard.layers[l - 1].out_cols, ls.inputs[mine])
+                inputs.add(prev.select_columns(own_cols), mine)
             m.compute_s += time.perf_counter() - start
             await sending  # a failed send must fail this worker now, not after a peer timeout
             async for src, chunk in self.channel.receive(l, remote):
-                start = time.perf_counter()
-                w = weights[src]
-                if chunk.col0 or chunk.block.ncols != w.shape[0]:
-                    w = w.slice(chunk.col0, chunk.col0 + chunk.block.ncols)
-                acc.add(chunk.block, w)
-                m.compute_s += time.perf_counter() - start
+                cols = positions[src][chunk.col0:chunk.col0 + chunk.block.ncols]
+                inputs.add(chunk.block, cols)
             start = time.perf_counter()
-            prev = acc.finish(ls.bias, bias_on_nonzero=spec.bias_on_nonzero, relu=spec.relu,
-                              cap=spec.cap)
+            prev = inputs.finish(ls.bias, bias_on_nonzero=spec.bias_on_nonzero, relu=spec.relu,
+                                 cap=spec.cap)
             m.compute_s += time.perf_counter() - start
             yield l
         self.metrics.end_layers()

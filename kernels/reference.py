@@ -1,7 +1,8 @@
 """The serial reference: the plain Graph Challenge loop, one sparse product per layer.
 
 It is deliberately the textbook algorithm (``Y = Y @ W``; bias on the product's nonzeros; ReLU;
-cap; drop zeros), with no dead-row or density tricks, so that it is easy to trust. Distributed
+cap; drop zeros), with no dead-row or density tricks, so that it is easy to trust; the only
+addition is canonical (sorted) CSR, which fixes the summation order. Distributed
 results are compared with it; ``--compare-serial`` times it.
 
 >>> import numpy as np, scipy.sparse as sp
@@ -23,9 +24,14 @@ import scipy.sparse as sp
 from fsdgraph.graph import Layer
 
 
-def apply_layer(y: sp.csr_matrix, layer: Layer) -> sp.csr_matrix:
+def apply_layer(y: sp.csr_matrix, layer: Layer, canonical: bool = True) -> sp.csr_matrix:
     """One layer of the reference: ``h(y @ W + b)``, bias only on nonzeros if asked."""
     z = (y @ layer.weight).tocsr()
+    if canonical:
+        # scipy leaves the product's column ids in first-encounter order, so the next layer
+        # would sum its inputs in an arbitrary order; sorted ids make the order canonical
+        # (ascending input neuron), the one every worker reproduces: bit-identical results.
+        z.sort_indices()
     if layer.bias_on_nonzero:
         # scipy's product keeps only numerically nonzero entries, so these are the nonzeros.
         z.data += layer.bias[z.indices]
@@ -39,11 +45,19 @@ def apply_layer(y: sp.csr_matrix, layer: Layer) -> sp.csr_matrix:
     return z
 
 
-def reference_inference(y0: sp.spmatrix, layers: Sequence[Layer]) -> sp.csr_matrix:
-    """Run every layer serially; returns the final activations (batch x out) as float32 CSR."""
+def reference_inference(
+    y0: sp.spmatrix, layers: Sequence[Layer], canonical: bool = True
+) -> sp.csr_matrix:
+    """Run every layer serially; returns the final activations (batch x out) as float32 CSR.
+
+    ``canonical=False`` skips sorting column ids: the fastest plain loop, used as the timing
+    baseline; its values can differ from the canonical ones in the last bits (summation order).
+    """
     y = sp.csr_matrix(y0, dtype=np.float32)
+    if canonical:
+        y.sort_indices()
     for layer in layers:
-        y = apply_layer(y, layer)
+        y = apply_layer(y, layer, canonical)
     return y
 
 

@@ -1,0 +1,238 @@
+"""The ``fsdgraph`` command line.
+
+Commands:
+
+* ``fsdgraph graphchallenge`` — distributed Graph Challenge inference on the official files (or,
+  with ``--synthetic``, on a generated RadiX-Net and generated images), checked against the
+  official truth and/or the serial reference;
+* ``fsdgraph plan`` — compile a network and print the plan's summary as JSON.
+
+Exit codes: 0 passed (or nothing to check), 1 the check failed, 2 bad usage or bad input (the
+message names the file, line or option), 3 the distributed run failed (the message names the
+worker, the layer and what was missing). No traceback is printed for any of these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from fsdgraph.channels import CHANNELS, ChannelConfig
+from fsdgraph.compiler import compile
+from fsdgraph.config import RunSettings, load_settings
+from fsdgraph.errors import FsdError, InputError
+from fsdgraph.graph import Graph, sequential
+from fsdgraph.kernels import categories, reference_inference
+from fsdgraph.scheduler import RunConfig, Scheduler
+
+EXIT_PASSED, EXIT_FAILED, EXIT_INPUT, EXIT_RUN = 0, 1, 2, 3
+
+EPILOG = """\
+settings: options override environment variables FSDGRAPH_<OPTION> (e.g. FSDGRAPH_WORKERS=8),
+which override the [run] table of $FSDGRAPH_CONFIG_FILE (default ~/.fsdgraph/config.toml).
+
+exit codes: 0 passed (or nothing to check), 1 check failed, 2 bad usage or input,
+3 the distributed run failed."""
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("distributed run")
+    g.add_argument("--workers", type=int, help="number of workers P (default 4)")
+    g.add_argument("--channel", choices=sorted(CHANNELS), help="exchange channel (default queue)")
+    g.add_argument("--backend", help="compute backend (default local: processes on this machine)")
+    g.add_argument("--partitioner", help="neuron partitioner: contiguous (default) or random")
+    g.add_argument("--branching", type=int, help="invocation tree branching factor (default 4)")
+    g.add_argument("--timeout", type=float, dest="timeout_s", help="run timeout in seconds")
+    g.add_argument("--config", type=Path, help="config file (default ~/.fsdgraph/config.toml)")
+    g.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsdgraph", description="Fully serverless distributed inference.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gc = sub.add_parser(
+        "graphchallenge", help="run the Graph Challenge sparse DNN distributed",
+        description="Distributed Graph Challenge sparse-DNN inference, checked against the "
+                    "official categories (--truth) and/or the serial reference "
+                    "(--compare-serial; always with --synthetic).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gc.add_argument("--weights", type=Path, help="folder with n{N}-l{k}.tsv[.gz]")
+    gc.add_argument("--images", help="sparse-images-{N}.tsv[.gz] (with --synthetic: a count)")
+    gc.add_argument("--truth", type=Path, help="neuron{N}-l{L}-categories.tsv to check against")
+    gc.add_argument("--neurons", type=int, default=1024, help="neurons per layer (default 1024)")
+    gc.add_argument("--layers", type=int, default=120, help="layers (default 120)")
+    gc.add_argument("--bias", type=float, help="bias (default: the official one for --neurons)")
+    gc.add_argument("--report", type=Path, help="write the run report JSON here")
+    gc.add_argument("--compare-serial", action="store_true",
+                    help="also run the serial reference; compare and time it")
+    gc.add_argument("--synthetic", action="store_true",
+                    help="generated RadiX-Net and generated images (no files needed)")
+    gc.add_argument("--seed", type=int, default=0, help="seed for --synthetic (default 0)")
+    _add_run_options(gc)
+
+    plan = sub.add_parser("plan", help="compile a network and print the plan summary (JSON)",
+                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    plan.add_argument("--weights", type=Path, help="folder with n{N}-l{k}.tsv[.gz]")
+    plan.add_argument("--synthetic", action="store_true", help="a generated RadiX-Net")
+    plan.add_argument("--neurons", type=int, default=1024)
+    plan.add_argument("--layers", type=int, default=120)
+    plan.add_argument("--seed", type=int, default=0)
+    _add_run_options(plan)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> RunSettings:
+    return load_settings(args.config, workers=args.workers, channel=args.channel,
+                         backend=args.backend, partitioner=args.partitioner,
+                         branching=args.branching, timeout_s=args.timeout_s)
+
+
+def _network(args: argparse.Namespace) -> tuple[list[sp.csr_matrix], float]:
+    from fsdgraph.sources.graphchallenge import graphchallenge_bias, load_weights
+    from fsdgraph.sources.radixnet import radixnet
+
+    if args.synthetic:
+        weights = radixnet(args.neurons, args.layers, seed=args.seed)
+    elif args.weights is None:
+        raise InputError("--weights DIR is required (or --synthetic)")
+    else:
+        weights = load_weights(args.weights, args.neurons, args.layers)
+    bias = getattr(args, "bias", None)
+    return weights, graphchallenge_bias(args.neurons) if bias is None else bias
+
+
+def _inputs(args: argparse.Namespace) -> sp.csr_matrix:
+    from fsdgraph.sources.graphchallenge import load_images
+    from fsdgraph.sources.images import synthetic_images
+
+    if args.synthetic:
+        try:
+            count = int(args.images or 1000)
+        except ValueError:
+            raise InputError(f"--images must be a count with --synthetic, got {args.images!r}")
+        if count < 1:
+            raise InputError(f"--images must be at least 1, got {count}")
+        return synthetic_images(args.neurons, count, seed=args.seed + 1)
+    if args.images is None:
+        raise InputError("--images FILE is required (or --synthetic)")
+    return load_images(args.images, args.neurons)
+
+
+def run_graphchallenge(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    config = RunConfig(branching=settings.branching, timeout_s=settings.timeout_s,
+                       stall_timeout_s=settings.stall_timeout_s,
+                       progress=False if args.no_progress else None,
+                       channel=ChannelConfig(topics=settings.topics,
+                                             peer_timeout_s=settings.peer_timeout_s))
+    with Scheduler(settings.backend, settings.channel, config) as scheduler:
+        scheduler.prewarm()  # warm workers start while the files are parsed
+        loading = time.perf_counter()
+        weights, bias = _network(args)
+        y0 = _inputs(args)
+        truth = None
+        if args.truth is not None:
+            from fsdgraph.sources.graphchallenge import load_truth
+
+            truth = load_truth(args.truth)
+        load_s = time.perf_counter() - loading
+        graph = sequential(weights, bias, cap=32.0)
+        plan = compile(graph, settings.workers, settings.partitioner)
+        result = scheduler.run_sync(plan, y0)
+
+    report: dict[str, Any] = {"load_s": load_s, **result.report}
+    checks: list[tuple[str, bool]] = []
+    if truth is not None:
+        ok = np.array_equal(result.categories, truth)
+        checks.append((f"categories equal the official truth ({len(truth)})", ok))
+        report["truth_categories"] = len(truth)
+    if args.compare_serial or args.synthetic:
+        # Timed: the plain scipy loop. Compared: the same loop in canonical summation order,
+        # which the workers reproduce bit for bit.
+        start = time.perf_counter()
+        reference_inference(y0, graph.layers(), canonical=False)
+        report["serial_s"] = time.perf_counter() - start
+        report["speedup"] = report["serial_s"] / report["wall_s"]
+        ref = reference_inference(y0, graph.layers())
+        differ = (result.activations != ref).nnz
+        diff = abs(result.activations - ref)
+        report["max_abs_diff"] = float(diff.max()) if diff.nnz else 0.0
+        report["values_differing"] = int(differ)
+        checks.append(("categories equal the serial reference",
+                       np.array_equal(result.categories, categories(ref))))
+        checks.append(("values equal the serial reference bit for bit", differ == 0))
+    passed = all(ok for _, ok in checks)
+    report["passed"] = passed
+    report["checks"] = {name: ok for name, ok in checks}
+    _print_summary(report, checks)
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report: {args.report}")
+    if checks:
+        print("PASSED" if passed else "FAILED")
+    return EXIT_PASSED if passed else EXIT_FAILED
+
+
+def _print_summary(report: dict[str, Any], checks: list[tuple[str, bool]]) -> None:
+    mb = report["bytes_sent"] / 1e6
+    print(f"{report['layers']} layers x {report['batch']} rows on {report['workers']} workers "
+          f"({report['backend']} backend, {report['channel']} channel, "
+          f"{report['partitioner']} partition)")
+    print(f"categories: {report['categories']}   wall: {report['wall_s']:.3f} s "
+          f"(launch {report['launch_s']:.3f} s)")
+    print(f"sent: {mb:.2f} MB in {report['messages_sent']} chunks   requests: "
+          + ", ".join(f"{k} {v}" for k, v in report["requests"].items()
+                      if k in ("publish", "send", "receive", "delete", "put", "get", "invoke")))
+    if "serial_s" in report:
+        print(f"serial reference: {report['serial_s']:.3f} s   "
+              f"(distributed/serial = {report['wall_s'] / report['serial_s']:.2f})")
+    for name, ok in checks:
+        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    weights, bias = _network(args)
+    graph: Graph = sequential(weights, bias, cap=32.0)
+    plan = compile(graph, settings.workers, settings.partitioner)
+    print(json.dumps(plan.summary(), indent=2))
+    return EXIT_PASSED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "graphchallenge":
+            return run_graphchallenge(args)
+        return run_plan(args)
+    except InputError as exc:
+        print(f"fsdgraph: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:  # e.g. an unwritable --report path
+        print(f"fsdgraph: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except FsdError as exc:
+        print(f"fsdgraph: run failed: {exc}", file=sys.stderr)
+        details = getattr(exc, "details", "")
+        if details:
+            print(details.rstrip(), file=sys.stderr)
+        return EXIT_RUN
+    except KeyboardInterrupt:
+        print("fsdgraph: interrupted; the run's resources were removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Run settings from a config file and environment variables, the way the AWS tools do it.
+
+Precedence, highest first: command-line options, environment variables ``FSDGRAPH_<NAME>``,
+the ``[run]`` table of the config file, built-in defaults. The file is ``$FSDGRAPH_CONFIG_FILE``
+or ``~/.fsdgraph/config.toml``; a missing default file is fine, a missing named file is an error.
+
+::
+
+    # ~/.fsdgraph/config.toml
+    [run]
+    workers = 8
+    channel = "object"
+    peer_timeout_s = 120
+
+Every value is checked against its type and an error names the file (or variable) and the field.
+Credentials never belong here and are never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fsdgraph.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a command-line run can be told; see the module docstring for where it comes from."""
+
+    workers: int = 4
+    channel: str = "queue"
+    backend: str = "local"
+    partitioner: str = "contiguous"
+    branching: int = 4
+    topics: int = 10
+    timeout_s: float = 900.0
+    stall_timeout_s: float = 120.0
+    peer_timeout_s: float = 60.0
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("FSDGRAPH_CONFIG_FILE", "~/.fsdgraph/config.toml")).expanduser()
+
+
+def _coerce(name: str, value: Any, kind: type, where: str) -> Any:
+    try:
+        if kind is int and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return int(value)
+        if kind is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    except ValueError:
+        pass
+    raise ConfigError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> RunSettings:
+    """Settings from file, then environment, then ``overrides`` (None values are ignored)."""
+    environ = os.environ if environ is None else environ
+    kinds = {f.name: type(f.default) for f in fields(RunSettings)}
+    values: dict[str, Any] = {}
+    explicit = path is not None or "FSDGRAPH_CONFIG_FILE" in environ
+    config_path = Path(path) if path is not None else default_config_path()
+    if config_path.is_file():
+        try:
+            data = tomllib.loads(config_path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{config_path}: not valid TOML: {exc}") from exc
+        table = data.get("run", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{config_path}: [run] must be a table")
+        for key, value in table.items():
+            if key not in kinds:
+                raise ConfigError(f"{config_path}: unknown setting run.{key}; known: "
+                                  f"{', '.join(sorted(kinds))}")
+            values[key] = _coerce(key, value, kinds[key], f"{config_path} [run]")
+    elif explicit:
+        raise ConfigError(f"config file {config_path} does not exist")
+    for key, kind in kinds.items():
+        env = f"FSDGRAPH_{key.upper()}"
+        if env in environ:
+            values[key] = _coerce(key, environ[env], kind, f"environment variable {env}")
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = value
+    return RunSettings(**values)

@@ -1,0 +1,108 @@
+"""The command line: exit codes, messages for bad input, reports."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fsdgraph.cli import main
+
+SMALL = ["--synthetic", "--neurons", "1024", "--layers", "12", "--images", "60"]
+
+
+def test_help_lists_commands_and_exit_codes() -> None:
+    out = subprocess.run([sys.executable, "-m", "fsdgraph.cli", "graphchallenge", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for option in ("--weights", "--images", "--truth", "--neurons", "--layers", "--bias",
+                   "--workers", "--channel", "--backend", "--partitioner", "--report",
+                   "--compare-serial", "--synthetic", "--seed"):
+        assert option in out
+    assert "exit codes" in out
+
+
+def test_synthetic_run_passes_and_writes_report(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "out" / "run.json"
+    code = main(["graphchallenge", *SMALL, "--workers", "3", "--channel", "object",
+                 "--report", str(report),
+                 "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.strip().endswith("PASSED")
+    data = json.loads(report.read_text())
+    for key in ("passed", "categories", "wall_s", "serial_s", "workers", "channel", "bytes_sent",
+                "messages_sent", "requests", "per_layer"):
+        assert key in data
+    assert data["passed"] is True and data["workers"] == 3 and data["channel"] == "object"
+    assert len(data["per_layer"]) == 12 and data["bytes_sent"] > 0
+
+
+def test_wrong_truth_fails_with_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       official_data: Path) -> None:
+    truth = tmp_path / "truth.tsv"
+    truth.write_text("1\n2\n")
+    code = main(["graphchallenge", "--weights", str(official_data / "neuron1024"), "--layers", "6",
+                 "--images", str(official_data / "sparse-images-1024-first1200.tsv.gz"),
+                 "--truth", str(truth), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL categories equal the official truth (2)" in out
+    assert out.strip().endswith("FAILED")
+
+
+def test_malformed_weights_exit_2_with_file_and_line(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    weights = tmp_path / "w"
+    weights.mkdir()
+    with gzip.open(weights / "n1024-l1.tsv.gz", "wt") as f:
+        f.write("1\t1\t0.0625\n2\t1\n")
+    images = tmp_path / "images.tsv"
+    images.write_text("1\t1\t1\n")
+    code = main(["graphchallenge", "--weights", str(weights), "--images", str(images),
+                 "--layers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "n1024-l1.tsv.gz:2:" in err and "Traceback" not in err
+
+
+def test_missing_images_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["graphchallenge", "--synthetic", "--layers", "2", "--images", "many"])
+    assert code == 2
+    assert "--images must be a count with --synthetic, got 'many'" in capsys.readouterr().err
+    code = main(["graphchallenge", "--layers", "2"])
+    assert code == 2
+    assert "--weights DIR is required" in capsys.readouterr().err
+
+
+def test_unknown_partitioner_and_bad_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["graphchallenge", *SMALL, "--partitioner", "nope"]) == 2
+    assert "unknown partitioner 'nope'; known: contiguous, random" in capsys.readouterr().err
+    assert main(["graphchallenge", *SMALL, "--workers", "0"]) == 2
+    assert "workers must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_usage_error_exit_2() -> None:
+    proc = subprocess.run([sys.executable, "-m", "fsdgraph.cli", "graphchallenge", "--channel",
+                           "carrier-pigeon"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "invalid choice: 'carrier-pigeon'" in proc.stderr
+
+
+def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[run]\nworkers = 2\nchannel = "object"\n')
+    monkeypatch.setenv("FSDGRAPH_CONFIG_FILE", str(config))
+    monkeypatch.setenv("FSDGRAPH_WORKERS", "3")
+    assert main(["plan", "--synthetic", "--layers", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["workers"] == 3  # the environment beats the file
+    config.write_text("[run]\nworkers = 'many'\n")
+    monkeypatch.delenv("FSDGRAPH_WORKERS")
+    assert main(["plan", "--synthetic", "--layers", "3"]) == 2
+    assert f"{config} [run]: workers must be int, got 'many'" in capsys.readouterr().err

@@ -1,0 +1,135 @@
+"""Distributed results equal the serial reference, for every worker count, channel and partitioner.
+
+One local backend (and its warm launcher) is shared by the module so the many small runs do not
+each pay for a launcher start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import fsdgraph
+from fsdgraph.backends.local import LocalBackend
+from fsdgraph.sources.graphchallenge import graphchallenge_bias
+from fsdgraph.sources.images import synthetic_images
+from fsdgraph.sources.radixnet import radixnet
+
+LAYERS = 36
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[LocalBackend]:
+    b = LocalBackend()
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def network() -> tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_matrix]:
+    """A generated 1024-neuron RadiX-Net (36 layers: six blocks) on generated images."""
+    graph = fsdgraph.sequential(radixnet(1024, LAYERS, seed=3), graphchallenge_bias(1024), cap=32)
+    images = synthetic_images(1024, 300, seed=4)
+    return graph, images, fsdgraph.reference_inference(images, graph.layers())
+
+
+def assert_same(result: fsdgraph.Result, reference: sp.csr_matrix) -> None:
+    """Categories identical, values within 1e-6 relative; in fact identical bit for bit, since
+    workers sum in the reference's canonical order (a differing bit fails the last line)."""
+    assert np.array_equal(result.categories, fsdgraph.categories(reference))
+    got, want = result.activations.toarray(), reference.toarray()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("partitioner", ["contiguous", "random"])
+@pytest.mark.parametrize("channel", ["queue", "object"])
+@pytest.mark.parametrize("workers", [1, 2, 3, 4, 7])
+def test_distributed_equals_serial(backend: LocalBackend, network: tuple, workers: int,
+                                   channel: str, partitioner: str) -> None:
+    """Categories identical and values within 1e-6 for P in {1,2,3,4,7}, both channels and both
+    partitioners; the run reports real traffic whenever there is more than one worker."""
+    graph, images, reference = network
+    plan = fsdgraph.compile(graph, workers=workers, partitioner=partitioner)
+    result = fsdgraph.Scheduler(backend, channel).run_sync(plan, images)
+    assert_same(result, reference)
+    assert 0 < len(result.categories) < images.shape[0]  # a meaningful batch: some live, some die
+    report = result.report
+    assert report["workers"] == workers and report["channel"] == channel
+    assert len(report["per_layer"]) == LAYERS
+    if workers > 1:
+        assert report["bytes_sent"] > 0 and report["messages_sent"] > 0
+        kind = "publish" if channel == "queue" else "put"
+        assert report["requests"][kind] > 0
+    else:
+        assert report["bytes_sent"] == 0
+
+
+def test_where_bits_differ(backend: LocalBackend, network: tuple) -> None:
+    """Bits differ only from scipy's non-canonical summation order: the plain loop (column ids
+    left unsorted) differs from the canonical reference in the last bits, the distributed result
+    never does."""
+    graph, images, reference = network
+    images = images[:60]
+    reference = fsdgraph.reference_inference(images, graph.layers()[:12])
+    plain = fsdgraph.reference_inference(images, graph.layers()[:12], canonical=False)
+    plan = fsdgraph.compile(graph.layers()[:12], 4)
+    result = fsdgraph.Scheduler(backend, "queue").run_sync(plan, images)
+    assert (result.activations != reference).nnz == 0
+    differing = (plain != reference).nnz
+    assert differing > 0  # summation order matters in float32...
+    assert abs(plain - reference).max() <= 4e-6 * 32  # ...by a few units in the last place
+
+
+def test_random_weights_and_dense_bias(backend: LocalBackend) -> None:
+    """A general MLP: random signed weights, per-neuron bias added everywhere (not only on
+    nonzeros), no cap; dense and sparse layers mixed."""
+    rng = np.random.default_rng(0)
+    widths = [64, 48, 80, 32]
+    weights = [sp.random(a, b, density=0.3, random_state=rng, dtype=np.float32, format="csr")
+               for a, b in zip(widths, widths[1:])]
+    weights[1] = rng.standard_normal((48, 80)).astype(np.float32)  # a dense numpy weight
+    g = fsdgraph.Graph()
+    h: fsdgraph.graph.Node = g.input(64)
+    for i, w in enumerate(weights):
+        h = g.linear(h, w, bias=rng.standard_normal(w.shape[1]).astype(np.float32) * 0.1,
+                     bias_on_nonzero=False)
+        if i < len(weights) - 1:
+            h = g.relu(h)
+    g.output(h)
+    y = sp.random(40, 64, density=0.2, random_state=rng, dtype=np.float32, format="csr")
+    reference = fsdgraph.reference_inference(y, g.layers())
+    for channel in ("queue", "object"):
+        result = fsdgraph.Scheduler(backend, channel).run_sync(fsdgraph.compile(g, 3), y)
+        np.testing.assert_allclose(result.activations.toarray(), reference.toarray(),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_all_rows_die(backend: LocalBackend) -> None:
+    """A batch that dies in the first layer still completes, with no categories."""
+    w = sp.identity(16, dtype=np.float32, format="csr")
+    g = fsdgraph.sequential([w, w, w], bias=-10.0, cap=32)
+    result = fsdgraph.Scheduler(backend, "queue").run_sync(fsdgraph.compile(g, 2),
+                                                            sp.identity(16, format="csr"))
+    assert result.categories.size == 0 and result.activations.nnz == 0
+
+
+def test_input_width_mismatch_is_an_input_error(backend: LocalBackend, network: tuple) -> None:
+    graph, _, _ = network
+    plan = fsdgraph.compile(graph, 2)
+    with pytest.raises(fsdgraph.InputError, match="inputs have 10 features, the plan expects 1024"):
+        fsdgraph.Scheduler(backend).run_sync(plan, sp.csr_matrix((3, 10), dtype=np.float32))
+
+
+def test_nothing_left_behind(backend: LocalBackend, network: tuple, tmp_path) -> None:
+    """The run directory (objects, queues, logs) is removed when the run ends."""
+    graph, images, _ = network
+    local = LocalBackend(root=str(tmp_path))
+    try:
+        fsdgraph.Scheduler(local, "object").run_sync(fsdgraph.compile(graph, 2), images[:20])
+    finally:
+        local.close()
+    assert list(tmp_path.iterdir()) == []
