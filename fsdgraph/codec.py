@@ -159,9 +159,12 @@ class BlockCodec:
             rows = np.cumsum(_Arrays.decode(msg["r"], np.int32, nrows), dtype=np.int64)
             if nrows and (rows[0] < 0 or np.any(np.diff(rows) <= 0)):
                 raise ProtocolError("chunk row ids are not increasing")
+            col0 = int(msg["o"])
+            if col0 < 0:
+                raise ProtocolError(f"chunk column offset {col0} is negative")
             if msg["f"] == "d":
                 dense_t = _Arrays.decode(msg["x"], np.float32, nrows * ncols).reshape(ncols, nrows)
-                return Chunk(int(msg["o"]), Block(rows.astype(np.int32), dense_t=dense_t))
+                return Chunk(col0, Block(rows.astype(np.int32), dense_t=dense_t))
             counts = _Arrays.decode(msg["k"], np.int32, nrows)
             indptr = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
             nnz = int(indptr[-1])
@@ -169,12 +172,13 @@ class BlockCodec:
             row_of = np.repeat(np.arange(nrows), counts)
             # Undo the per-row gaps: cumulative sum restarted at every row start.
             total = np.cumsum(indices, dtype=np.int64)
-            indices = (total - (total - indices)[indptr[:-1]][row_of]).astype(np.int32)
+            before_row = np.concatenate(([0], total))[indptr[:-1]]
+            indices = (total - before_row[row_of]).astype(np.int32)
             if nnz and (indices.min() < 0 or indices.max() >= ncols):
                 raise ProtocolError("chunk column index out of range")
             values = sp.csr_matrix((_Arrays.decode(msg["x"], np.float32, nnz), indices, indptr),
                                    shape=(nrows, ncols))
-            return Chunk(int(msg["o"]), Block(rows.astype(np.int32), csr=values))
+            return Chunk(col0, Block(rows.astype(np.int32), csr=values))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ProtocolError(f"malformed chunk: {exc!r}") from exc
 
@@ -185,10 +189,14 @@ class BlockCodec:
         """
         out: list[bytes] = []
         self._split(block, 0, max_bytes, out)
-        return out
+        return out or [self.encode(block)]
 
     def _split(self, block: Block, col0: int, max_bytes: int, out: list[bytes]) -> None:
+        if block.nnz == 0:
+            return  # e.g. a column range of a split row that holds nothing: nothing to send
         data = self.encode(block, col0)
+        if len(data) > max_bytes and block.dense_t is None:
+            data = min(data, self.encode(block.as_dense(), col0), key=len)
         if len(data) <= max_bytes:
             out.append(data)
             return

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fsdgraph.errors import ProtocolError
+from fsdgraph.errors import ProtocolError, TransportError
 from fsdgraph.transport import Entry, Message, MessageService
 
 KINDS = ("started", "progress", "done", "error")
@@ -55,8 +55,21 @@ class Reporter:
         self.launched_at = 0.0
 
     async def report(self, kind: str, layer: int, message: str = "", details: str = "") -> None:
-        status = Status(kind, self.worker, layer, message, details, self.launched_at)
-        await self.messages.send_batch(self.queue, [encode_status(self.run_id, status)])
+        """Send a status; a traceback too long for the queue is cut (its end says most)."""
+        while True:
+            status = Status(kind, self.worker, layer, message, details, self.launched_at)
+            result = await self.messages.send_batch(self.queue,
+                                                    [encode_status(self.run_id, status)])
+            if result.ok:
+                break
+            failure = result.failures[0]
+            if failure.retryable:
+                continue
+            if not details and len(message) <= 200:
+                raise TransportError(f"worker {self.worker}: cannot report {kind!r} status: "
+                                     f"{failure.code}: {failure.message}")
+            details = details[-len(details) // 2:] if len(details) > 64 else ""
+            message = message[:200]
         self._last = time.monotonic()
 
     async def progress(self, layers_done: int) -> None:

@@ -79,7 +79,15 @@ class WorkerMetrics:
     def to_dict(self) -> dict[str, Any]:
         return {"worker": self.worker, "started": self.started, "setup": self.setup.to_dict(),
                 "layers": [m.to_dict() for m in self.layers],
-                "peak_rss_bytes": peak_rss_bytes()}
+                "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds()}
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process has used."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return float(usage.ru_utime + usage.ru_stime)
 
 
 def peak_rss_bytes() -> int:

@@ -58,6 +58,7 @@ def build_report(
             w[name] = sum(getattr(m, name) for m in layers)
         w["requests"] = dict(w_requests)
         w["peak_rss_bytes"] = wm.get("peak_rss_bytes", 0)
+        w["cpu_s"] = wm.get("cpu_s", 0.0)
         per_worker.append(w)
     requests.update(LayerMetrics.from_dict(coordinator["setup"]).requests)
     totals = {name: sum(w[name] for w in per_worker) for name in COUNTERS}
@@ -74,6 +75,7 @@ def build_report(
         "launch_s": launch_s,
         **totals,
         "peak_rss_bytes_max": max((w["peak_rss_bytes"] for w in per_worker), default=0),
+        "cpu_s": sum(w["cpu_s"] for w in per_worker),
         "requests": dict(sorted(requests.items())),
         "per_layer": per_layer,
         "per_worker": per_worker,

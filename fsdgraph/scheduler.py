@@ -50,6 +50,7 @@ from fsdgraph.plan import Plan
 from fsdgraph.report import build_report
 from fsdgraph.resources import RunNames
 from fsdgraph.serialize import unpack
+from fsdgraph.transport import Limits
 from fsdgraph.tree import invocation_tree
 
 
@@ -165,6 +166,7 @@ class Scheduler:
         names = RunNames(uuid.uuid4().hex[:12])
         coordinator = WorkerMetrics(-1)
         async with self.backend.session(names.run_id) as raw:
+            _check_limits(raw.limits)
             services = counted(raw, coordinator)
             try:
                 staged = time.perf_counter()
@@ -240,6 +242,19 @@ class Scheduler:
                 await step
             except FsdError as exc:
                 print(f"fsdgraph: cleanup of run {names.run_id}: {exc}", file=sys.stderr)
+
+
+#: The smallest message limit the protocol works with: a chunk's attributes take about 120 bytes
+#: and a worker's status message a few hundred.
+MIN_MESSAGE_BYTES = 1024
+
+
+def _check_limits(limits: Limits) -> None:
+    for name in ("max_message_bytes", "max_batch_bytes"):
+        if getattr(limits, name) < MIN_MESSAGE_BYTES:
+            raise ConfigError(f"limit {name}={getattr(limits, name)} is too small: chunk "
+                              f"attributes and status messages need at least "
+                              f"{MIN_MESSAGE_BYTES} bytes to fit")
 
 
 def _assemble(outputs: list[bytes], batch: int,

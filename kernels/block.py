@@ -22,6 +22,7 @@ array([5], dtype=int32)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,6 +30,17 @@ import scipy.sparse as sp
 #: Store a block dense when more than this fraction of its cells is nonzero (measured: below it,
 #: scipy's sparse product beats the dense one on the Graph Challenge layers; docs/benchmarks.md).
 DENSE_ABOVE = 0.4
+
+
+def dense_to_csr(dense: np.ndarray) -> sp.csr_matrix:
+    """A C-ordered 2-D array as CSR, several times faster than ``scipy.sparse.csr_matrix(dense)``
+    (which goes through COO and a general ``nonzero``)."""
+    mask = dense != 0
+    flat = np.flatnonzero(mask)
+    indptr = np.zeros(dense.shape[0] + 1, dtype=np.int64)
+    np.cumsum(mask.sum(axis=1), out=indptr[1:])
+    columns = (flat % dense.shape[1]).astype(np.int32)
+    return sp.csr_matrix((dense.ravel()[flat], columns, indptr), shape=dense.shape)
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,7 @@ class Block:
     def is_dense(self) -> bool:
         return self.dense_t is not None
 
-    @property
+    @cached_property
     def nnz(self) -> int:
         if self.dense_t is not None:
             return int(np.count_nonzero(self.dense_t))
@@ -114,7 +126,7 @@ class Block:
         if self.csr is not None:
             return self
         assert self.dense_t is not None
-        return Block(self.rows, csr=sp.csr_matrix(self.dense_t.T))
+        return Block(self.rows, csr=dense_to_csr(self.dense_t).T.tocsr())
 
     def select_columns(self, columns: np.ndarray) -> Block:
         """The block restricted to ``columns`` (local indices), without rows that became empty."""

@@ -53,7 +53,9 @@ class LayerInputs:
     def __init__(self, batch: int, weight: WeightRows) -> None:
         self.batch = batch
         self.weight = weight
-        self._pieces: list[tuple[Block, np.ndarray]] = []
+        # Pieces by the input positions they fill; several pieces for the same positions are row
+        # chunks of one edge (disjoint rows).
+        self._groups: dict[tuple[int, int, int], tuple[np.ndarray, list[Block]]] = {}
         self._all_rows = False
 
     def touch_all(self) -> None:
@@ -64,13 +66,34 @@ class LayerInputs:
         """Place ``piece``'s columns at input ``positions`` (one per column, in order)."""
         if len(positions) != piece.ncols:
             raise ValueError(f"{piece.ncols} columns but {len(positions)} positions")
-        if len(piece.rows):
-            self._pieces.append((piece, np.asarray(positions)))
+        if len(piece.rows) == 0:
+            return
+        key = (int(positions[0]), int(positions[-1]), len(positions))
+        self._groups.setdefault(key, (np.asarray(positions), []))[1].append(piece)
 
-    def _rows(self) -> np.ndarray:
-        if self._all_rows:
-            return np.arange(self.batch, dtype=np.int32)
-        parts = [p.rows for p, _ in self._pieces]
+    def _merged(self) -> list[tuple[np.ndarray, Block]]:
+        """One block per group, in input order (a contiguous partition then needs no sort):
+        row chunks stacked in row order."""
+        out = []
+        for _, (positions, blocks) in sorted(self._groups.items()):
+            if len(blocks) == 1:
+                out.append((positions, blocks[0]))
+                continue
+            blocks = sorted(blocks, key=lambda b: int(b.rows[0]))
+            rows = np.concatenate([b.rows for b in blocks])
+            if np.any(np.diff(rows) <= 0):
+                raise ValueError("row chunks of one edge overlap")
+            if all(b.dense_t is not None for b in blocks):
+                dense_t = np.concatenate([b.dense_t for b in blocks], axis=1)  # type: ignore[misc]
+                out.append((positions, Block(rows, dense_t=dense_t)))
+            else:
+                csr = sp.vstack([b.to_csr() for b in blocks], format="csr")
+                out.append((positions, Block(rows, csr=csr)))
+        return out
+
+    @staticmethod
+    def _rows(pieces: list[tuple[np.ndarray, Block]]) -> np.ndarray:
+        parts = [b.rows for _, b in pieces]
         if not parts:
             return np.zeros(0, np.int32)
         if all(len(p) == len(parts[0]) and np.array_equal(p, parts[0]) for p in parts[1:]):
@@ -81,14 +104,15 @@ class LayerInputs:
         self, bias: np.ndarray, *, bias_on_nonzero: bool, relu: bool, cap: float | None
     ) -> Block:
         """Multiply, add bias, ReLU, cap; return the live rows of the outputs."""
-        rows = self._rows()
+        pieces = self._merged()
+        rows = np.arange(self.batch, dtype=np.int32) if self._all_rows else self._rows(pieces)
         n_in, width = self.weight.shape
-        nnz = sum(p.nnz for p, _ in self._pieces)
         if len(rows) == 0 and bias_on_nonzero:
             return Block.empty(width)
+        nnz = sum(b.nnz for _, b in pieces)
         if bias_on_nonzero and nnz < SPARSE_PRODUCT_BELOW * len(rows) * n_in:
-            return self._sparse(rows, bias, relu, cap)
-        z_t = np.asarray(self.weight.transposed @ self._dense_inputs(rows))
+            return self._sparse(pieces, bias, relu, cap)
+        z_t = np.asarray(self.weight.transposed @ self._dense_inputs(pieces, rows))
         if bias_on_nonzero:
             z_t += np.where(z_t != 0, bias[:, None], np.float32(0))
         else:
@@ -96,26 +120,25 @@ class LayerInputs:
         _clip(z_t, relu, cap)
         return Block.from_dense_t(rows, z_t)
 
-    def _sparse(self, rows: np.ndarray, bias: np.ndarray, relu: bool,
+    def _sparse(self, pieces: list[tuple[np.ndarray, Block]], bias: np.ndarray, relu: bool,
                 cap: float | None) -> Block:
-        r, c, v = [], [], []
-        for piece, positions in self._pieces:
-            coo = piece.to_csr().tocoo()
-            r.append(np.searchsorted(rows, piece.rows[coo.row]))
-            c.append(positions[coo.col])
-            v.append(coo.data)
-        x = sp.csr_matrix((np.concatenate(v), (np.concatenate(r), np.concatenate(c))),
-                          shape=(len(rows), self.weight.shape[0]), dtype=np.float32)
-        x.sort_indices()  # ascending input order: the serial reference's summation order
+        # Side by side over the whole batch (an empty row costs one indptr entry), then column
+        # ids mapped to input positions; sorted ids give the reference's summation order.
+        side = sp.hstack([b.to_matrix(self.batch) for _, b in pieces], format="csr")
+        positions = np.concatenate([p for p, _ in pieces]).astype(np.int32)
+        x = sp.csr_matrix((side.data, positions[side.indices], side.indptr),
+                          shape=(self.batch, self.weight.shape[0]))
+        x.sort_indices()
         z = sp.csr_matrix(x @ self.weight.csr)
         z.eliminate_zeros()  # bias goes only where the sum is nonzero
         z.data += bias[z.indices]
         _clip(z.data, relu, cap)
-        return Block.from_csr(rows, z)
+        return Block.from_csr(np.arange(self.batch, dtype=np.int32), z)
 
-    def _dense_inputs(self, rows: np.ndarray) -> np.ndarray:
+    def _dense_inputs(self, pieces: list[tuple[np.ndarray, Block]],
+                      rows: np.ndarray) -> np.ndarray:
         x_t = np.zeros((self.weight.shape[0], len(rows)), dtype=np.float32)
-        for piece, positions in self._pieces:
+        for positions, piece in pieces:
             same_rows = len(piece.rows) == len(rows)
             if piece.dense_t is not None and same_rows:
                 x_t[positions] = piece.dense_t

@@ -82,7 +82,8 @@ class QueueChannel(Channel):
     def chunk_budget(self) -> int:
         widest = OutChunk(10**9, 10**6, 10**6, 10**6, 10**6, b"")
         overhead = entry_size(Entry("", self._attributes(widest)))
-        return _text.raw_budget(self.services.limits.max_message_bytes - overhead)
+        limits = self.services.limits
+        return _text.raw_budget(min(limits.max_message_bytes, limits.max_batch_bytes) - overhead)
 
     async def _send_chunks(self, chunks: list[OutChunk]) -> None:
         entries = [Entry(_text.encode(c.payload), self._attributes(c)) for c in chunks]

@@ -1,0 +1,460 @@
+"""The wire format: :class:`BlockCodec` and :class:`TextCodec` round trips, chunking within a size
+limit, clear :class:`ProtocolError` for malformed input, a golden encoding, and the batch packer
+of the queue channel (:func:`pack_batches`).
+
+"Exact" means bit-identical: rows equal and every value equal as raw float32 bits.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections import Counter
+from typing import Any
+
+import lz4.block
+import msgpack
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from fsdgraph.kernels import Block
+
+from fsdgraph.channels.queue import pack_batches
+from fsdgraph.codec import BlockCodec, Chunk, TextCodec
+from fsdgraph.errors import ProtocolError
+from fsdgraph.transport import Entry, entry_size
+
+CODEC = BlockCodec()
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def bits(values: np.ndarray) -> np.ndarray:
+    """The raw bits of float32 values (so -0.0 != 0.0 and NaN == NaN by payload)."""
+    return np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+
+
+def cells(block: Block) -> np.ndarray:
+    """A block's (rows x ncols) values as a dense float32 array, whatever its layout."""
+    return np.asarray(block.to_csr().toarray(), dtype=np.float32)
+
+
+def assert_same(got: Block, want: Block) -> None:
+    """Rows and values bit-identical (the layout, dense or CSR, may differ)."""
+    assert got.ncols == want.ncols
+    np.testing.assert_array_equal(np.asarray(got.rows, np.int64), np.asarray(want.rows, np.int64))
+    np.testing.assert_array_equal(bits(cells(got)), bits(cells(want)))
+
+
+def roundtrip(block: Block, col0: int = 0) -> Chunk:
+    chunk = CODEC.decode(CODEC.encode(block, col0))
+    assert chunk.col0 == col0
+    assert_same(chunk.block, block)
+    return chunk
+
+
+def reassemble(block: Block, payloads: list[bytes], max_bytes: int) -> None:
+    """Decode every chunk, place it at its rows and ``[col0, col0 + ncols)``, and check that the
+    chunks tile the block exactly once and reproduce it bit for bit."""
+    out = np.zeros((len(block.rows), block.ncols), np.float32)
+    covered = np.zeros(out.shape, np.int64)
+    for payload in payloads:
+        assert len(payload) <= max_bytes
+        chunk = CODEC.decode(payload)
+        positions = np.searchsorted(block.rows, chunk.block.rows)
+        assert np.array_equal(block.rows[positions], chunk.block.rows), "rows not in the block"
+        hi = chunk.col0 + chunk.block.ncols
+        assert 0 <= chunk.col0 < hi <= block.ncols
+        out[np.ix_(positions, np.arange(chunk.col0, hi))] = cells(chunk.block)
+        covered[np.ix_(positions, np.arange(chunk.col0, hi))] += 1
+    # Rows a chunk may leave out are all-zero; no cell may arrive twice.
+    assert covered.max(initial=0) <= 1
+    np.testing.assert_array_equal(bits(out), bits(cells(block)))
+
+
+def random_values(rng: np.random.Generator, shape: tuple[int, int], density: float) -> np.ndarray:
+    """Values of every kind the wire must keep: saturated caps, small integers, arbitrary and
+    negative floats, subnormals."""
+    kinds = rng.integers(0, 4, size=shape)
+    values = np.select(
+        [kinds == 0, kinds == 1, kinds == 2],
+        [np.float32(32.0), rng.integers(1, 9, size=shape).astype(np.float32),
+         rng.standard_normal(shape).astype(np.float32) * 100],
+        np.float32(1e-42),  # subnormal
+    ).astype(np.float32)
+    values[rng.random(shape) >= density] = 0
+    values[:, 0][~values.any(axis=1)] = 1.0  # every row alive, as channels send them
+    return values
+
+
+def random_block(rng: np.random.Generator, nrows: int, ncols: int, density: float,
+                 dense: bool) -> Block:
+    rows = np.sort(rng.choice(10 * nrows + 5, size=nrows, replace=False)).astype(np.int32)
+    values = random_values(rng, (nrows, ncols), density)
+    if dense:
+        return Block(rows, dense_t=np.ascontiguousarray(values.T))
+    return Block(rows, csr=sp.csr_matrix(values))
+
+
+def repack(payload: bytes, **changes: Any) -> bytes:
+    """``payload`` with some msgpack fields replaced (to craft malformed chunks)."""
+    msg = msgpack.unpackb(payload, raw=False)
+    msg.update(changes)
+    return bytes(msgpack.packb(msg, use_bin_type=True))
+
+
+# -- BlockCodec round trips ----------------------------------------------------------------------
+def test_empty_block_round_trips() -> None:
+    """A block with no rows survives encode/decode with its width."""
+    chunk = roundtrip(Block.empty(7))
+    assert len(chunk.block.rows) == 0 and chunk.block.ncols == 7
+
+
+def test_one_row_round_trips() -> None:
+    """A single row, dense and sparse, keeps its row id, values and column offset."""
+    values = np.array([[0, 3.5, 0, 0, 0, 0, 0, 0, 0, 0, 0, -2]], np.float32)
+    roundtrip(Block(np.array([123456], np.int32), dense_t=np.ascontiguousarray(values.T)), 17)
+    roundtrip(Block(np.array([0], np.int32), csr=sp.csr_matrix(values)), 0)
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "csr"])
+@pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
+def test_random_blocks_round_trip_exactly(dense: bool, density: float) -> None:
+    """Dense and CSR blocks of every density (the encoder may switch layout) decode bit for
+    bit, on many seeded random shapes."""
+    rng = np.random.default_rng(1000 + int(density * 100) + dense)
+    for _ in range(40):
+        block = random_block(rng, int(rng.integers(1, 60)), int(rng.integers(1, 90)), density,
+                             dense)
+        roundtrip(block, int(rng.integers(0, 10**6)))
+
+
+def test_large_row_ids_and_gaps_round_trip() -> None:
+    """Row ids near the int32 range and irregular gaps survive the delta coding."""
+    rows = np.array([0, 1, 2, 70_000, 2**31 - 2], np.int32)
+    values = np.arange(15, dtype=np.float32).reshape(5, 3) + 1
+    roundtrip(Block(rows, dense_t=np.ascontiguousarray(values.T)))
+    roundtrip(Block(rows, csr=sp.csr_matrix(values)))
+
+
+def test_csr_block_with_empty_middle_row_round_trips() -> None:
+    """A CSR row without values between live rows decodes as an empty row."""
+    values = np.zeros((3, 40), np.float32)
+    values[0, 5] = 1
+    values[2, 39] = 2
+    roundtrip(Block(np.array([1, 2, 3], np.int32), csr=sp.csr_matrix(values)))
+
+
+def test_csr_block_with_empty_last_row_round_trips() -> None:
+    """A CSR block whose last row has no values (Block.take_columns keeps such rows) decodes."""
+    values = np.zeros((2, 40), np.float32)
+    values[0, 5] = 1
+    roundtrip(Block(np.array([1, 2], np.int32), csr=sp.csr_matrix(values)))
+
+
+# -- chunking -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "csr"])
+def test_block_needing_many_chunks_is_split_by_rows(dense: bool) -> None:
+    """Every chunk fits the limit and the chunks reassemble the block exactly."""
+    rng = np.random.default_rng(7)
+    block = random_block(rng, 600, 100, 0.3 if dense else 0.08, dense)
+    max_bytes = len(CODEC.encode(block)) // 20
+    assert max_bytes > 600  # one row fits alone: a split by rows only
+    payloads = CODEC.encode_chunks(block, max_bytes)
+    assert len(payloads) > 10
+    reassemble(block, payloads, max_bytes)
+
+
+def test_chunking_property_on_random_blocks() -> None:
+    """On many seeded random blocks and limits (each row fitting alone), chunks stay within the
+    limit and tile the block exactly once."""
+    rng = np.random.default_rng(2024)
+    for _ in range(60):
+        block = random_block(rng, int(rng.integers(1, 120)), int(rng.integers(1, 50)),
+                             float(rng.choice([0.05, 0.2, 0.9])), bool(rng.integers(0, 2)))
+        widest_row = max(len(CODEC.encode(block.take_rows(np.array([i]))))
+                         for i in range(len(block.rows)))
+        max_bytes = int(rng.integers(widest_row, len(CODEC.encode(block)) + 50))
+        reassemble(block, CODEC.encode_chunks(block, max_bytes), max_bytes)
+
+
+def test_one_dense_row_too_wide_is_split_by_columns() -> None:
+    """A single row larger than the limit is cut into column ranges with the right ``col0``."""
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((1, 3000)).astype(np.float32)
+    block = Block(np.array([42], np.int32), dense_t=np.ascontiguousarray(values.T))
+    max_bytes = 1000
+    payloads = CODEC.encode_chunks(block, max_bytes)
+    assert len(payloads) >= 12
+    col0s = [CODEC.decode(p).col0 for p in payloads]
+    assert len(set(col0s)) == len(col0s) and 0 in col0s
+    reassemble(block, payloads, max_bytes)
+
+
+def test_one_sparse_row_too_wide_is_split_by_columns() -> None:
+    """A single sparse row too wide for the limit splits by columns and reassembles exactly,
+    also when its values sit in a few columns (so some column ranges hold none)."""
+    values = np.zeros((1, 4000), np.float32)
+    values[0, :200] = np.arange(1, 201)
+    block = Block(np.array([9], np.int32), csr=sp.csr_matrix(values))
+    assert block.density <= 0.1  # stays CSR on the wire
+    reassemble(block, CODEC.encode_chunks(block, 300), 300)
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "csr"])
+def test_limit_exactly_at_the_encoded_size(dense: bool) -> None:
+    """max_bytes equal to the encoded size gives that one encoding; one byte less splits it."""
+    block = random_block(np.random.default_rng(11), 40, 30, 0.5 if dense else 0.08, dense)
+    whole = CODEC.encode(block)
+    assert CODEC.encode_chunks(block, len(whole)) == [whole]
+    payloads = CODEC.encode_chunks(block, len(whole) - 1)
+    assert len(payloads) >= 2
+    reassemble(block, payloads, len(whole) - 1)
+
+
+def test_empty_block_is_one_chunk() -> None:
+    """A block without rows is one (small) chunk."""
+    payloads = CODEC.encode_chunks(Block.empty(5), 100)
+    assert len(payloads) == 1
+    assert len(CODEC.decode(payloads[0]).block.rows) == 0
+
+
+def test_value_that_cannot_fit_is_a_protocol_error() -> None:
+    """A limit below the size of one value fails with a message saying so."""
+    block = Block(np.array([0], np.int32), dense_t=np.ones((1, 1), np.float32))
+    with pytest.raises(ProtocolError, match=r"one value does not fit in 20 bytes"):
+        CODEC.encode_chunks(block, 20)
+
+
+# -- malformed input -------------------------------------------------------------------------------
+@pytest.mark.parametrize("data", [b"", b"\xc1", b"not msgpack at all", bytes(range(256))],
+                         ids=["empty", "reserved-byte", "text", "all-bytes"])
+def test_garbage_is_a_protocol_error(data: bytes) -> None:
+    """Bytes that are not a chunk raise ProtocolError saying so (never another exception)."""
+    with pytest.raises(ProtocolError, match=r"undecodable chunk|chunk codec"):
+        CODEC.decode(data)
+
+
+def test_random_garbage_is_always_a_protocol_error() -> None:
+    """Seeded random byte strings, and random corruptions of a valid chunk, either decode or
+    raise ProtocolError: the decoder never leaks IndexError, KeyError, lz4 errors..."""
+    rng = np.random.default_rng(5)
+    valid = CODEC.encode(random_block(rng, 20, 30, 0.1, False))
+    for i in range(400):
+        if i % 2:
+            data = rng.integers(0, 256, size=int(rng.integers(1, 200)), dtype=np.uint8).tobytes()
+        else:
+            corrupt = np.frombuffer(valid, np.uint8).copy()
+            at = rng.integers(0, len(corrupt), size=3)
+            corrupt[at] = rng.integers(0, 256, size=3, dtype=np.uint8)
+            data = corrupt.tobytes()
+        with contextlib.suppress(ProtocolError):
+            CODEC.decode(data)
+
+
+def test_wrong_codec_id_is_rejected() -> None:
+    """A chunk from another codec version names both ids."""
+    payload = repack(CODEC.encode(Block.empty(3)), c="fsd-block-0")
+    with pytest.raises(ProtocolError, match=r"chunk codec 'fsd-block-0' is not 'fsd-block-1'"):
+        CODEC.decode(payload)
+    with pytest.raises(ProtocolError, match=r"chunk codec 'list' is not 'fsd-block-1'"):
+        CODEC.decode(bytes(msgpack.packb([1, 2])))
+
+
+def test_truncated_payload_is_rejected() -> None:
+    """A chunk cut short (framing or compressed array) is a ProtocolError."""
+    block = random_block(np.random.default_rng(1), 30, 20, 0.5, True)
+    payload = CODEC.encode(block)
+    for cut in (1, 5, len(payload) // 2, len(payload) - 1):
+        with pytest.raises(ProtocolError, match=r"undecodable chunk \(\d+ bytes\)"):
+            CODEC.decode(payload[:cut])
+    shuffled, size, data = msgpack.unpackb(payload, raw=False)["x"]
+    with pytest.raises(ProtocolError, match=r"undecodable chunk array"):
+        CODEC.decode(repack(payload, x=[shuffled, size, data[: len(data) // 2]]))
+
+
+def test_array_of_the_wrong_length_is_rejected() -> None:
+    """A row count that disagrees with the arrays is reported with both sizes."""
+    payload = repack(CODEC.encode(Block(np.array([1, 2], np.int32),
+                                        dense_t=np.ones((3, 2), np.float32))), m=3)
+    with pytest.raises(ProtocolError, match=r"chunk array of 8 bytes, expected 12"):
+        CODEC.decode(payload)
+
+
+def test_column_index_out_of_range_is_rejected() -> None:
+    """A CSR chunk whose column ids exceed its declared width is rejected."""
+    values = np.zeros((2, 50), np.float32)
+    values[0, 3] = 1
+    values[1, 40] = 2
+    payload = CODEC.encode(Block(np.array([0, 1], np.int32), csr=sp.csr_matrix(values)))
+    assert msgpack.unpackb(payload, raw=False)["f"] == "s"
+    with pytest.raises(ProtocolError, match=r"chunk column index out of range"):
+        CODEC.decode(repack(payload, n=10))
+
+
+def test_negative_column_offset_is_rejected() -> None:
+    """A chunk cannot start before column 0 of its edge (a negative ``col0`` would slice the
+    receiver's positions from the end)."""
+    payload = CODEC.encode(Block(np.array([1], np.int32), dense_t=np.ones((2, 1), np.float32)))
+    with pytest.raises(ProtocolError, match=r"col"):
+        CODEC.decode(repack(payload, o=-1))
+
+
+def test_rows_not_increasing_are_rejected() -> None:
+    """Row ids must rise strictly (a duplicate or reordered row would be added twice)."""
+    payload = CODEC.encode(Block(np.array([5, 3], np.int32), dense_t=np.ones((2, 2), np.float32)))
+    with pytest.raises(ProtocolError, match=r"chunk row ids are not increasing"):
+        CODEC.decode(payload)
+
+
+def test_missing_field_is_rejected() -> None:
+    """A chunk without its values names the missing field."""
+    msg = msgpack.unpackb(CODEC.encode(Block.empty(3)), raw=False)
+    del msg["f"]
+    with pytest.raises(ProtocolError, match=r"malformed chunk: KeyError\('f'\)"):
+        CODEC.decode(bytes(msgpack.packb(msg, use_bin_type=True)))
+
+
+def test_array_field_of_the_wrong_shape_is_rejected() -> None:
+    """Array fields that are not ``[shuffled, size, data]`` are a ProtocolError."""
+    payload = CODEC.encode(Block(np.array([1], np.int32), dense_t=np.ones((2, 1), np.float32)))
+    for bad in (None, 7, [True, 8], [True, 8, "text"], [True, 8, b"x", 1]):
+        with pytest.raises(ProtocolError):
+            CODEC.decode(repack(payload, x=bad))
+
+
+# -- golden bytes --------------------------------------------------------------------------------
+# The exact encodings of two small blocks, computed once with codec id "fsd-block-1" (msgpack 1.x,
+# lz4 block format). If one of these tests fails, the wire format changed: bump
+# BlockCodec.codec_id (old workers must reject new chunks, and vice versa), then update the
+# bytes. (A new lz4 release could also compress differently without a format change; then the
+# decode half must still pass.)
+GOLDEN_DENSE = bytes.fromhex(
+    "87a163ab6673642d626c6f636b2d31a16f00a16e04a16d03a17293c30cc40dc000030100000000000000000"
+    "0a166a164a17893c330c41f1f00010004f009c000e00000e00080e00000e03f0040004240403e40424240")
+GOLDEN_CSR = bytes.fromhex(
+    "89a163ab6673642d626c6f636b2d31a16f28a16e10a16d03a17293c30cc40dc002030400000000000000000"
+    "0a166a173a16b93c30cc40dc0010201000000000000000000a16993c310c412f00102000f0900000000000000"
+    "0000000000a17893c310c40d1300010080a040e0003f40c03f")
+
+
+def golden_dense_block() -> Block:
+    values = np.array([[1.5, 0, 2, 32], [0, 32, 0.25, 32], [7, 7, 7, 7]], np.float32)
+    return Block(np.array([0, 3, 4], np.int32), dense_t=np.ascontiguousarray(values.T))
+
+
+def golden_csr_block() -> Block:
+    values = np.zeros((3, 16), np.float32)
+    values[0, 2], values[1, 0], values[1, 15], values[2, 9] = 1.25, 3, -7, 0.5
+    return Block(np.array([2, 5, 9], np.int32), csr=sp.csr_matrix(values))
+
+
+def test_golden_dense_bytes() -> None:
+    """The dense layout's bytes are frozen (see the comment above GOLDEN_DENSE)."""
+    assert BlockCodec.codec_id == "fsd-block-1"
+    chunk = CODEC.decode(GOLDEN_DENSE)
+    assert chunk.col0 == 0
+    assert_same(chunk.block, golden_dense_block())
+    assert CODEC.encode(golden_dense_block()).hex() == GOLDEN_DENSE.hex()
+
+
+def test_golden_csr_bytes() -> None:
+    """The CSR layout's bytes (gap-coded column ids, col0 = 40) are frozen."""
+    assert BlockCodec.codec_id == "fsd-block-1"
+    chunk = CODEC.decode(GOLDEN_CSR)
+    assert chunk.col0 == 40
+    assert_same(chunk.block, golden_csr_block())
+    assert CODEC.encode(golden_csr_block(), col0=40).hex() == GOLDEN_CSR.hex()
+
+
+def test_encoding_is_deterministic_and_compact() -> None:
+    """Equal blocks encode to equal bytes, and saturated values compress far below raw size."""
+    values = np.full((200, 100), 32.0, np.float32)
+    block = Block(np.arange(200, dtype=np.int32), dense_t=np.ascontiguousarray(values.T))
+    assert CODEC.encode(block) == CODEC.encode(block)
+    assert len(CODEC.encode(block)) < values.nbytes // 50
+    assert lz4.block  # the codec's compressor is importable here (used by the golden bytes)
+
+
+# -- TextCodec ------------------------------------------------------------------------------------
+def test_text_codec_round_trips() -> None:
+    """Any bytes survive base64, and the text length is what ``encoded_size`` predicts."""
+    text = TextCodec()
+    rng = np.random.default_rng(9)
+    for n in [*range(40), 1000, 4095, 4096, 4097]:
+        data = rng.integers(0, 256, size=n, dtype=np.uint8).tobytes()
+        encoded = text.encode(data)
+        assert encoded.isascii()
+        assert len(encoded.encode()) == TextCodec.encoded_size(n)
+        assert text.decode(encoded) == data
+
+
+def test_text_codec_budget_edges() -> None:
+    """``raw_budget(t)`` is the largest raw size whose text fits in ``t`` bytes: it fits, one
+    more byte does not."""
+    for t in range(0, 300):
+        raw = TextCodec.raw_budget(t)
+        assert raw >= 0
+        assert TextCodec.encoded_size(raw) <= t
+        assert TextCodec.encoded_size(raw + 1) > t
+    assert TextCodec.encoded_size(0) == 0
+    assert (TextCodec.encoded_size(1), TextCodec.encoded_size(3), TextCodec.encoded_size(4)) \
+        == (4, 4, 8)
+    assert (TextCodec.raw_budget(3), TextCodec.raw_budget(4), TextCodec.raw_budget(7)) == (0, 3, 3)
+
+
+@pytest.mark.parametrize("text", ["not base64!", "QUJ", "QU JD", "ÄÖÜ="])
+def test_text_codec_rejects_bad_text(text: str) -> None:
+    """A body that is not strict base64 (or not ASCII) is a ProtocolError."""
+    with pytest.raises(ProtocolError, match=r"message body is not base64"):
+        TextCodec().decode(text)
+
+
+def test_block_survives_text_wrapping() -> None:
+    """Block -> bytes -> base64 -> bytes -> block, as on the queue channel."""
+    block = random_block(np.random.default_rng(4), 25, 33, 0.2, False)
+    text = TextCodec().encode(CODEC.encode(block, 5))
+    assert base64.b64decode(text) == CODEC.encode(block, 5)
+    chunk = CODEC.decode(TextCodec().decode(text))
+    assert chunk.col0 == 5
+    assert_same(chunk.block, block)
+
+
+# -- pack_batches ---------------------------------------------------------------------------------
+def random_entries(rng: np.random.Generator, count: int, largest: int) -> list[Entry]:
+    entries = []
+    for i in range(count):
+        attributes = {"layer": str(int(rng.integers(0, 1000))), "index": str(i)}
+        overhead = entry_size(Entry("", attributes))
+        body = "x" * int(rng.integers(0, max(1, largest - overhead) + 1))
+        entries.append(Entry(body, attributes))
+    return entries
+
+
+def test_pack_batches_respects_limits_and_keeps_every_entry() -> None:
+    """On many seeded random inputs: each batch within the entry and byte limits, every entry
+    exactly once, and no two batches that could have been merged (first fit packs tightly)."""
+    rng = np.random.default_rng(12345)
+    for _ in range(500):
+        max_entries = int(rng.integers(1, 12))
+        max_bytes = int(rng.integers(60, 3000))
+        entries = random_entries(rng, int(rng.integers(0, 60)), max_bytes)
+        assert all(entry_size(e) <= max_bytes for e in entries)
+        batches = pack_batches(entries, max_entries, max_bytes)
+        for batch in batches:
+            assert 1 <= len(batch) <= max_entries
+            assert sum(entry_size(e) for e in batch) <= max_bytes
+        assert Counter(id(e) for b in batches for e in b) == Counter(id(e) for e in entries)
+        sizes = [(len(b), sum(entry_size(e) for e in b)) for b in batches]
+        for i, (n1, s1) in enumerate(sizes):
+            for n2, s2 in sizes[i + 1:]:
+                assert n1 + n2 > max_entries or s1 + s2 > max_bytes
+
+
+def test_pack_batches_edges() -> None:
+    """No entries: no batch; entries exactly at the byte limit go alone; the entry limit
+    alone splits tiny entries."""
+    assert pack_batches([], 10, 100) == []
+    full = [Entry("y" * 100) for _ in range(3)]
+    assert [len(b) for b in pack_batches(full, 10, 100)] == [1, 1, 1]
+    tiny = [Entry("z") for _ in range(25)]
+    assert sorted(len(b) for b in pack_batches(tiny, 10, 10_000)) == [5, 10, 10]
