@@ -63,6 +63,10 @@ def _unshuffle(data: bytes, itemsize: int) -> np.ndarray:
     return out
 
 
+#: Values sampled to choose between plain and shuffled compression.
+_SAMPLE = 16384
+
+
 class _Arrays:
     """Per-array lz4 with an optional byte shuffle, each array as ``[shuffled, size, data]``."""
 
@@ -81,12 +85,9 @@ class _Arrays:
         """Values: keep whichever of plain and shuffled compresses smaller (saturated values
         compress best plain, mixed ones shuffled)."""
         a = np.ascontiguousarray(a, dtype=np.float32)
-        plain = self._lz4(a.tobytes())
-        if len(plain) * 64 < a.nbytes:  # already a near-constant run: no need to try
-            return [False, a.nbytes, plain]
-        shuffled = self._lz4(_shuffle(a))
-        return [True, a.nbytes, shuffled] if len(shuffled) < len(plain) else [False, a.nbytes,
-                                                                             plain]
+        sample = a[:_SAMPLE]  # decide on a sample, compress the whole array once
+        shuffle = len(self._lz4(_shuffle(sample))) < len(self._lz4(sample.tobytes()))
+        return [shuffle, a.nbytes, self._lz4(_shuffle(a) if shuffle else a.tobytes())]
 
     @staticmethod
     def decode(field: Any, dtype: type[np.generic], count: int) -> np.ndarray:
@@ -104,29 +105,43 @@ class _Arrays:
         return np.frombuffer(raw, dtype=dtype).copy()
 
 
-#: Send a block dense above this density, whatever its layout in memory: runs of zeros cost lz4
-#: almost nothing, column ids cost 4 bytes each (measured on Graph Challenge activations: at
-#: density 0.2-0.3 the dense form is half the size of the compressed CSR).
-WIRE_DENSE_ABOVE = 0.1
+#: By default a block travels in its in-memory layout, dense only above this density (the layout
+#: the receiver computes with, so it decodes without converting).
+WIRE_DENSE_ABOVE = 0.4
 
 
 class BlockCodec:
-    """Blocks to compact bytes and back. ``acceleration`` is lz4's speed/size knob (1 = best)."""
+    """Blocks to compact bytes and back.
+
+    ``acceleration`` is lz4's speed/size knob (1 = smallest). ``dense_above`` sends a block dense
+    above that density: runs of zeros cost lz4 almost nothing and column ids 4 bytes each, so at
+    density 0.2-0.3 a dense Graph Challenge block is half the bytes of its CSR form, for about
+    1.5x the encode/decode CPU (docs/benchmarks.md). Lower it where bytes cost more than CPU.
+    """
 
     codec_id = "fsd-block-1"
 
-    def __init__(self, acceleration: int = 1) -> None:
+    def __init__(self, acceleration: int = 1, dense_above: float = WIRE_DENSE_ABOVE) -> None:
         if acceleration < 1:
             raise ValueError(f"acceleration must be >= 1, got {acceleration}")
+        if not 0.0 <= dense_above <= 1.0:
+            raise ValueError(f"dense_above must be in [0, 1], got {dense_above}")
         self.acceleration = acceleration
+        self.dense_above = dense_above
 
     def get_config(self) -> dict[str, Any]:
-        return {"id": self.codec_id, "acceleration": self.acceleration}
+        return {"id": self.codec_id, "acceleration": self.acceleration,
+                "dense_above": self.dense_above}
+
+    def wire_form(self, block: Block) -> Block:
+        """The layout a block travels in (dense above ``dense_above``)."""
+        if block.dense_t is None and block.density > self.dense_above:
+            return block.as_dense()
+        return block
 
     def encode(self, block: Block, col0: int = 0) -> bytes:
         arrays = _Arrays(self.acceleration)
-        if block.dense_t is None and block.density > WIRE_DENSE_ABOVE:
-            block = block.as_dense()
+        block = self.wire_form(block)
         rows = block.rows.astype(np.int32)
         msg: dict[str, Any] = {"c": self.codec_id, "o": col0, "n": block.ncols, "m": len(rows),
                                "r": arrays.ints(np.diff(rows, prepend=np.int32(0)))}
@@ -188,21 +203,34 @@ class BlockCodec:
         Splits by rows first; a single row that is still too big is split by columns.
         """
         out: list[bytes] = []
-        self._split(block, 0, max_bytes, out)
+        self._split(self.wire_form(block), 0, max_bytes, out)
         return out or [self.encode(block)]
 
     def _split(self, block: Block, col0: int, max_bytes: int, out: list[bytes]) -> None:
         if block.nnz == 0:
             return  # e.g. a column range of a split row that holds nothing: nothing to send
+        nrows = len(block.rows)
+        raw = _raw_size(block)
+        if nrows > 1 and raw > 4 * max_bytes:
+            # Far too big: estimate the compressed size from a sample of rows rather than
+            # encoding everything once only to throw it away.
+            k = max(1, min(nrows - 1, nrows * 2 * max_bytes // raw))
+            sample = block.take_rows(slice(0, k))
+            ratio = len(self.encode(sample, col0)) / _raw_size(sample)
+            parts = min(nrows, math.ceil(raw * ratio / max_bytes * 1.15))
+            if parts > 1:
+                for idx in np.array_split(np.arange(nrows), parts):
+                    self._split(block.take_rows(idx), col0, max_bytes, out)
+                return
         data = self.encode(block, col0)
         if len(data) > max_bytes and block.dense_t is None:
             data = min(data, self.encode(block.as_dense(), col0), key=len)
         if len(data) <= max_bytes:
             out.append(data)
             return
-        nrows = len(block.rows)
         if nrows > 1:
-            parts = min(nrows, math.ceil(len(data) / max_bytes * 1.1))
+            # Aim below the limit: a part that still overflows is split again (more encoding).
+            parts = min(nrows, math.ceil(len(data) / max_bytes * 1.25))
             for idx in np.array_split(np.arange(nrows), parts):
                 self._split(block.take_rows(idx), col0, max_bytes, out)
         elif block.ncols > 1:
@@ -211,6 +239,13 @@ class BlockCodec:
                 self._split(block.take_columns(lo, hi), col0 + lo, max_bytes, out)
         else:
             raise ProtocolError(f"one value does not fit in {max_bytes} bytes")
+
+
+def _raw_size(block: Block) -> int:
+    """Bytes of a block's arrays before compression."""
+    if block.dense_t is not None:
+        return 4 * len(block.rows) * (block.ncols + 1)
+    return 4 * len(block.rows) + 8 * block.nnz
 
 
 class TextCodec:

@@ -119,6 +119,9 @@ class _CountingStore(ObjectStore):
         self.metrics.request("delete_objects")
         return await self.inner.delete_prefix(prefix)
 
+    async def wait_for(self, keys: Sequence[str], timeout_s: float) -> None:
+        await self.inner.wait_for(keys, timeout_s)
+
 
 class _CountingMessages(MessageService):
     def __init__(self, inner: MessageService, metrics: WorkerMetrics) -> None:

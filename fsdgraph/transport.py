@@ -115,6 +115,16 @@ class ObjectStore(ABC):
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key starting with ``prefix``; return how many were deleted."""
 
+    async def wait_for(self, keys: Sequence[str], timeout_s: float) -> None:
+        """Wait until one of ``keys`` may exist, at most ``timeout_s``; not a request.
+
+        The default just sleeps (S3 cannot notify, so readers poll with backoff); a store that
+        can be notified returns as soon as something is written beside the keys.
+        """
+        import asyncio
+
+        await asyncio.sleep(timeout_s)
+
 
 class MessageService(ABC):
     """Topics fanning out to queues, as SNS + SQS. Resource names are plain strings."""

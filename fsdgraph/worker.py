@@ -25,7 +25,6 @@ import numpy as np
 
 from fsdgraph.backend import Services
 from fsdgraph.channels import Channel, ChannelConfig, get_channel
-from fsdgraph.codec import BlockCodec
 from fsdgraph.control import Reporter
 from fsdgraph.errors import FsdError, RunError
 from fsdgraph.kernels import Block, LayerInputs, WeightRows
@@ -87,11 +86,11 @@ class WorkerRuntime:
         self.worker = int(event["worker"])
         self.batch = int(event["batch"])
         self.metrics = metrics
-        self.codec = BlockCodec()
+        config = ChannelConfig(**event.get("channel_config", {}))
+        self.codec = config.codec()
         channel_cls = get_channel(str(event["channel"]))
         self.channel: Channel = channel_cls(
-            services, names, self.worker, int(event["workers"]),
-            ChannelConfig(**event.get("channel_config", {})), metrics, self.codec)
+            services, names, self.worker, int(event["workers"]), config, metrics, self.codec)
         self.output: Block | None = None
         self.shard: WorkerShard | None = None
 

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import errno
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from fsdgraph.errors import MessageTooLarge, NotFound, TransportError
@@ -149,7 +150,52 @@ class DirectoryObjectStore(ObjectStore):
                 os.rmdir(directory)
         return deleted
 
+    async def wait_for(self, keys: Sequence[str], timeout_s: float) -> None:
+        """Return once an object may have been written next to ``keys`` (same prefix directory),
+        or after ``timeout_s``: readers of known keys wake at once instead of polling."""
+        if not keys:
+            await asyncio.sleep(timeout_s)
+            return
+        bell = self._bell(keys[0])
+        with contextlib.suppress(FileExistsError):
+            os.mkfifo(bell)
+        fd = os.open(bell, os.O_RDWR | os.O_NONBLOCK)  # RDWR: never sees end-of-file
+        try:
+            # Registered first, checked second: a put between the two still rings.
+            if any(os.path.exists(self._path(k)) for k in keys):
+                return
+            loop = asyncio.get_running_loop()
+            rang = loop.create_future()
+            loop.add_reader(fd, lambda: rang.done() or rang.set_result(None))
+            try:
+                await asyncio.wait_for(rang, timeout_s)
+            except TimeoutError:
+                pass
+            finally:
+                loop.remove_reader(fd)
+            with contextlib.suppress(BlockingIOError):
+                os.read(fd, 4096)
+        finally:
+            os.close(fd)
+
     # -- helpers ------------------------------------------------------------------------------
+    def _bell(self, key: str) -> str:
+        """The doorbell FIFO of the directory holding ``key`` (kept in the reserved .tmp)."""
+        parent = key.rpartition("/")[0]
+        return str(self._tmp / ("bell-" + parent.replace("%", "%25").replace("/", "%2F")))
+
+    def _ring(self, key: str) -> None:
+        try:
+            fd = os.open(self._bell(key), os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # no FIFO (nobody ever waited here) or no reader right now
+            return
+        try:
+            os.write(fd, b"\0")
+        except (BlockingIOError, BrokenPipeError):
+            pass  # full of rings already, or the reader just left: nobody to wake
+        finally:
+            os.close(fd)
+
     def _put_sync(self, key: str, path: Path, data: bytes) -> None:
         tmp = self._tmp / f"{os.getpid()}-{os.urandom(8).hex()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -165,6 +211,7 @@ class DirectoryObjectStore(ObjectStore):
                 try:
                     os.replace(tmp, path)
                     done = True
+                    self._ring(key)
                     return
                 except (FileNotFoundError, NotADirectoryError):
                     # The parent directory is missing, or a concurrent delete_prefix removed it

@@ -44,6 +44,7 @@ class ChannelConfig:
     visibility_timeout_s: float = 30.0
     object_poll_min_s: float = 0.0005  #: object channel: first retry of a missing key...
     object_poll_max_s: float = 0.02  #: ...backing off to this
+    wire_dense_above: float = 0.4  #: send blocks dense above this density (fewer bytes, more CPU)
 
     def __post_init__(self) -> None:
         if self.topics < 1:
@@ -52,6 +53,13 @@ class ChannelConfig:
                      "object_poll_min_s", "object_poll_max_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"channel {name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.wire_dense_above <= 1.0:
+            raise ConfigError(f"channel wire_dense_above must be in [0, 1], "
+                              f"got {self.wire_dense_above}")
+
+    def codec(self) -> BlockCodec:
+        """The chunk codec these settings ask for."""
+        return BlockCodec(dense_above=self.wire_dense_above)
 
 
 @dataclass(frozen=True)

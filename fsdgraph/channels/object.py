@@ -46,10 +46,10 @@ class ObjectChannel(Channel):
     async def _fetch(self, layer: int, pending: Sequence[int], wait_s: float) -> int:
         loop = asyncio.get_running_loop()
         until = loop.time() + wait_s
+        keys = [self.names.exchange_key(layer, src, self.worker) for src in pending]
         while True:
             kept = 0
-            for src in pending:
-                key = self.names.exchange_key(layer, src, self.worker)
+            for src, key in zip(pending, keys):
                 try:
                     body = await self.services.objects.get(key)
                 except NotFound:
@@ -59,7 +59,9 @@ class ObjectChannel(Channel):
                 if kept:
                     self._delay = self.config.object_poll_min_s
                 return kept
-            await asyncio.sleep(min(self._delay, max(0.0, until - loop.time())))
+            # Back off between GETs (each is billed); a store that can notify wakes us early.
+            await self.services.objects.wait_for(keys, min(self._delay,
+                                                           max(0.0, until - loop.time())))
             self._delay = min(self._delay * 2, self.config.object_poll_max_s)
 
     def _unpack(self, layer: int, src: int, key: str, body: bytes) -> int:
