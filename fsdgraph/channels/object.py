@@ -46,22 +46,28 @@ class ObjectChannel(Channel):
     async def _fetch(self, layer: int, pending: Sequence[int], wait_s: float) -> int:
         loop = asyncio.get_running_loop()
         until = loop.time() + wait_s
-        keys = [self.names.exchange_key(layer, src, self.worker) for src in pending]
+        keys = {src: self.names.exchange_key(layer, src, self.worker) for src in pending}
         while True:
-            kept = 0
-            for src, key in zip(pending, keys):
+            kept, absent = 0, []
+            for src, key in keys.items():
                 try:
                     body = await self.services.objects.get(key)
                 except NotFound:
+                    absent.append(key)
                     continue
                 kept += self._unpack(layer, src, key, body)
             if kept or loop.time() >= until:
                 if kept:
                     self._delay = self.config.object_poll_min_s
                 return kept
-            # Back off between GETs (each is billed); a store that can notify wakes us early.
-            await self.services.objects.wait_for(keys, min(self._delay,
-                                                           max(0.0, until - loop.time())))
+            # Back off between GETs (each is billed); a store that can notify wakes us early
+            # when a missing key is written. (A key holding another run's object is not missing:
+            # it waits out the backoff.)
+            delay = min(self._delay, max(0.0, until - loop.time()))
+            if absent:
+                await self.services.objects.wait_for(absent, delay)
+            else:
+                await asyncio.sleep(delay)
             self._delay = min(self._delay * 2, self.config.object_poll_max_s)
 
     def _unpack(self, layer: int, src: int, key: str, body: bytes) -> int:
