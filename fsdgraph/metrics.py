@@ -20,7 +20,7 @@ from fsdgraph.transport import BatchResult, Entry, Message, MessageService, Obje
 #: The per-layer counters, in report order.
 COUNTERS = ("rows_sent", "nnz_sent", "bytes_sent", "messages_sent", "rows_received",
             "nnz_received", "bytes_received", "messages_received", "duplicates_dropped")
-TIMERS = ("compute_s", "wait_s", "codec_s")
+TIMERS = ("compute_s", "wait_s", "codec_s", "cpu_s")
 
 
 @dataclass
@@ -40,6 +40,7 @@ class LayerMetrics:
     compute_s: float = 0.0
     wait_s: float = 0.0
     codec_s: float = 0.0
+    cpu_s: float = 0.0  #: CPU time (user + system) of the worker process in this layer
     requests: Counter[str] = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,14 +65,22 @@ class WorkerMetrics:
         self.layers: list[LayerMetrics] = []
         self.current = self.setup
         self.started = time.time()
+        self._cpu_mark = time.process_time()
 
     def begin_layer(self, layer: int) -> LayerMetrics:
+        self._close_current()
         self.current = LayerMetrics(layer)
         self.layers.append(self.current)
         return self.current
 
     def end_layers(self) -> None:
+        self._close_current()
         self.current = self.setup
+
+    def _close_current(self) -> None:
+        now = time.process_time()
+        self.current.cpu_s += now - self._cpu_mark
+        self._cpu_mark = now
 
     def request(self, kind: str, count: int = 1) -> None:
         self.current.requests[kind] += count

@@ -1,7 +1,8 @@
 """The run report: one JSON-able dict, documented field by field in docs/reports.md.
 
 Totals are sums over workers; per-layer times are the slowest worker's (the layer ends when its
-slowest worker does), per-worker times are sums over layers.
+slowest worker does) except ``cpu_s``, the CPU of all workers; per-worker times are sums over
+layers.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def build_report(
         for name in COUNTERS:
             entry[name] = sum(getattr(m, name) for m in rows)
         for name in TIMERS:
-            entry[name] = max((getattr(m, name) for m in rows), default=0.0)
+            values = [getattr(m, name) for m in rows]
+            # CPU adds up over workers; waiting and computing overlap, the slowest one counts.
+            entry[name] = sum(values) if name == "cpu_s" else max(values, default=0.0)
         layer_requests: Counter[str] = Counter()
         for m in rows:
             layer_requests.update(m.requests)
@@ -58,7 +61,7 @@ def build_report(
             w[name] = sum(getattr(m, name) for m in layers)
         w["requests"] = dict(w_requests)
         w["peak_rss_bytes"] = wm.get("peak_rss_bytes", 0)
-        w["cpu_s"] = wm.get("cpu_s", 0.0)
+        w["process_cpu_s"] = wm.get("cpu_s", 0.0)
         per_worker.append(w)
     requests.update(LayerMetrics.from_dict(coordinator["setup"]).requests)
     totals = {name: sum(w[name] for w in per_worker) for name in COUNTERS}
@@ -75,7 +78,7 @@ def build_report(
         "launch_s": launch_s,
         **totals,
         "peak_rss_bytes_max": max((w["peak_rss_bytes"] for w in per_worker), default=0),
-        "cpu_s": sum(w["cpu_s"] for w in per_worker),
+        "cpu_s": sum(w["process_cpu_s"] for w in per_worker),
         "requests": dict(sorted(requests.items())),
         "per_layer": per_layer,
         "per_worker": per_worker,

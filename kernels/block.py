@@ -129,7 +129,13 @@ class Block:
         return Block(self.rows, csr=dense_to_csr(self.dense_t).T.tocsr())
 
     def select_columns(self, columns: np.ndarray) -> Block:
-        """The block restricted to ``columns`` (local indices), without rows that became empty."""
+        """The block restricted to ``columns`` (local indices), without rows that became empty.
+
+        Asking for every column returns the block itself (no copy): a peer that needs all of a
+        worker's outputs, common in well-mixed networks, costs nothing to prepare.
+        """
+        if len(columns) == self.ncols and np.array_equal(columns, np.arange(self.ncols)):
+            return self
         if self.dense_t is not None:
             return Block.from_dense_t(self.rows, self.dense_t[columns])
         assert self.csr is not None
@@ -156,6 +162,8 @@ class Block:
     def to_matrix(self, batch: int) -> sp.csr_matrix:
         """The full (batch x ncols) CSR matrix."""
         csr = self.to_csr()
+        if len(self.rows) == batch:  # every row present: rows are 0..batch-1
+            return csr
         counts = np.zeros(batch, dtype=np.int64)
         counts[self.rows] = np.diff(csr.indptr)
         indptr = np.concatenate([[0], np.cumsum(counts)])

@@ -124,10 +124,14 @@ class LayerInputs:
                 cap: float | None) -> Block:
         # Side by side over the whole batch (an empty row costs one indptr entry), then column
         # ids mapped to input positions; sorted ids give the reference's summation order.
-        side = sp.hstack([b.to_matrix(self.batch) for _, b in pieces], format="csr")
-        positions = np.concatenate([p for p, _ in pieces]).astype(np.int32)
-        x = sp.csr_matrix((side.data, positions[side.indices], side.indptr),
-                          shape=(self.batch, self.weight.shape[0]))
+        n_in = self.weight.shape[0]
+        if len(pieces) == 1 and np.array_equal(pieces[0][0], np.arange(n_in)):
+            x = pieces[0][1].to_matrix(self.batch)  # one piece with every input, in order
+        else:
+            side = sp.hstack([b.to_matrix(self.batch) for _, b in pieces], format="csr")
+            positions = np.concatenate([p for p, _ in pieces]).astype(np.int32)
+            x = sp.csr_matrix((side.data, positions[side.indices], side.indptr),
+                              shape=(self.batch, n_in))
         x = sorted_indices(x)  # only a check when the pieces' positions do not interleave
         # Sorted here, once per output, the next layer's pieces arrive in order and its inputs
         # need no sort (on every worker that receives them).

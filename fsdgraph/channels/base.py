@@ -166,8 +166,12 @@ class Channel(ABC):
         budget = self.chunk_budget()
         chunks: list[OutChunk] = []
         m = self.metrics.current
+        encoded: dict[int, list[bytes]] = {}  # one encoding for a block several peers need
         for dst, block in outgoing:
-            payloads = self.codec.encode_chunks(block, budget) if len(block.rows) else []
+            if id(block) not in encoded:
+                encoded[id(block)] = (self.codec.encode_chunks(block, budget)
+                                      if len(block.rows) else [])
+            payloads = encoded[id(block)]
             for i, p in enumerate(payloads):
                 chunks.append(OutChunk(layer, self.worker, dst, i, len(payloads), p))
             if not payloads:
