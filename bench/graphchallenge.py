@@ -38,20 +38,11 @@ def tiled_images(data: Path, rows: int, images: Path | None) -> sp.csr_matrix:
     return sp.csr_matrix(sp.vstack([y] * reps)[:rows])
 
 
-def serial_peak_rss(data: Path, rows: int, images: Path | None) -> int:
+def serial_peak_rss(args: argparse.Namespace) -> int:
     """Peak RSS of a fresh process that loads the same inputs and runs the serial reference."""
-    code = (
-        "import resource, sys; sys.path.insert(0, %r);"
-        "import fsdgraph, graphchallenge as b;"
-        "from fsdgraph.sources.graphchallenge import load_weights;"
-        "from pathlib import Path;"
-        "w = load_weights(Path(%r) / 'neuron1024', 1024, 120);"
-        "y = b.tiled_images(Path(%r), %d, %s);"
-        "fsdgraph.reference_inference(y, fsdgraph.sequential(w, -0.3, cap=32).layers(), "
-        "canonical=False);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
-    ) % (str(HERE), str(data), str(data), rows, repr(str(images)) if images else "None")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    argv = [sys.executable, __file__, "--serial-rss", "--data", str(args.data),
+            "--rows", str(args.rows)] + (["--images", str(args.images)] if args.images else [])
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -64,12 +55,17 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4,8")
     parser.add_argument("--channels", default="queue,object")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--serial-rss", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     weights = load_weights(args.data / "neuron1024", 1024, 120)
     y = tiled_images(args.data, args.rows, args.images)
     graph = fsdgraph.sequential(weights, -0.3, cap=32)
     layers = graph.layers()
+    if args.serial_rss:  # the child of serial_peak_rss
+        fsdgraph.reference_inference(y, layers, canonical=False)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return
     truth = load_truth(args.data / "neuron1024-l120-categories-first1200.tsv")
     reference = fsdgraph.reference_inference(y, layers)
 
@@ -108,7 +104,7 @@ def main() -> None:
         "rows": args.rows,
         "images": str(args.images) if args.images else "first 1200 official images, tiled",
         "repeat": args.repeat,
-        "serial_peak_rss": serial_peak_rss(args.data, args.rows, args.images),
+        "serial_peak_rss": serial_peak_rss(args),
         "bench_process_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "paper_bytes_p8_10000_images": 104_131_260,
         "runs": results,

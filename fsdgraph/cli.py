@@ -56,8 +56,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fsdgraph", description="Fully serverless distributed inference.",
-                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fsdgraph", description="Fully serverless distributed inference.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gc = sub.add_parser(
@@ -119,7 +120,8 @@ def _inputs(args: argparse.Namespace) -> sp.csr_matrix:
         try:
             count = int(args.images or 1000)
         except ValueError:
-            raise InputError(f"--images must be a count with --synthetic, got {args.images!r}")
+            raise InputError(
+                f"--images must be a count with --synthetic, got {args.images!r}") from None
         if count < 1:
             raise InputError(f"--images must be at least 1, got {count}")
         return synthetic_images(args.neurons, count, seed=args.seed + 1)

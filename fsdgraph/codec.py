@@ -10,7 +10,8 @@ of an edge's neuron list — encoded as a msgpack map::
 Each array is lz4-compressed on its own. Integer arrays (row-id gaps, column-id gaps within a
 row) are byte-shuffled first (byte 0 of every element, then byte 1, ..., the trick of blosc), so
 small numbers become long runs of zero bytes; value arrays are sent shuffled or plain, whichever
-is smaller (values saturated at the cap compress best plain). Queue bodies must be text, so :class:`TextCodec` wraps the bytes in base64.
+is smaller (values saturated at the cap compress best plain). Queue bodies must be text, so
+:class:`TextCodec` wraps the bytes in base64.
 
 Changing the layout means a new ``codec_id``; a decoder rejects ids it does not know.
 
@@ -57,7 +58,7 @@ def _unshuffle(data: bytes, itemsize: int) -> np.ndarray:
     """Inverse of :func:`_shuffle` for 4-byte items, as uint32 (OR of shifted byte planes is
     several times faster than a strided byte transpose)."""
     planes = np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1)
-    out = planes[0].astype(np.uint32)
+    out: np.ndarray = planes[0].astype(np.uint32)
     for i in range(1, itemsize):
         out |= planes[i].astype(np.uint32) << np.uint32(8 * i)
     return out
@@ -244,8 +245,8 @@ class BlockCodec:
 def _raw_size(block: Block) -> int:
     """Bytes of a block's arrays before compression."""
     if block.dense_t is not None:
-        return 4 * len(block.rows) * (block.ncols + 1)
-    return 4 * len(block.rows) + 8 * block.nnz
+        return int(4 * len(block.rows) * (block.ncols + 1))
+    return int(4 * len(block.rows) + 8 * block.nnz)
 
 
 class TextCodec:

@@ -29,7 +29,7 @@ from fsdgraph.partitioners import Partitioner, get_partitioner
 from fsdgraph.plan import INPUT, Edge, LayerShard, LayerSpec, Plan, Send, SourceRows, WorkerShard
 
 
-def compile(  # noqa: A001 - the user-facing verb of the design: define, compile, submit
+def compile(
     graph: Graph | builtins.list[Layer],
     workers: int,
     partitioner: str | Partitioner = "contiguous",
@@ -54,7 +54,7 @@ def compile(  # noqa: A001 - the user-facing verb of the design: define, compile
     input_neurons: list[np.ndarray] = []
     edges: list[Edge] = []
     prev_cols: list[np.ndarray] = []
-    for l, (layer, own) in enumerate(zip(layers, owners)):
+    for l, (layer, own) in enumerate(zip(layers, owners, strict=True)):
         by_col = layer.weight.tocsc()
         out_cols = [np.flatnonzero(own == w).astype(np.int32) for w in range(workers)]
         sends: list[list[Send]] = [[] for _ in range(workers)]
@@ -100,7 +100,7 @@ def _check_owners(
     if len(owners) != len(weights):
         raise ConfigError(f"partitioner {name!r} returned {len(owners)} layers, "
                           f"expected {len(weights)}")
-    for l, (own, w) in enumerate(zip(owners, weights)):
+    for l, (own, w) in enumerate(zip(owners, weights, strict=True)):
         if own.shape != (w.shape[1],) or own.min() < 0 or own.max() >= workers:
             raise ConfigError(f"partitioner {name!r}: layer {l} owners must be {w.shape[1]} "
                               f"worker ids in [0, {workers})")

@@ -22,14 +22,14 @@ an error names the node and what was expected.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
 
 from fsdgraph.errors import GraphError
 
-Weight = Union[sp.csr_matrix, np.ndarray]
+Weight: TypeAlias = "sp.csr_matrix | np.ndarray"
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,10 +195,11 @@ def sequential(
         raise GraphError("sequential: no weights given (the graph would be empty)")
     g = Graph()
     h: Node = g.input(weights[0].shape[0])
-    biases = bias if isinstance(bias, list) else [bias] * len(weights)
+    biases: list[float | np.ndarray] = (list(bias) if isinstance(bias, list)
+                                         else [bias] * len(weights))
     if len(biases) != len(weights):
         raise GraphError(f"sequential: {len(biases)} biases for {len(weights)} layers")
-    for i, (w, b) in enumerate(zip(weights, biases)):
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
         h = g.relu(g.linear(h, w, b, bias_on_nonzero=bias_on_nonzero, name=f"layer{i + 1}"),
                    cap=cap, name=f"relu{i + 1}")
     g.output(h)

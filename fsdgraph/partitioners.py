@@ -41,7 +41,7 @@ class Partitioner(ABC):
 
 
 def balanced_split(n: int, workers: int) -> np.ndarray:
-    """Owner of position ``i`` when ``n`` items are cut into ``workers`` contiguous near-equal runs."""
+    """Owner of position ``i`` when ``n`` items are cut into ``workers`` near-equal runs."""
     return (np.arange(n, dtype=np.int64) * workers // n).astype(np.int32)
 
 

@@ -49,7 +49,7 @@ def build_report(
             layer_requests.update(m.requests)
         entry["requests"] = dict(layer_requests)
         per_layer.append(entry)
-    for wm, layers, setup in zip(worker_metrics, workers_layers, setups):
+    for wm, layers, setup in zip(worker_metrics, workers_layers, setups, strict=True):
         w_requests: Counter[str] = Counter(setup.requests)
         for m in layers:
             w_requests.update(m.requests)

@@ -268,5 +268,5 @@ def _assemble(outputs: list[bytes], batch: int,
         coo = block.to_matrix(batch).tocoo()
         parts.append((coo.row, d["columns"][coo.col], coo.data))
         metrics.append(d["metrics"])
-    rows, cols, data = (np.concatenate(x) for x in zip(*parts))
+    rows, cols, data = (np.concatenate(x) for x in zip(*parts, strict=True))
     return sp.csr_matrix((data, (rows, cols)), shape=(batch, width)), metrics

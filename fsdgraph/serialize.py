@@ -30,7 +30,7 @@ def _array_bytes(a: np.ndarray) -> bytes:
     a = np.ascontiguousarray(a)
     if a.dtype.str not in _DTYPES:
         raise TypeError(f"cannot serialise arrays of dtype {a.dtype}")
-    return msgpack.packb([a.dtype.str, list(a.shape), a.tobytes()], use_bin_type=True)
+    return bytes(msgpack.packb([a.dtype.str, list(a.shape), a.tobytes()], use_bin_type=True))
 
 
 def _default(obj: Any) -> Any:

@@ -68,7 +68,7 @@ async def run_worker(event: Mapping[str, Any]) -> dict[str, Any]:
             await runtime.write_output()
             await reporter.report("done", runtime.layer_count)
             return {"worker": worker, "status": "done"}
-        except Exception as exc:  # noqa: BLE001 - every failure is reported, then re-raised
+        except Exception as exc:
             where = getattr(exc, "layer", None)
             await reporter.report("error", layer + 1 if where is None else where,
                                   f"{type(exc).__name__}: {exc}",
@@ -111,7 +111,7 @@ class WorkerRuntime:
         shard, prev = await self._load()
         self.shard = shard
         hook = self.services.layer_hook
-        for l, (spec, ls) in enumerate(zip(shard.specs, shard.layers)):
+        for l, (spec, ls) in enumerate(zip(shard.specs, shard.layers, strict=True)):
             if hook is not None:
                 hook(self.worker, l)
             m = self.metrics.begin_layer(l)

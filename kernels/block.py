@@ -157,7 +157,9 @@ class Block:
 
     def to_csr(self) -> sp.csr_matrix:
         """The (rows x ncols) values as CSR."""
-        return self.as_csr().csr  # type: ignore[return-value]
+        csr = self.as_csr().csr
+        assert csr is not None
+        return csr
 
     def to_matrix(self, batch: int) -> sp.csr_matrix:
         """The full (batch x ncols) CSR matrix."""

@@ -1,12 +1,13 @@
 """One worker's share of a layer: gather the input columns, one fused product, the epilogue.
 
 A worker owning output columns ``O`` of a layer needs the input neurons ``I`` with a weight into
-``O``; they arrive in pieces (its own previous outputs, then each peer's chunks). :class:`LayerInputs`
-places every piece at its positions in ``I`` as it arrives and, once all are in, multiplies the
-assembled inputs by the weight shard ``W[I, O]`` in one product, summing over the input neurons in
-ascending order exactly as the serial reference does — so the distributed result equals the serial
-one bit for bit, whatever the partition. The epilogue is fused: bias where the sum is nonzero (the
-Graph Challenge rule), ReLU, cap, and the rows that died are dropped.
+``O``; they arrive in pieces (its own previous outputs, then each peer's chunks).
+:class:`LayerInputs` places every piece at its positions in ``I`` as it arrives and, once all
+are in, multiplies the assembled inputs by the weight shard ``W[I, O]`` in one product, summing
+over the input neurons in ascending order exactly as the serial reference does — so the
+distributed result equals the serial one bit for bit, whatever the partition. The epilogue is
+fused: bias where the sum is nonzero (the Graph Challenge rule), ReLU, cap, and the rows that
+died are dropped.
 
 The representation is chosen by the measured density of the assembled inputs: CSR x CSR below
 :data:`SPARSE_PRODUCT_BELOW`, else a feature-major dense block times the transposed weight
@@ -84,7 +85,7 @@ class LayerInputs:
             if np.any(np.diff(rows) <= 0):
                 raise ValueError("row chunks of one edge overlap")
             if all(b.dense_t is not None for b in blocks):
-                dense_t = np.concatenate([b.dense_t for b in blocks], axis=1)  # type: ignore[misc]
+                dense_t = np.concatenate([b.dense_t for b in blocks], axis=1)
                 out.append((positions, Block(rows, dense_t=dense_t)))
             else:
                 csr = sp.vstack([b.to_csr() for b in blocks], format="csr")

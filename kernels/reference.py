@@ -9,7 +9,8 @@ results are compared with it; ``--compare-serial`` times it.
 >>> from fsdgraph.graph import Layer
 >>> w = sp.csr_matrix(np.array([[1.0, 0.0], [1.0, 1.0]], dtype=np.float32))
 >>> layer = Layer(w, np.array([-0.5, -0.5], np.float32), True, True, 32.0)
->>> reference_inference(sp.csr_matrix(np.array([[1.0, 0.0], [0.0, 0.0]], np.float32)), [layer]).toarray()
+>>> y0 = sp.csr_matrix(np.array([[1.0, 0.0], [0.0, 0.0]], np.float32))
+>>> reference_inference(y0, [layer]).toarray()
 array([[0.5, 0. ],
        [0. , 0. ]], dtype=float32)
 """

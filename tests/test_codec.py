@@ -17,11 +17,11 @@ import msgpack
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from fsdgraph.kernels import Block
 
 from fsdgraph.channels.queue import pack_batches
 from fsdgraph.codec import BlockCodec, Chunk, TextCodec
 from fsdgraph.errors import ProtocolError
+from fsdgraph.kernels import Block
 from fsdgraph.transport import Entry, entry_size
 
 CODEC = BlockCodec()

@@ -6,6 +6,7 @@ each pay for a launcher start.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_random_weights_and_dense_bias(backend: LocalBackend) -> None:
     rng = np.random.default_rng(0)
     widths = [64, 48, 80, 32]
     weights = [sp.random(a, b, density=0.3, random_state=rng, dtype=np.float32, format="csr")
-               for a, b in zip(widths, widths[1:])]
+               for a, b in itertools.pairwise(widths)]
     weights[1] = rng.standard_normal((48, 80)).astype(np.float32)  # a dense numpy weight
     g = fsdgraph.Graph()
     h: fsdgraph.graph.Node = g.input(64)

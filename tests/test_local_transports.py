@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
 from fsdgraph.backends.local.objectstore import DirectoryObjectStore
 from fsdgraph.backends.local.queues import SpoolMessageService
-
 from fsdgraph.errors import ConfigError, MessageTooLarge, NotFound, TransportError
 from fsdgraph.transport import Entry, Limits, Message, MessageService, ObjectStore, entry_size
 

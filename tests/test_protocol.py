@@ -27,14 +27,14 @@ import msgpack
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from fsdgraph.backends.local import LocalBackend
-from fsdgraph.kernels import Block
 
 import fsdgraph
 from fsdgraph.backend import Services
+from fsdgraph.backends.local import LocalBackend
 from fsdgraph.channels import Channel, ChannelConfig, Inbox, ObjectChannel, QueueChannel
 from fsdgraph.codec import BlockCodec, Chunk, TextCodec
 from fsdgraph.errors import FsdError, RunError
+from fsdgraph.kernels import Block
 from fsdgraph.metrics import WorkerMetrics
 from fsdgraph.plan import Plan
 from fsdgraph.resources import RunNames

@@ -19,6 +19,7 @@ invocation whose event is on stdin.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any
+
 
 def run_invocation(event: dict[str, Any]) -> int:
     """Run one worker in this process: pid file, log file, handler; return the exit code."""
@@ -44,13 +46,9 @@ def run_invocation(event: dict[str, Any]) -> int:
     pid_file = pids / str(worker)
     pid_file.write_text(str(os.getpid()))
     try:
-        if os.environ.get("FSD_PROF"):
-            import cProfile
-            cProfile.runctx("handler(event)", globals(), locals(), f"{os.environ['FSD_PROF']}.{worker}")
-        else:
-            handler(event)
+        handler(event)
         return 0
-    except Exception:  # noqa: BLE001 - already reported to the scheduler by the worker
+    except Exception:
         traceback.print_exc()
         return 1
     finally:
@@ -71,7 +69,7 @@ def serve(path: Path) -> None:
     while True:
         conn, _ = server.accept()
         with conn:
-            data = b"".join(iter(lambda: conn.recv(65536), b""))
+            data = b"".join(iter(functools.partial(conn.recv, 65536), b""))
             try:
                 event = json.loads(data)
             except ValueError:

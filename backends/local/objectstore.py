@@ -165,8 +165,13 @@ class DirectoryObjectStore(ObjectStore):
             if any(os.path.exists(self._path(k)) for k in keys):
                 return
             loop = asyncio.get_running_loop()
-            rang = loop.create_future()
-            loop.add_reader(fd, lambda: rang.done() or rang.set_result(None))
+            rang: asyncio.Future[None] = loop.create_future()
+
+            def wake() -> None:
+                if not rang.done():
+                    rang.set_result(None)
+
+            loop.add_reader(fd, wake)
             try:
                 await asyncio.wait_for(rang, timeout_s)
             except TimeoutError:

@@ -19,7 +19,8 @@ def get_channel(name: str) -> type[Channel]:
     try:
         return CHANNELS[name]
     except KeyError:
-        raise ConfigError(f"unknown channel {name!r}; known: {', '.join(sorted(CHANNELS))}") from None
+        known = ", ".join(sorted(CHANNELS))
+        raise ConfigError(f"unknown channel {name!r}; known: {known}") from None
 
 
 __all__ = ["CHANNELS", "Channel", "ChannelConfig", "Inbox", "ObjectChannel", "OutChunk",

@@ -136,13 +136,15 @@ class Channel(ABC):
         self.inbox = Inbox()
 
     # -- run resources (scheduler side) ---------------------------------------------------------
-    @classmethod
-    async def create_resources(cls, services: Services, names: RunNames, workers: int,
+    @classmethod  # noqa: B027 - an optional hook: most channels need nothing
+    async def create_resources(
+        cls, services: Services, names: RunNames, workers: int,
                                config: ChannelConfig) -> None:
         """Create what the channel needs for a run (queues, topics...). Default: nothing."""
 
-    @classmethod
-    async def delete_resources(cls, services: Services, names: RunNames, workers: int,
+    @classmethod  # noqa: B027 - an optional hook
+    async def delete_resources(
+        cls, services: Services, names: RunNames, workers: int,
                                config: ChannelConfig) -> None:
         """Remove what :meth:`create_resources` made. Default: nothing."""
 
@@ -212,7 +214,7 @@ class Channel(ABC):
             if kept:
                 deadline = time.monotonic() + self.config.peer_timeout_s
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the channel holds (background tasks, clients)."""
 
 
