@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
 from fsdgraph.errors import ProtocolError
 from fsdgraph.serialize import pack, unpack
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 #: ``SourceRows.src`` of layer 0: the staged input features rather than a peer.
 INPUT = -1
@@ -149,6 +151,8 @@ class Plan:
     def dag(self) -> nx.DiGraph:
         """Tasks ``(layer, worker)``; an edge carries ``neurons`` (how many travel) and
         ``exchange`` (False for a worker's own previous outputs)."""
+        import networkx as nx  # only here: workers never need it, and it is slow to import
+
         g = nx.DiGraph()
         for layer in range(self.layers):
             for w in range(self.workers):

@@ -227,6 +227,9 @@ class Scheduler:
                     await services.messages.delete_batch(
                         names.control_queue, [m.receipt for m in messages])
                 bar.update(sum(state.done_layers) - bar.n)
+                slowest = min(range(plan.workers), key=state.done_layers.__getitem__)
+                bar.set_postfix_str(f"slowest: worker {slowest} at layer "
+                                    f"{state.done_layers[slowest]}/{plan.layers}", refresh=False)
                 state.check(now, self.config)
         return state
 
