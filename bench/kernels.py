@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import scipy.sparse as sp
 
 import fsdgraph
