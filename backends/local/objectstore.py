@@ -44,6 +44,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from fsdgraph.backends.local.files import write_new
 from fsdgraph.errors import MessageTooLarge, NotFound, TransportError
 from fsdgraph.transport import Limits, ObjectStore
 
@@ -203,15 +204,9 @@ class DirectoryObjectStore(ObjectStore):
 
     def _put_sync(self, key: str, path: Path, data: bytes) -> None:
         tmp = self._tmp / f"{os.getpid()}-{os.urandom(8).hex()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         done = False
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
+            write_new(tmp, data)
             for _attempt in range(100):
                 try:
                     os.replace(tmp, path)

@@ -93,6 +93,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fsdgraph.backends.local.files import write_new
 from fsdgraph.errors import ConfigError, MessageTooLarge, NotFound
 from fsdgraph.transport import (
     BatchResult,
@@ -125,17 +126,6 @@ class QueueConfig:
 
 def _token() -> str:
     return os.urandom(8).hex()
-
-
-def _write_new(path: str, data: bytes) -> None:
-    """Create ``path`` (which must not exist) holding ``data``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
 
 
 def _read(path: str) -> bytes:
@@ -342,7 +332,7 @@ class SpoolMessageService(MessageService):
                 for sub in ("ready", "inflight", "tmp"):
                     os.mkdir(os.path.join(stage, sub))
                 os.mkfifo(os.path.join(stage, "doorbell"), 0o666)
-                _write_new(os.path.join(stage, "config.json"), config)
+                write_new(os.path.join(stage, "config.json"), config)
                 try:
                     os.rename(stage, qdir)
                     return name
@@ -355,7 +345,7 @@ class SpoolMessageService(MessageService):
                 if _read(os.path.join(qdir, "config.json")) == config:
                     return name
                 tmp = os.path.join(qdir, "tmp", f"config-{_token()}")
-                _write_new(tmp, config)
+                write_new(tmp, config)
                 os.replace(tmp, os.path.join(qdir, "config.json"))
                 return name
             except FileNotFoundError:  # deleted meanwhile: create it again
@@ -390,7 +380,7 @@ class SpoolMessageService(MessageService):
             {"queue": queue, "filter_policy": _normalise_policy(filter_policy)}, sort_keys=True
         ).encode()
         tmp = os.path.join(self._tmp, f"sub-{_token()}")
-        _write_new(tmp, data)
+        write_new(tmp, data)
         try:
             os.replace(tmp, os.path.join(subs_dir, f"{queue}.json"))
         except FileNotFoundError:
@@ -671,7 +661,7 @@ class SpoolMessageService(MessageService):
                     ts = self._last_ts = max(time.time_ns(), self._last_ts + 1)
                     name = f"{ts:020d}.0.{_token()}"
                     tmp = f"{tmp_dir}/{name}"
-                    _write_new(tmp, data)
+                    write_new(tmp, data)
                     os.rename(tmp, f"{ready_dir}/{name}")
         except FileNotFoundError:
             raise NotFound(f"no queue named {queue!r}") from None
