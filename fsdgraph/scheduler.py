@@ -51,7 +51,7 @@ from fsdgraph.report import build_report
 from fsdgraph.resources import RunNames
 from fsdgraph.serialize import unpack
 from fsdgraph.transport import Limits
-from fsdgraph.tree import invocation_tree
+from fsdgraph.tree import depth, invocation_tree
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,7 @@ class Scheduler:
             config=asdict(self.config))
         cats = categories(activations)
         report["categories"] = len(cats)
+        report["invocation_depth"] = depth(plan.workers, self.config.branching)
         return Result(activations, cats, report)
 
     async def _stage(self, services: Services, names: RunNames, plan: Plan,

@@ -19,7 +19,6 @@ Subclasses implement :meth:`Channel._send_chunks` and :meth:`Channel._fetch`.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
@@ -216,13 +215,3 @@ class Channel(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the channel holds (background tasks, clients)."""
-
-
-async def gather_strict(*aws: asyncio.Future[object] | asyncio.Task[object]) -> None:
-    """Await all; if one fails, cancel the rest and raise the first error."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for t in tasks:
-            t.cancel()
