@@ -43,15 +43,21 @@ exit codes: 0 passed (or nothing to check), 1 check failed, 2 bad usage or input
 3 the distributed run failed."""
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("distributed run")
+def _add_plan_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    g = p.add_argument_group("partition")
     g.add_argument("--workers", type=int, help="number of workers P (default 4)")
+    g.add_argument("--partitioner", help="neuron partitioner: contiguous (default) or random")
+    g.add_argument("--config", type=Path, help="config file (default ~/.fsdgraph/config.toml)")
+    return g
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = _add_plan_options(p)
+    g.title = "distributed run"
     g.add_argument("--channel", choices=sorted(CHANNELS), help="exchange channel (default queue)")
     g.add_argument("--backend", help="compute backend (default local: processes on this machine)")
-    g.add_argument("--partitioner", help="neuron partitioner: contiguous (default) or random")
     g.add_argument("--branching", type=int, help="invocation tree branching factor (default 4)")
     g.add_argument("--timeout", type=float, dest="timeout_s", help="run timeout in seconds")
-    g.add_argument("--config", type=Path, help="config file (default ~/.fsdgraph/config.toml)")
     g.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
 
@@ -87,15 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--synthetic", action="store_true", help="a generated RadiX-Net")
     plan.add_argument("--neurons", type=int, default=1024)
     plan.add_argument("--layers", type=int, default=120)
+    plan.add_argument("--bias", type=float, help="bias (default: the official one for --neurons)")
     plan.add_argument("--seed", type=int, default=0)
-    _add_run_options(plan)
+    _add_plan_options(plan)
     return parser
 
 
 def _settings(args: argparse.Namespace) -> RunSettings:
-    return load_settings(args.config, workers=args.workers, channel=args.channel,
-                         backend=args.backend, partitioner=args.partitioner,
-                         branching=args.branching, timeout_s=args.timeout_s)
+    return load_settings(args.config, workers=args.workers, partitioner=args.partitioner,
+                         channel=getattr(args, "channel", None),
+                         backend=getattr(args, "backend", None),
+                         branching=getattr(args, "branching", None),
+                         timeout_s=getattr(args, "timeout_s", None))
 
 
 def _network(args: argparse.Namespace) -> tuple[list[sp.csr_matrix], float]:
@@ -178,8 +187,11 @@ def run_graphchallenge(args: argparse.Namespace) -> int:
     report["checks"] = {name: ok for name, ok in checks}
     _print_summary(report, checks)
     if args.report is not None:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as exc:
+            raise InputError(f"--report {args.report}: cannot write: {exc}") from exc
         print(f"report: {args.report}")
     if checks:
         print("PASSED" if passed else "FAILED")
@@ -222,9 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"fsdgraph: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    except OSError as exc:  # e.g. an unwritable --report path
-        print(f"fsdgraph: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+    except OSError as exc:  # the machine, not the input: e.g. a full disk during a run
+        print(f"fsdgraph: run failed: {exc}", file=sys.stderr)
+        return EXIT_RUN
     except FsdError as exc:
         print(f"fsdgraph: run failed: {exc}", file=sys.stderr)
         details = getattr(exc, "details", "")

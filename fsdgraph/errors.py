@@ -8,8 +8,7 @@
     │   └── ConfigError         an invalid option or configuration value
     ├── TransportError          a transport request failed
     │   ├── NotFound            get/delete of a key or queue that does not exist
-    │   ├── MessageTooLarge     a message or batch above the configured limit
-    │   └── Throttled           the service asked us to slow down (retryable)
+    │   └── MessageTooLarge     a message or batch above the configured limit
     ├── ProtocolError           a malformed or inconsistent chunk arrived
     └── RunError                a distributed run failed: names worker, layer, what was missing
         └── RunTimeout          ... because nothing arrived before a deadline
@@ -47,10 +46,6 @@ class NotFound(TransportError):
 
 class MessageTooLarge(TransportError):
     """A message or a batch exceeds the configured size limit."""
-
-
-class Throttled(TransportError):
-    """The service throttled the request; retry with backoff."""
 
 
 class ProtocolError(FsdError):

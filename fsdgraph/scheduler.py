@@ -30,7 +30,7 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -102,8 +102,9 @@ class RunState:
         self.heard_from[w] = True
         self.launched_at[w] = status.launched_at
         if status.kind == "error":
-            raise RunError(f"worker {w} failed at layer {status.layer}: {status.message}",
-                           worker=w, layer=status.layer, details=status.details)
+            error = RunTimeout if status.error_type == "RunTimeout" else RunError
+            raise error(f"worker {w} failed at layer {status.layer}: {status.message}",
+                        worker=w, layer=status.layer, details=status.details)
         self.done_layers[w] = max(self.done_layers[w], status.layer)
         if status.kind == "done":
             self.finished.add(w)
@@ -117,8 +118,9 @@ class RunState:
         silent = [w for w in waiting if now - self.last_heard[w] > config.stall_timeout_s]
         if silent:
             w = silent[0]
-            what = (f"stopped reporting after layer {self.done_layers[w]} of {self.layers}"
-                    if self.heard_from[w] else "never started (no status since launch)")
+            what = (f"stopped reporting (last heard at layer {self.done_layers[w]} of "
+                    f"{self.layers})" if self.heard_from[w]
+                    else "never started (no status since launch)")
             raise RunTimeout(f"worker {w} {what} for {config.stall_timeout_s:g} s; "
                              f"{self._describe(waiting)}", worker=w, layer=self.done_layers[w])
 
@@ -221,12 +223,12 @@ class Scheduler:
                 messages = await services.messages.receive(
                     names.control_queue, max_messages=10, wait_s=0.5)
                 now = time.monotonic()
-                for msg in messages:
-                    if msg.attributes.get("run") == names.run_id:
-                        state.apply(decode_status(msg), now)
-                if messages:
+                ours = [m for m in messages if m.attributes.get("run") == names.run_id]
+                if ours:
                     await services.messages.delete_batch(
-                        names.control_queue, [m.receipt for m in messages])
+                        names.control_queue, [m.receipt for m in ours])
+                for msg in ours:
+                    state.apply(decode_status(msg), now)
                 bar.update(sum(state.done_layers) - bar.n)
                 slowest = min(range(plan.workers), key=state.done_layers.__getitem__)
                 bar.set_postfix_str(f"slowest: worker {slowest} at layer "
@@ -236,15 +238,16 @@ class Scheduler:
 
     async def _cleanup(self, services: Services, names: RunNames, plan: Plan) -> None:
         """Remove every resource of the run; a failure here must not hide the run's error."""
-        steps = [
-            self.channel.delete_resources(services, names, plan.workers, self.config.channel),
-            services.messages.delete_queue(names.control_queue),
-            services.objects.delete_prefix(names.prefix),
+        steps: list[Callable[[], Awaitable[object]]] = [
+            lambda: self.channel.delete_resources(services, names, plan.workers,
+                                                  self.config.channel),
+            lambda: services.messages.delete_queue(names.control_queue),
+            lambda: services.objects.delete_prefix(names.prefix),
         ]
-        for step in steps:
+        for step in steps:  # every step is tried, whatever the others did
             try:
-                await step
-            except FsdError as exc:
+                await step()
+            except (FsdError, OSError) as exc:
                 print(f"fsdgraph: cleanup of run {names.run_id}: {exc}", file=sys.stderr)
 
 

@@ -32,6 +32,7 @@ from fsdgraph.metrics import WorkerMetrics, counted
 from fsdgraph.plan import INPUT, WorkerShard
 from fsdgraph.resources import RunNames
 from fsdgraph.serialize import pack
+from fsdgraph.transport import ObjectStore
 
 
 def handler(event: Mapping[str, Any], context: object = None) -> dict[str, Any]:
@@ -55,24 +56,35 @@ async def run_worker(event: Mapping[str, Any]) -> dict[str, Any]:
     backend_cls = get_backend(str(event["backend"]))
     async with backend_cls.attach(event["backend_config"]) as raw_services:
         services = counted(raw_services, metrics)
+        interval = float(event.get("progress_interval_s", 0.5))
         reporter = Reporter(services.messages, names.control_queue, names.run_id, worker,
-                            float(event.get("progress_interval_s", 0.5)))
+                            interval)
         reporter.launched_at = launched_at
-        layer = -1
+        heartbeat = asyncio.ensure_future(reporter.heartbeat())
         try:
             for sub in event.get("children", []):
                 await services.functions.invoke(child_event(event, sub))
             runtime = WorkerRuntime(services, names, event, metrics)
             async for layer in runtime.layers():
-                await reporter.progress(layer + 1)
-            await runtime.write_output()
-            await reporter.report("done", runtime.layer_count)
+                reporter.layers_done = layer + 1
+            heartbeat.cancel()
+            # The output carries the metrics, so its own PUT and the final status are counted
+            # before they happen and sent uncounted.
+            metrics.request("put")
+            metrics.request("send")
+            metrics.request("send_units")
+            await runtime.write_output(raw_services.objects)
+            final = Reporter(raw_services.messages, names.control_queue, names.run_id, worker)
+            final.launched_at = launched_at
+            await final.report("done", runtime.layer_count)
             return {"worker": worker, "status": "done"}
         except Exception as exc:
+            heartbeat.cancel()
             where = getattr(exc, "layer", None)
-            await reporter.report("error", layer + 1 if where is None else where,
+            await reporter.report("error", reporter.layers_done if where is None else where,
                                   f"{type(exc).__name__}: {exc}",
-                                  "" if isinstance(exc, FsdError) else traceback.format_exc())
+                                  "" if isinstance(exc, FsdError) else traceback.format_exc(),
+                                  type(exc).__name__)
             raise
 
 
@@ -143,11 +155,12 @@ class WorkerRuntime:
         self.metrics.end_layers()
         self.output = prev
 
-    async def write_output(self) -> None:
+    async def write_output(self, objects: ObjectStore) -> None:
+        """Put the final columns and the metrics (through ``objects``)."""
         if self.output is None or self.shard is None:
             raise RunError(f"worker {self.worker}: no output to write", worker=self.worker)
         body = pack({"block": self.codec.encode(self.output),
                      "columns": self.shard.layers[-1].out_cols,
                      "metrics": self.metrics.to_dict()})
-        await self.services.objects.put(self.names.output_key(self.worker), body)
+        await objects.put(self.names.output_key(self.worker), body)
         await self.channel.close()

@@ -134,3 +134,23 @@ def test_nothing_left_behind(backend: LocalBackend, network: tuple, tmp_path) ->
     finally:
         local.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("stall_s", "peer_s", "says"), [
+    (2.0, 30.0, "worker 2 stopped reporting (last heard at layer"),  # no heartbeat: dead
+    (30.0, 2.0, "nothing new from [2]"),  # a peer waited for it in vain
+])
+def test_a_killed_worker_is_named(network: tuple, stall_s: float, peer_s: float,
+                                  says: str) -> None:
+    """Whichever deadline fires first, the error is a RunTimeout that names the dead worker."""
+    graph, images, _ = network
+    config = fsdgraph.RunConfig(stall_timeout_s=stall_s, progress_interval_s=0.2,
+                                channel=fsdgraph.ChannelConfig(peer_timeout_s=peer_s))
+    backend = LocalBackend(kill=(2, 5))
+    try:
+        with pytest.raises(fsdgraph.RunTimeout) as caught:
+            fsdgraph.Scheduler(backend, "queue", config).run_sync(
+                fsdgraph.compile(graph, 4), images)
+    finally:
+        backend.close()
+    assert says in str(caught.value)

@@ -108,7 +108,7 @@ def _services(description: Mapping[str, Any]) -> Services:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return Services(
-        objects=DirectoryObjectStore(root / "objects"),
+        objects=DirectoryObjectStore(root / "objects", limits=limits),
         messages=SpoolMessageService(root / "messaging", limits,
                                      duplicate_rate=float(description.get("duplicate_rate", 0.0)),
                                      shuffle=bool(description.get("shuffle", False))),

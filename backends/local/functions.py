@@ -72,7 +72,7 @@ class ProcessFunctions(Functions):
     def _invoke_cold(self, payload: bytes) -> None:
         try:
             proc = subprocess.Popen([sys.executable, "-m", _MODULE, "run"],
-                                    stdin=subprocess.PIPE, close_fds=True)
+                                    stdin=subprocess.PIPE, close_fds=True, env=_worker_env())
         except OSError as exc:
             raise TransportError(f"cannot start a local worker process: {exc}") from exc
         assert proc.stdin is not None
@@ -91,9 +91,9 @@ class WarmPool:
     def __init__(self) -> None:
         self.directory = tempfile.mkdtemp(prefix="fsdgraph-launcher-")
         self.socket = str(Path(self.directory) / "launcher.sock")
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         self.process = subprocess.Popen([sys.executable, "-m", _MODULE, "serve", self.socket],
-                                        stdin=subprocess.DEVNULL, close_fds=True, env=env)
+                                        stdin=subprocess.DEVNULL, close_fds=True,
+                                        env=_worker_env())
         self._finalizer = weakref.finalize(self, _stop_pool, self.process, self.directory)
 
     @property
@@ -110,6 +110,11 @@ def _stop_pool(process: subprocess.Popen[bytes], directory: str) -> None:
     import shutil
 
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def _worker_env() -> dict[str, str]:
+    """One thread per worker process: workers are the parallelism, BLAS pools would fight."""
+    return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
 def stop_workers(run_dir: str | Path) -> int:

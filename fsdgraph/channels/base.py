@@ -180,7 +180,6 @@ class Channel(ABC):
             m.rows_sent += len(block.rows)
             m.nnz_sent += block.nnz
         m.codec_s += time.perf_counter() - start
-        m.messages_sent += len(chunks)
         await self._send_chunks(chunks)
 
     async def receive(self, layer: int, sources: Sequence[int]) -> AsyncIterator[tuple[int, Chunk]]:

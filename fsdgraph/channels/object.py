@@ -39,6 +39,7 @@ class ObjectChannel(Channel):
             body = msgpack.packb([self.names.run_id, [c.payload for c in edge if c.count]],
                                  use_bin_type=True)
             self.metrics.current.bytes_sent += len(body)
+            self.metrics.current.messages_sent += 1
             puts.append(self.services.objects.put(
                 self.names.exchange_key(layer, self.worker, dst), body))
         await asyncio.gather(*puts)

@@ -88,6 +88,7 @@ class QueueChannel(Channel):
     async def _send_chunks(self, chunks: list[OutChunk]) -> None:
         entries = [Entry(_text.encode(c.payload), self._attributes(c)) for c in chunks]
         m = self.metrics.current
+        m.messages_sent += len(entries)
         m.bytes_sent += sum(entry_size(e) for e in entries)
         limits = self.services.limits
         topic = self.names.topic(self.worker % min(self.config.topics, self.workers))
