@@ -27,8 +27,8 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
-#: Store a block dense when more than this fraction of its cells is nonzero (measured: below it,
-#: scipy's sparse product beats the dense one on the Graph Challenge layers; docs/benchmarks.md).
+#: Store a block dense when more than this fraction of its cells is nonzero: below it CSR is the
+#: smaller form (on the wire too) and the layer kernel multiplies it as CSR (docs/benchmarks.md).
 DENSE_ABOVE = 0.4
 
 

@@ -29,8 +29,10 @@ import scipy.sparse as sp
 
 from fsdgraph.kernels.block import Block
 
-#: Multiply CSR x CSR below this input density; above it, dense x sparse is faster (measured on
-#: the 1024-neuron Graph Challenge layers: docs/benchmarks.md).
+#: Multiply CSR x CSR below this input density, dense above. The dense product alone wins at
+#: every density once the inputs are dense, but they arrive as CSR pieces, and converting them
+#: ate the gain end to end; below 0.4 the CSR path also keeps memory proportional to the
+#: nonzeros, which matters for wide layers (docs/benchmarks.md).
 SPARSE_PRODUCT_BELOW = 0.4
 
 
