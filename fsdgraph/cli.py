@@ -205,7 +205,7 @@ def _print_summary(report: dict[str, Any], checks: list[tuple[str, bool]]) -> No
           f"{report['partitioner']} partition)")
     print(f"categories: {report['categories']}   wall: {report['wall_s']:.3f} s "
           f"(launch {report['launch_s']:.3f} s)")
-    print(f"sent: {mb:.2f} MB in {report['messages_sent']} chunks   requests: "
+    print(f"sent: {mb:.2f} MB in {report['messages_sent']} messages   requests: "
           + ", ".join(f"{k} {v}" for k, v in report["requests"].items()
                       if k in ("publish", "send", "receive", "delete", "put", "get", "invoke")))
     if "serial_s" in report:
