@@ -76,12 +76,15 @@ class Random(Partitioner):
         return owners
 
 
-_REGISTRY: dict[str, type[Partitioner]] = {p.name: p for p in (Contiguous, Random)}
+def _builtin() -> dict[str, type[Partitioner]]:
+    from fsdgraph.partitioners.hypergraph import Hypergraph
+
+    return {p.name: p for p in (Contiguous, Random, Hypergraph)}
 
 
 def partitioner_names() -> list[str]:
     """Every known partitioner: built-ins and those registered through entry points."""
-    names = set(_REGISTRY) | {ep.name for ep in entry_points(group="fsdgraph.partitioners")}
+    names = set(_builtin()) | {ep.name for ep in entry_points(group="fsdgraph.partitioners")}
     return sorted(names)
 
 
@@ -89,7 +92,7 @@ def get_partitioner(name: str | Partitioner) -> Partitioner:
     """A partitioner instance by name (or the instance itself)."""
     if isinstance(name, Partitioner):
         return name
-    cls = _REGISTRY.get(name)
+    cls = _builtin().get(name)
     if cls is None:
         for ep in entry_points(group="fsdgraph.partitioners"):
             if ep.name == name:
