@@ -31,6 +31,8 @@ from fsdgraph.config import RunSettings, load_settings
 from fsdgraph.errors import FsdError, InputError
 from fsdgraph.graph import Graph, sequential
 from fsdgraph.kernels import categories, reference_inference
+from fsdgraph.partitioners import Partitioner
+from fsdgraph.partitioners.hypergraph import Hypergraph
 from fsdgraph.scheduler import RunConfig, Scheduler
 
 EXIT_PASSED, EXIT_FAILED, EXIT_INPUT, EXIT_RUN = 0, 1, 2, 3
@@ -46,7 +48,12 @@ exit codes: 0 passed (or nothing to check), 1 check failed, 2 bad usage or input
 def _add_plan_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g = p.add_argument_group("partition")
     g.add_argument("--workers", type=int, help="number of workers P (default 4)")
-    g.add_argument("--partitioner", help="neuron partitioner: contiguous (default) or random")
+    g.add_argument("--partitioner",
+                   help="neuron partitioner: hypergraph (default: fewest rows sent), contiguous, "
+                        "random, or a plugin's name")
+    g.add_argument("--activation-aware", type=int, metavar="ROWS", default=0,
+                   help="hypergraph: weigh neurons by how often they are nonzero on the first "
+                        "ROWS input rows (graphchallenge) or generated images (plan)")
     g.add_argument("--config", type=Path, help="config file (default ~/.fsdgraph/config.toml)")
     return g
 
@@ -158,7 +165,7 @@ def run_graphchallenge(args: argparse.Namespace) -> int:
             truth = load_truth(args.truth)
         load_s = time.perf_counter() - loading
         graph = sequential(weights, bias, cap=32.0)
-        plan = compile(graph, settings.workers, settings.partitioner)
+        plan = compile(graph, settings.workers, _partitioner(args, settings, graph, y0))
         result = scheduler.run_sync(plan, y0)
 
     report: dict[str, Any] = {"load_s": load_s, **result.report}
@@ -215,11 +222,24 @@ def _print_summary(report: dict[str, Any], checks: list[tuple[str, bool]]) -> No
         print(f"  {'ok  ' if ok else 'FAIL'} {name}")
 
 
+def _partitioner(args: argparse.Namespace, settings: RunSettings, graph: Graph,
+                 inputs: sp.csr_matrix | None) -> str | Partitioner:
+    if not args.activation_aware:
+        return settings.partitioner
+    if settings.partitioner != "hypergraph":
+        raise InputError("--activation-aware needs --partitioner hypergraph")
+    if inputs is None:
+        from fsdgraph.sources.images import synthetic_images
+
+        inputs = synthetic_images(args.neurons, args.activation_aware, seed=args.seed + 1)
+    return Hypergraph.activation_aware(graph.layers(), inputs[:args.activation_aware])
+
+
 def run_plan(args: argparse.Namespace) -> int:
     settings = _settings(args)
     weights, bias = _network(args)
     graph: Graph = sequential(weights, bias, cap=32.0)
-    plan = compile(graph, settings.workers, settings.partitioner)
+    plan = compile(graph, settings.workers, _partitioner(args, settings, graph, None))
     print(json.dumps(plan.summary(), indent=2))
     return EXIT_PASSED
 

@@ -32,7 +32,7 @@ from fsdgraph.plan import INPUT, Edge, LayerShard, LayerSpec, Plan, Send, Source
 def compile(
     graph: Graph | builtins.list[Layer],
     workers: int,
-    partitioner: str | Partitioner = "contiguous",
+    partitioner: str | Partitioner = "hypergraph",
 ) -> Plan:
     """Partition every layer of ``graph`` over ``workers`` and derive the exchange edges."""
     layers = graph.layers() if isinstance(graph, Graph) else graph

@@ -35,7 +35,7 @@ class RunSettings:
     workers: int = 4
     channel: str = "queue"
     backend: str = "local"
-    partitioner: str = "contiguous"
+    partitioner: str = "hypergraph"
     branching: int = 4
     topics: int = 10
     timeout_s: float = 900.0

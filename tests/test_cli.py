@@ -81,7 +81,8 @@ def test_missing_images_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_unknown_partitioner_and_bad_workers(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["graphchallenge", *SMALL, "--partitioner", "nope"]) == 2
-    assert "unknown partitioner 'nope'; known: contiguous, random" in capsys.readouterr().err
+    known = "known: contiguous, hypergraph, random"
+    assert f"unknown partitioner 'nope'; {known}" in capsys.readouterr().err
     assert main(["graphchallenge", *SMALL, "--workers", "0"]) == 2
     assert "workers must be a positive integer, got 0" in capsys.readouterr().err
 

@@ -46,7 +46,7 @@ def assert_same(result: fsdgraph.Result, reference: sp.csr_matrix) -> None:
     assert np.array_equal(got, want)
 
 
-@pytest.mark.parametrize("partitioner", ["contiguous", "random"])
+@pytest.mark.parametrize("partitioner", ["contiguous", "random", "hypergraph"])
 @pytest.mark.parametrize("channel", ["queue", "object"])
 @pytest.mark.parametrize("workers", [1, 2, 3, 4, 7])
 def test_distributed_equals_serial(backend: LocalBackend, network: tuple, workers: int,

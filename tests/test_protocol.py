@@ -204,7 +204,7 @@ def network() -> Network:
     assert len(fsdgraph.categories(reference)) > 50
     assert np.mean(reference.data == 32) < 0.5
     assert np.array_equal(reference.data, np.round(reference.data))
-    return Network(fsdgraph.compile(graph, workers=4), inputs, reference)
+    return Network(fsdgraph.compile(graph, workers=4, partitioner="contiguous"), inputs, reference)
 
 
 def run_plan(backend: LocalBackend, net: Network, channel: str = "queue",

@@ -38,6 +38,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsdgraph.errors import ConfigError
+from fsdgraph.graph import Layer
+from fsdgraph.kernels.reference import apply_layer
 from fsdgraph.partitioners import Partitioner
 
 
@@ -69,6 +71,20 @@ class Hypergraph(Partitioner):
         self.tolerance = tolerance
         self.passes = passes
         self.input_weights = input_weights
+
+    @classmethod
+    def activation_aware(cls, layers: Sequence[Layer], sample: sp.spmatrix,
+                         tolerance: float = 0.03) -> Hypergraph:
+        """Weigh every input neuron by how often it is nonzero on ``sample`` (rows of inputs),
+        running the serial reference over the sample to see each layer's inputs."""
+        y = sp.csr_matrix(sample, dtype=np.float32)
+        if y.shape[0] == 0:
+            raise ConfigError("activation-aware partitioning needs a non-empty sample")
+        weights = []
+        for layer in layers:
+            weights.append(np.bincount(y.indices, minlength=y.shape[1]) / y.shape[0])
+            y = apply_layer(y, layer)
+        return cls(tolerance, input_weights=weights)
 
     def partition(
         self, widths: Sequence[int], workers: int, weights: Sequence[sp.csr_matrix] | None = None
@@ -110,7 +126,8 @@ class _LayerPartition:
         owner = self.prev[inputs]
         has_owner = owner >= 0
         lacks[owner[has_owner], np.flatnonzero(has_owner)] = False
-        return lacks.astype(float) @ self.weight[inputs]
+        cost: np.ndarray = lacks.astype(float) @ self.weight[inputs]
+        return cost
 
     def _remove_gain(self, g: int) -> float:
         """What leaving its worker saves: inputs only this group needs there, not owned there."""
@@ -127,12 +144,31 @@ class _LayerPartition:
         self.load[w] += self.sizes[g]
         self.where[g] = w
 
+    def _split(self, g: int) -> int:
+        """Cut group ``g`` in two (it fits nowhere whole); return the new group's index."""
+        outs = self.groups[g]
+        half = len(outs) // 2
+        self.groups[g] = outs[:half]
+        self.groups.append(outs[half:])
+        self.inputs.append(self.inputs[g])
+        self.sizes[g] = half
+        self.sizes = np.append(self.sizes, len(outs) - half)
+        self.where = np.append(self.where, -1)
+        return len(self.groups) - 1
+
     def run(self, passes: int) -> np.ndarray:
-        for g in np.argsort(-self.sizes, kind="stable"):
+        pending = [int(g) for g in np.argsort(-self.sizes, kind="stable")][::-1]
+        while pending:
+            g = pending.pop()
+            room = self.load + self.sizes[g] <= self.capacity
+            if not room.any():  # coarse groups left no worker enough room: place halves
+                pending.append(self._split(g))
+                pending.append(g)
+                continue
             cost = self._add_cost(self.inputs[g])
-            cost[self.load + self.sizes[g] > self.capacity] = np.inf
+            cost[~room] = np.inf
             # Least added cost; ties to the least loaded worker (keeps the greedy balanced).
-            self._place(int(g), int(np.lexsort((self.load, cost))[0]))
+            self._place(g, int(np.lexsort((self.load, cost))[0]))
         for _ in range(passes):
             if not self._refine():
                 break
@@ -161,15 +197,10 @@ class _LayerPartition:
 
     def _try_swap(self, g: int, a: int, b: int) -> bool:
         """Swap ``g`` (on a) with the group on ``b`` that makes the best exchange, if any gains."""
-        before = self._cost_of(a) + self._cost_of(b)
         candidates = np.flatnonzero((self.where == b) & (self.sizes == self.sizes[g]))
         best, best_gain = -1, 1e-12
         for h in candidates[:64]:
-            self._place(g, b)
-            self._place(int(h), a)
-            gain = before - (self._cost_of(a) + self._cost_of(b))
-            self._place(int(h), b)
-            self._place(g, a)
+            gain = self._swap_gain(g, int(h), a, b)
             if gain > best_gain:
                 best, best_gain = int(h), gain
         if best < 0:
@@ -178,10 +209,19 @@ class _LayerPartition:
         self._place(best, a)
         return True
 
-    def _cost_of(self, w: int) -> float:
-        """Inputs worker ``w`` needs but does not own, weighted."""
-        needed = (self.need[w] > 0) & (self.prev != w)
-        return float(self.weight[needed].sum())
+    def _swap_gain(self, g: int, h: int, a: int, b: int) -> float:
+        """Exact cost saved by swapping g (on a) and h (on b), looking only at their inputs."""
+        inputs = np.union1d(self.inputs[g], self.inputs[h])
+        in_g = np.isin(inputs, self.inputs[g]).astype(np.int32)
+        in_h = np.isin(inputs, self.inputs[h]).astype(np.int32)
+        na, nb = self.need[a, inputs], self.need[b, inputs]
+        owner, wj = self.prev[inputs], self.weight[inputs]
+
+        def cost(need_a: np.ndarray, need_b: np.ndarray) -> float:
+            return float(wj[(need_a > 0) & (owner != a)].sum()
+                         + wj[(need_b > 0) & (owner != b)].sum())
+
+        return cost(na, nb) - cost(na - in_g + in_h, nb - in_h + in_g)
 
     def _ensure_nonempty(self, owners: np.ndarray) -> None:
         """Every worker must own at least one neuron: hand idle workers one from the busiest."""
