@@ -94,13 +94,13 @@ import math
 import os
 import tomllib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from fsdgraph.errors import ConfigError, InputError
-from fsdgraph.plan import Plan
+from fsdgraph.plan import Edge, Plan
 from fsdgraph.transport import Entry, Limits, entry_size
 
 #: AWS bills SNS and SQS payloads per started 64 KiB.
@@ -405,10 +405,11 @@ def bill(report: Mapping[str, Any], *, memory_mb: int = DEFAULT_MEMORY_MB,
     durations, source = _durations(workers_rows, ids, wall_s)
     ledger.notes.append(f"Lambda duration per worker: {source}, rounded up to the ms")
     gb = memory_mb / 1024
-    gb_s = {w: _billed_s(d) * gb for w, d in durations.items()}
+    billed = {w: _billed_s(d) for w, d in durations.items()}
+    gb_s = {w: s * gb for w, s in billed.items()}
     total_gb_s = sum(gb_s.values())
     ledger.charge("Lambda", f"duration ({memory_mb} MB)", "GB-s", prices.lambda_gb_s, total_gb_s,
-                  workers=gb_s, layers=_layer_time_split(layers_rows, durations, total_gb_s))
+                  workers=gb_s, layers=_layer_time_split(layers_rows, billed, total_gb_s))
 
     def requests_line(service: str, what: str, unit: str, price: float, kind: str,
                       fallback: str | None = None, times: float = 1.0) -> None:
@@ -426,6 +427,9 @@ def bill(report: Mapping[str, Any], *, memory_mb: int = DEFAULT_MEMORY_MB,
     requests_line("SQS", "receive", "requests", sqs, "receive")
     if report.get("channel", "queue") == "queue":
         _receive_payload_units(ledger, requests, workers_rows, layers_rows, w_req, sqs)
+    elif report.get("channel") == "auto":
+        ledger.notes.append("auto channel: bytes_received mixes messages and objects, so the "
+                            "extra 64 KiB units of large receives are not estimated")
     requests_line("SQS", "delete", "requests", sqs, "delete")
     requests_line("SQS", "create queue", "requests", sqs, "create_queue")
     requests_line("SQS", "delete queue", "requests", sqs, "delete_queue")
@@ -527,7 +531,7 @@ DEFAULT_EMPTY_POLLS = 0.5
 #: Runtime per worker when none is given: start-up plus a per-layer latency floor (rough; pass a
 #: measured ``runtime_s``).
 DEFAULT_START_S = 1.0
-DEFAULT_LAYER_S = {"queue": 0.1, "object": 0.15}
+DEFAULT_LAYER_S = {"queue": 0.1, "object": 0.15, "auto": 0.1}
 #: The scheduler's control-queue long poll and the workers' progress interval, seconds.
 CONTROL_POLL_S = 0.5
 _RUN_ID = "0" * 12
@@ -538,7 +542,8 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
              runtime_s: float | None = None, prices: Prices | None = None,
              density: float = DEFAULT_DENSITY,
              bytes_per_nonzero: float = DEFAULT_BYTES_PER_NONZERO,
-             empty_polls: float = DEFAULT_EMPTY_POLLS) -> Bill:
+             empty_polls: float = DEFAULT_EMPTY_POLLS,
+             object_above_bytes: int | None = None) -> Bill:
     """The predicted bill of running ``plan`` on ``batch`` inputs over ``channel``.
 
     Every exchange edge ``(layer, src, dst, neurons)`` of the plan carries
@@ -546,9 +551,11 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     into chunks at the channel's message limit, base64 plus attributes on the wire, packed into
     publish calls per (layer, sender) as the channel does, received 10 at a time, plus
     ``empty_polls`` empty receives per edge. Object: one PUT per edge and ``1 + empty_polls``
-    GETs. Each worker runs ``runtime_s`` (default: :data:`DEFAULT_START_S` plus
-    :data:`DEFAULT_LAYER_S` per layer). Staging (shard and input per worker), outputs, the control
-    queue (a status every :data:`CONTROL_POLL_S` per worker) and cleanup are included.
+    GETs. Auto: edges above ``object_above_bytes`` (default: the auto channel's
+    ``object_threshold(prices)``) go as an object (PUT, GET) announced by a pointer message, the
+    others as on the queue. Each worker runs ``runtime_s`` (default: :data:`DEFAULT_START_S`
+    plus :data:`DEFAULT_LAYER_S` per layer). Staging (shard and input per worker), outputs, the
+    control queue (a status every :data:`CONTROL_POLL_S` per worker) and cleanup are included.
 
     >>> import numpy as np, scipy.sparse as sp, fsdgraph
     >>> w = sp.random(64, 64, density=0.1, format="csr", dtype=np.float32, random_state=0)
@@ -557,10 +564,9 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     >>> b.item("S3", "PUT exchange").quantity == len(plan.edges)
     True
     """
-    from fsdgraph.channels import CHANNELS  # late: channels import the codec stack
-
-    if channel not in CHANNELS:
-        raise ConfigError(f"unknown channel {channel!r}; known: {', '.join(sorted(CHANNELS))}")
+    if channel not in DEFAULT_LAYER_S:
+        raise ConfigError(f"estimate models the channels {', '.join(sorted(DEFAULT_LAYER_S))}; "
+                          f"got {channel!r}")
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")
     if not 0 < density <= 1:
@@ -577,7 +583,7 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
         raise ConfigError(f"runtime_s must be >= 0, got {runtime}")
     P, L = plan.workers, plan.layers
     ledger = _Ledger(prices, range(P), range(L))
-    sqs, sns = prices.sqs_requests_per_m / 1e6, prices.sns_publish_per_m / 1e6
+    sqs = prices.sqs_requests_per_m / 1e6
     put, get = prices.s3_put_per_k / 1e3, prices.s3_get_per_k / 1e3
     ledger.notes.append(f"assumed: density {density}, {bytes_per_nonzero} bytes per nonzero, "
                         f"{empty_polls} empty polls per edge, {runtime:g} s per worker"
@@ -592,18 +598,32 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     ledger.charge("Lambda", f"duration ({memory_mb} MB)", "GB-s", prices.lambda_gb_s, gb_s * P,
                   workers={w: gb_s for w in range(P)}, layers={l: per_layer for l in range(L)})
 
-    # The exchange.
-    raw = {id(e): math.ceil(batch * len(e.neurons) * density * bytes_per_nonzero)
-           for e in plan.edges}
-    wire_by: dict[tuple[int, int], float] = defaultdict(float)  # (layer, src) -> bytes
-    if channel == "queue":
-        _queue_exchange(ledger, plan, raw, wire_by, sns, sqs, empty_polls)
+    # The exchange: messages (queue, auto) and objects (object, auto).
+    raw = [(e, math.ceil(batch * len(e.neurons) * density * bytes_per_nonzero))
+           for e in plan.edges]
+    if channel == "auto":
+        if object_above_bytes is None:
+            from fsdgraph.channels.auto import object_threshold  # late: imports this module
+
+            object_above_bytes = object_threshold(prices)
+        as_objects = [(e, n) for e, n in raw if n > object_above_bytes]
+        as_messages = [(e, n) for e, n in raw if n <= object_above_bytes]
+        ledger.notes.append(f"{len(as_objects)} of {len(raw)} edges as objects (above "
+                            f"{object_above_bytes} bytes)")
     else:
-        for e in plan.edges:
-            wire_by[e.layer, e.src] += raw[id(e)] + _OBJECT_OVERHEAD
-        _charge_edges(ledger, "S3", "PUT exchange", put, plan, lambda e: (e.src, 1.0))
-        _charge_edges(ledger, "S3", "GET exchange", get, plan,
-                      lambda e: (e.dst, 1.0 + empty_polls))
+        as_objects = raw if channel == "object" else []
+        as_messages = raw if channel == "queue" else []
+    wire_by: dict[tuple[int, int], float] = defaultdict(float)  # (layer, src) -> bytes
+    for e, n in as_objects:
+        wire_by[e.layer, e.src] += n + _OBJECT_OVERHEAD
+    if as_objects:
+        polls = empty_polls if channel == "object" else 0.0  # auto: the pointer says when
+        _charge_edges(ledger, "S3", "PUT exchange", put, as_objects, lambda e: (e.src, 1.0))
+        _charge_edges(ledger, "S3", "GET exchange", get, as_objects,
+                      lambda e: (e.dst, 1.0 + polls))
+    if channel != "object":
+        pointers = [e for e, _ in as_objects]
+        _queue_exchange(ledger, as_messages, pointers, wire_by, prices, empty_polls)
     wire = sum(wire_by.values())
     ledger.notes.append(f"exchange: {len(plan.edges)} edges, {wire:.0f} bytes on the wire")
     if wire:
@@ -619,10 +639,10 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     statuses = 2 + math.floor(runtime / CONTROL_POLL_S)  # first progress, heartbeats, done
     ledger.charge("SQS", "send (status)", "64 KB units", sqs, P * statuses,
                   workers={w: float(statuses) for w in range(P)})
-    polls = math.ceil(runtime / CONTROL_POLL_S) + 1
-    ledger.charge("SQS", "receive (control)", "requests", sqs, polls)
-    ledger.charge("SQS", "delete (control)", "requests", sqs, polls)
-    queues = P + 1 if channel == "queue" else 1
+    polls_control = math.ceil(runtime / CONTROL_POLL_S) + 1
+    ledger.charge("SQS", "receive (control)", "requests", sqs, polls_control)
+    ledger.charge("SQS", "delete (control)", "requests", sqs, polls_control)
+    queues = 1 if channel == "object" else P + 1
     ledger.charge("SQS", "create queue", "requests", sqs, queues)
     ledger.charge("SQS", "delete queue", "requests", sqs, queues)
     ledger.charge("S3", "PUT staging + outputs", "requests", put, 3 * P,
@@ -633,11 +653,12 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     return ledger.bill()
 
 
-def _charge_edges(ledger: _Ledger, service: str, what: str, price: float, plan: Plan,
-                  who: Any) -> None:
+def _charge_edges(ledger: _Ledger, service: str, what: str, price: float,
+                  edges: Sequence[tuple[Edge, int]],
+                  who: Callable[[Edge], tuple[int, float]]) -> None:
     workers: dict[int, float] = defaultdict(float)
     layers: dict[int, float] = defaultdict(float)
-    for e in plan.edges:
+    for e, _ in edges:
         w, q = who(e)
         workers[w] += q
         layers[e.layer] += q
@@ -652,21 +673,30 @@ def _queue_chunk_budget(limits: Limits) -> int:
     return (text // 4) * 3  # raw bytes whose base64 fits
 
 
-def _queue_exchange(ledger: _Ledger, plan: Plan, raw: Mapping[int, int],
-                    wire_by: dict[tuple[int, int], float], sns: float, sqs: float,
+def _attributes(e: Edge, index: int, count: int) -> dict[str, str]:
+    return {"run": _RUN_ID, "layer": str(e.layer), "src": str(e.src), "target": str(e.dst),
+            "index": str(index), "count": str(count)}
+
+
+def _queue_exchange(ledger: _Ledger, edges: Sequence[tuple[Edge, int]], pointers: Sequence[Edge],
+                    wire_by: dict[tuple[int, int], float], prices: Prices,
                     empty_polls: float) -> None:
+    """Publishes, receives and deletes of the edges sent as messages (and of pointers)."""
+    sqs, sns = prices.sqs_requests_per_m / 1e6, prices.sns_publish_per_m / 1e6
     limits = Limits()
     budget = _queue_chunk_budget(limits)
-    out: dict[tuple[int, int], list[int]] = defaultdict(list)  # (layer, src) -> message sizes
-    into: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-    for e in plan.edges:
-        size = raw[id(e)]
+    messages: list[tuple[Edge, list[int]]] = []
+    for e, size in edges:
         count = max(1, math.ceil(size / budget))
         pieces = [min(budget, size - i * budget) for i in range(count)] if size else [0]
-        attrs = {"run": _RUN_ID, "layer": str(e.layer), "src": str(e.src),
-                 "target": str(e.dst), "index": str(count - 1), "count": str(count if size else 0)}
-        overhead = entry_size(Entry("", attrs))
-        sizes = [4 * math.ceil(p / 3) + overhead for p in pieces]
+        overhead = entry_size(Entry("", _attributes(e, count - 1, count if size else 0)))
+        messages.append((e, [4 * math.ceil(p / 3) + overhead for p in pieces]))
+    for e in pointers:
+        key = f"runs/{_RUN_ID}/x/{e.layer}/{e.dst}/{e.src}"
+        messages.append((e, [entry_size(Entry(key, {**_attributes(e, 0, 1), "pointer": "1"}))]))
+    out: dict[tuple[int, int], list[int]] = defaultdict(list)  # (layer, src) -> message sizes
+    into: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for e, sizes in messages:
         out[e.layer, e.src] += sizes
         acc = into[e.layer, e.dst]
         acc[0] += len(sizes)
@@ -691,11 +721,11 @@ def _queue_exchange(ledger: _Ledger, plan: Plan, raw: Mapping[int, int],
     extra_l: dict[int, float] = defaultdict(float)
     data_w: dict[int, float] = defaultdict(float)
     data_l: dict[int, float] = defaultdict(float)
-    for (l, d), (messages, nbytes, edges) in into.items():
-        data = math.ceil(messages / 10)  # receives that return messages, 10 at most
+    for (l, d), (n_messages, nbytes, n_edges) in into.items():
+        data = math.ceil(n_messages / 10)  # receives that return messages, 10 at most
         per_call = max(1, math.ceil(nbytes / data / CHUNK_BYTES))
-        recv_w[d] += data + empty_polls * edges
-        recv_l[l] += data + empty_polls * edges
+        recv_w[d] += data + empty_polls * n_edges
+        recv_l[l] += data + empty_polls * n_edges
         extra_w[d] += data * (per_call - 1)
         extra_l[l] += data * (per_call - 1)
         data_w[d] += data

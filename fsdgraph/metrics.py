@@ -19,7 +19,8 @@ from fsdgraph.transport import BatchResult, Entry, Message, MessageService, Obje
 
 #: The per-layer counters, in report order.
 COUNTERS = ("rows_sent", "nnz_sent", "bytes_sent", "messages_sent", "rows_received",
-            "nnz_received", "bytes_received", "messages_received", "duplicates_dropped")
+            "nnz_received", "bytes_received", "messages_received", "duplicates_dropped",
+            "edges_via_queue", "edges_via_object")
 TIMERS = ("compute_s", "wait_s", "codec_s", "cpu_s")
 
 
@@ -37,6 +38,8 @@ class LayerMetrics:
     bytes_received: int = 0
     messages_received: int = 0
     duplicates_dropped: int = 0
+    edges_via_queue: int = 0  #: edges sent as queue messages (auto channel)
+    edges_via_object: int = 0  #: edges sent as an object plus a pointer (auto channel)
     compute_s: float = 0.0
     wait_s: float = 0.0
     codec_s: float = 0.0

@@ -154,3 +154,22 @@ def test_a_killed_worker_is_named(network: tuple, stall_s: float, peer_s: float,
     finally:
         backend.close()
     assert says in str(caught.value)
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 2_000])
+def test_auto_channel_mixes_queue_and_objects(backend: LocalBackend, network: tuple,
+                                              threshold: int) -> None:
+    """The auto channel: same bits whichever way each edge goes; the report counts both ways
+    (threshold 0: the price-derived line, 1: everything as objects, 2 kB: a mix)."""
+    graph, images, reference = network
+    config = fsdgraph.RunConfig(channel=fsdgraph.ChannelConfig(auto_object_above_bytes=threshold))
+    plan = fsdgraph.compile(graph, 4, "contiguous")
+    result = fsdgraph.Scheduler(backend, "auto", config).run_sync(plan, images)
+    assert_same(result, reference)
+    report = result.report
+    edges = report["edges_via_queue"] + report["edges_via_object"]
+    assert edges == len(plan.edges)
+    if threshold == 1:  # every nonempty edge is an object; empty markers stay on the queue
+        assert report["edges_via_object"] > 0 and report["requests"]["put"] > plan.workers * 2
+    if threshold == 2_000:
+        assert report["edges_via_object"] > 0 and report["edges_via_queue"] > 0

@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+from fsdgraph.channels.auto import AutoChannel
 from fsdgraph.channels.base import Channel, ChannelConfig, Inbox, OutChunk
 from fsdgraph.channels.object import ObjectChannel
 from fsdgraph.channels.queue import QueueChannel
 from fsdgraph.errors import ConfigError
 
-CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (QueueChannel, ObjectChannel)}
+CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (QueueChannel, ObjectChannel,
+                                                          AutoChannel)}
 
 
 def get_channel(name: str) -> type[Channel]:
@@ -23,5 +25,5 @@ def get_channel(name: str) -> type[Channel]:
         raise ConfigError(f"unknown channel {name!r}; known: {known}") from None
 
 
-__all__ = ["CHANNELS", "Channel", "ChannelConfig", "Inbox", "ObjectChannel", "OutChunk",
-           "QueueChannel", "get_channel"]
+__all__ = ["CHANNELS", "AutoChannel", "Channel", "ChannelConfig", "Inbox", "ObjectChannel",
+           "OutChunk", "QueueChannel", "get_channel"]

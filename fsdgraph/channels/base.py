@@ -44,6 +44,7 @@ class ChannelConfig:
     object_poll_min_s: float = 0.0005  #: object channel: first retry of a missing key...
     object_poll_max_s: float = 0.02  #: ...backing off to this
     wire_dense_above: float = 0.4  #: send blocks dense above this density (fewer bytes, more CPU)
+    auto_object_above_bytes: int = 0  #: auto channel: objects above this (0: by the prices)
 
     def __post_init__(self) -> None:
         if self.topics < 1:

@@ -123,7 +123,7 @@ class QueueChannel(Channel):
             if msg.attributes.get("run") != self.names.run_id:
                 continue  # another run's message: never consume it
             receipts.append(msg.receipt)
-            if self._keep(msg):
+            if await self._take(msg, *self._identity(msg)):
                 kept += 1
                 m.messages_received += 1
                 m.bytes_received += entry_size(Entry(msg.body, msg.attributes))
@@ -133,7 +133,8 @@ class QueueChannel(Channel):
             await self.services.messages.delete_batch(queue, receipts)
         return kept
 
-    def _keep(self, msg: Message) -> bool:
+    def _identity(self, msg: Message) -> tuple[int, int, int, int]:
+        """``(layer, src, index, count)`` of a message addressed to this worker."""
         a = msg.attributes
         try:
             layer, src, index, count = (int(a["layer"]), int(a["src"]), int(a["index"]),
@@ -144,4 +145,8 @@ class QueueChannel(Channel):
                                 f"{dict(a)!r}") from exc
         if target != self.worker:
             raise ProtocolError(f"worker {self.worker}: received a chunk for worker {target}")
+        return layer, src, index, count
+
+    async def _take(self, msg: Message, layer: int, src: int, index: int, count: int) -> bool:
+        """Keep the chunk a message carries; False if it was a duplicate."""
         return self.inbox.offer(layer, src, index, count, _text.decode(msg.body))

@@ -1,0 +1,99 @@
+"""The auto channel: each edge takes the cheaper of the two ways, decided per layer and edge.
+
+An edge whose chunks are small travels as queue messages (as the queue channel). A large one is
+written as one object (as the object channel) and announced by a single queue message, the
+*pointer*, whose body is the object's key and whose ``count`` is the number of chunks inside: the
+receiver long-polls its queue as usual and GETs the object when the pointer arrives — no polling
+of the object store, no listing. Completeness, deduplication and run isolation are the queue
+channel's own (a duplicated pointer only makes the chunks arrive twice, and the inbox drops them).
+
+Why and where the line is: on the queue an edge costs a publish and an SQS receive for every
+64 KiB of payload; as an object it costs a PUT, a GET and one pointer message. With the AWS list
+prices (``fsdgraph.cost.Prices``) that is :func:`object_threshold` bytes, about 450 KB; below
+it the queue is also faster (no extra round trip). ``ChannelConfig.auto_object_above_bytes``
+overrides the line. Each layer's metrics count the edges sent each way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import msgpack
+
+from fsdgraph.channels.base import OutChunk
+from fsdgraph.channels.queue import QueueChannel, pack_batches
+from fsdgraph.cost import Prices
+from fsdgraph.errors import ProtocolError
+from fsdgraph.transport import Entry, Message, entry_size
+
+UNIT = 64 * 1024
+
+
+def object_threshold(prices: Prices | None = None) -> int:
+    """Payload bytes above which an object plus a pointer costs less than queue messages.
+
+    >>> object_threshold()
+    458752
+    """
+    p = prices or Prices()
+    per_unit = (p.sns_publish_per_m + p.sqs_requests_per_m) / 1e6  # publish + receive
+    as_object = p.s3_put_per_k / 1e3 + p.s3_get_per_k / 1e3 + per_unit  # + the pointer
+    return (math.floor(as_object / per_unit) + 1) * UNIT
+
+
+class AutoChannel(QueueChannel):
+    """See the module docstring."""
+
+    name = "auto"
+
+    def threshold(self) -> int:
+        return self.config.auto_object_above_bytes or object_threshold()
+
+    async def _send_chunks(self, chunks: list[OutChunk]) -> None:
+        by_edge: dict[tuple[int, int], list[OutChunk]] = {}
+        for c in chunks:
+            by_edge.setdefault((c.layer, c.dst), []).append(c)
+        small: list[OutChunk] = []
+        pointers: list[Entry] = []
+        puts = []
+        m = self.metrics.current
+        for (layer, dst), edge in by_edge.items():
+            payloads = [c.payload for c in edge if c.count]
+            if sum(map(len, payloads)) <= self.threshold():
+                small.extend(edge)
+                m.edges_via_queue += 1
+                continue
+            key = self.names.exchange_key(layer, self.worker, dst)
+            body = msgpack.packb([self.names.run_id, payloads], use_bin_type=True)
+            puts.append(self.services.objects.put(key, body))
+            m.edges_via_object += 1
+            m.bytes_sent += len(body)
+            attributes = self._attributes(OutChunk(layer, self.worker, dst, 0, len(payloads),
+                                                   b""))
+            pointers.append(Entry(key, {**attributes, "pointer": "1"}))
+        await asyncio.gather(*puts)  # objects first: a pointer must never point at nothing
+        if pointers:
+            m.messages_sent += len(pointers)
+            m.bytes_sent += sum(entry_size(e) for e in pointers)
+            limits = self.services.limits
+            topic = self.names.topic(self.worker % min(self.config.topics, self.workers))
+            batches = pack_batches(pointers, limits.max_batch_entries, limits.max_batch_bytes)
+            await asyncio.gather(*(self._publish(topic, batch) for batch in batches))
+        if small:
+            await super()._send_chunks(small)
+
+    async def _take(self, msg: Message, layer: int, src: int, index: int, count: int) -> bool:
+        if msg.attributes.get("pointer") != "1":
+            return await super()._take(msg, layer, src, index, count)
+        if msg.body != self.names.exchange_key(layer, src, self.worker):
+            raise ProtocolError(f"worker {self.worker}: pointer to unexpected key {msg.body!r}")
+        body = await self.services.objects.get(msg.body)
+        try:
+            run_id, payloads = msgpack.unpackb(body, raw=False)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise ProtocolError(f"object {msg.body} is not a chunk list: {exc}") from exc
+        if run_id != self.names.run_id or len(payloads) != count:
+            raise ProtocolError(f"object {msg.body} does not hold the {count} chunks announced")
+        self.metrics.current.bytes_received += len(body)
+        return any([self.inbox.offer(layer, src, i, count, p) for i, p in enumerate(payloads)])
