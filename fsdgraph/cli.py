@@ -5,7 +5,9 @@ Commands:
 * ``fsdgraph graphchallenge`` — distributed Graph Challenge inference on the official files (or,
   with ``--synthetic``, on a generated RadiX-Net and generated images), checked against the
   official truth and/or the serial reference;
-* ``fsdgraph plan`` — compile a network and print the plan's summary as JSON.
+* ``fsdgraph plan`` — compile a network and print the plan's summary as JSON;
+* ``fsdgraph report RUN.json`` — the itemised AWS bill and the per-layer table of a run report,
+  and PNG plots with ``--plots DIR``.
 
 Exit codes: 0 passed (or nothing to check), 1 the check failed, 2 bad usage or bad input (the
 message names the file, line or option), 3 the distributed run failed (the message names the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -103,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--bias", type=float, help="bias (default: the official one for --neurons)")
     plan.add_argument("--seed", type=int, default=0)
     _add_plan_options(plan)
+
+    rep = sub.add_parser("report", help="print a run report's bill and per-layer table; plots",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep.add_argument("run", type=Path, help="a report written by graphchallenge --report")
+    rep.add_argument("--plots", type=Path, metavar="DIR",
+                     help="write bytes_per_layer.png, time_per_layer.png, timeline.png here "
+                          "(needs matplotlib: pip install 'fsdgraph[plot]')")
+    rep.add_argument("--memory-mb", type=int, default=1769,
+                     help="Lambda memory the bill assumes (default 1769: one full vCPU)")
+    rep.add_argument("--region", help="AWS region of the price table (default us-east-1)")
+    rep.add_argument("--prices", type=Path, help="a TOML/JSON price table (see docs/guide.md)")
     return parser
 
 
@@ -244,12 +258,53 @@ def run_plan(args: argparse.Namespace) -> int:
     return EXIT_PASSED
 
 
+def run_report(args: argparse.Namespace) -> int:
+    from fsdgraph.cost import Prices, bill
+
+    try:
+        report = json.loads(args.run.read_text())
+    except OSError as exc:
+        raise InputError(f"{args.run}: cannot read: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise InputError(f"{args.run}: not a JSON run report: {exc}") from exc
+    missing = [k for k in ("workers", "layers", "per_layer", "per_worker", "requests")
+               if not isinstance(report, dict) or k not in report]
+    if missing:
+        raise InputError(f"{args.run}: not a run report: missing {', '.join(missing)}")
+    if args.prices is not None:
+        prices = Prices.from_file(args.prices)
+    else:
+        prices = Prices.for_region(args.region) if args.region else Prices()
+    the_bill = bill(report, memory_mb=args.memory_mb, prices=prices)
+    print(f"run {report.get('run_id', '?')}: {report['layers']} layers x "
+          f"{report.get('batch', '?')} rows on {report['workers']} workers, "
+          f"{report.get('channel', '?')} channel, {report.get('partitioner', '?')} partition, "
+          f"wall {report.get('wall_s', 0):.3f} s\n")
+    print(the_bill.table())
+    print()
+    print(f"{'layer':>5} {'rows sent':>10} {'bytes sent':>12} {'msgs':>6} {'compute ms':>10} "
+          f"{'wait ms':>8} {'codec ms':>8} {'cost $':>11}")
+    for e in report["per_layer"]:
+        cost = the_bill.per_layer.get(int(e["layer"]), 0.0)
+        print(f"{e['layer']:>5} {e['rows_sent']:>10} {e['bytes_sent']:>12} "
+              f"{e['messages_sent']:>6} {1e3 * e['compute_s']:>10.2f} {1e3 * e['wait_s']:>8.2f} "
+              f"{1e3 * e['codec_s']:>8.2f} {cost:>11.3e}")
+    if args.plots is not None:
+        from fsdgraph.plots import write_plots
+
+        for path in write_plots(report, args.plots):
+            print(f"plot: {path}")
+    return EXIT_PASSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "graphchallenge":
             return run_graphchallenge(args)
+        if args.command == "report":
+            return run_report(args)
         return run_plan(args)
     except InputError as exc:
         print(f"fsdgraph: error: {exc}", file=sys.stderr)
@@ -266,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fsdgraph: interrupted; the run's resources were removed", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `fsdgraph report run.json | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PASSED
 
 
 if __name__ == "__main__":

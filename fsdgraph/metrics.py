@@ -44,6 +44,7 @@ class LayerMetrics:
     wait_s: float = 0.0
     codec_s: float = 0.0
     cpu_s: float = 0.0  #: CPU time (user + system) of the worker process in this layer
+    started_at: float = 0.0  #: wall clock (epoch seconds) when the worker began the layer
     requests: Counter[str] = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,7 +73,7 @@ class WorkerMetrics:
 
     def begin_layer(self, layer: int) -> LayerMetrics:
         self._close_current()
-        self.current = LayerMetrics(layer)
+        self.current = LayerMetrics(layer, started_at=time.time())
         self.layers.append(self.current)
         return self.current
 
@@ -89,7 +90,8 @@ class WorkerMetrics:
         self.current.requests[kind] += count
 
     def to_dict(self) -> dict[str, Any]:
-        return {"worker": self.worker, "started": self.started, "setup": self.setup.to_dict(),
+        return {"worker": self.worker, "started": self.started, "finished": time.time(),
+                "setup": self.setup.to_dict(),
                 "layers": [m.to_dict() for m in self.layers],
                 "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds()}
 

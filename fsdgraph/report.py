@@ -60,6 +60,9 @@ def build_report(
         for name in TIMERS:
             w[name] = sum(getattr(m, name) for m in layers)
         w["requests"] = dict(w_requests)
+        w["launched_at"] = wm.get("started", 0.0)
+        w["finished_at"] = wm.get("finished", 0.0)
+        w["duration_s"] = w["finished_at"] - w["launched_at"]
         w["peak_rss_bytes"] = wm.get("peak_rss_bytes", 0)
         w["process_cpu_s"] = wm.get("cpu_s", 0.0)
         per_worker.append(w)
@@ -82,5 +85,9 @@ def build_report(
         "requests": dict(sorted(requests.items())),
         "per_layer": per_layer,
         "per_worker": per_worker,
+        "per_worker_layer": {  # [worker][layer], for plots
+            name: [[getattr(m, name) for m in layers] for layers in workers_layers]
+            for name in ("started_at", "bytes_sent", "compute_s", "wait_s", "codec_s", "cpu_s")
+        },
         "config": dict(config),
     }

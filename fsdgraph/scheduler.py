@@ -43,6 +43,7 @@ from fsdgraph.backends import get_backend
 from fsdgraph.channels import ChannelConfig, get_channel
 from fsdgraph.codec import BlockCodec
 from fsdgraph.control import Status, decode_status
+from fsdgraph.cost import bill
 from fsdgraph.errors import ConfigError, FsdError, InputError, RunError, RunTimeout
 from fsdgraph.kernels import Block, categories
 from fsdgraph.metrics import WorkerMetrics, counted
@@ -191,6 +192,8 @@ class Scheduler:
         cats = categories(activations)
         report["categories"] = len(cats)
         report["invocation_depth"] = depth(plan.workers, self.config.branching)
+        report["invoked_at"] = invoked
+        report["bill"] = bill(report).to_dict()  # at AWS list prices, 1769 MB functions
         return Result(activations, cats, report)
 
     async def _stage(self, services: Services, names: RunNames, plan: Plan,

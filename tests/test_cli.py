@@ -107,3 +107,34 @@ def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("FSDGRAPH_WORKERS")
     assert main(["plan", "--synthetic", "--layers", "3"]) == 2
     assert f"{config} [run]: workers must be int, got 'many'" in capsys.readouterr().err
+
+
+def test_report_command_bill_table_and_plots(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`fsdgraph report` prints the itemised bill (its lines add up to the total) and the
+    per-layer table, and writes the three PNGs."""
+    run = tmp_path / "run.json"
+    assert main(["graphchallenge", *SMALL, "--workers", "3", "--report", str(run),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    plots = tmp_path / "plots"
+    assert main(["report", str(run), "--plots", str(plots)]) == 0
+    out = capsys.readouterr().out
+    assert "Lambda" in out and "SNS" in out and "total" in out
+    assert len([line for line in out.splitlines() if line[:5].strip().isdigit()]) == 12
+    for name in ("bytes_per_layer.png", "time_per_layer.png", "timeline.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(run.read_text())
+    items = data["bill"]["items"]
+    assert abs(sum(i["cost"] for i in items) - data["bill"]["total"]) < 1e-12
+
+
+def test_report_command_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["report", str(bad)]) == 2
+    assert f"{bad}: not a JSON run report" in capsys.readouterr().err
+    bad.write_text('{"workers": 2}')
+    assert main(["report", str(bad)]) == 2
+    assert "not a run report: missing layers, per_layer, per_worker, requests" in \
+        capsys.readouterr().err
