@@ -309,6 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"fsdgraph: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except BrokenPipeError:  # e.g. `fsdgraph report run.json | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PASSED
     except OSError as exc:  # the machine, not the input: e.g. a full disk during a run
         print(f"fsdgraph: run failed: {exc}", file=sys.stderr)
         return EXIT_RUN
@@ -321,9 +324,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fsdgraph: interrupted; the run's resources were removed", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `fsdgraph report run.json | head`: the reader had enough
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_PASSED
 
 
 if __name__ == "__main__":

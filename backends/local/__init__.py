@@ -84,6 +84,8 @@ class LocalBackend(Backend):
             assert self._pool is not None
             description["launcher"] = self._pool.socket
         services = _services(description)
+        if isinstance(services.functions, ProcessFunctions):
+            services.functions.pool = self._pool
         try:
             yield services
         finally:

@@ -39,6 +39,9 @@ class ProcessFunctions(Functions):
         self.launcher = launcher
         self.startup_timeout_s = startup_timeout_s
         self._cold: list[subprocess.Popen[bytes]] = []
+        #: Set where the launcher process is known (the session's side): a launcher that died
+        #: starting up fails the invocation at once, with its own error, not after a timeout.
+        self.pool: WarmPool | None = None
 
     async def invoke(self, event: Mapping[str, Any]) -> None:
         payload = json.dumps(event).encode()
@@ -53,6 +56,8 @@ class ProcessFunctions(Functions):
     async def _invoke_warm(self, path: Path, payload: bytes) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         while not path.exists():
+            if self.pool is not None and not self.pool.alive:
+                raise TransportError(f"local launcher exited while starting: {self.pool.log()}")
             if time.monotonic() > deadline:
                 raise TransportError(f"local launcher did not start within "
                                      f"{self.startup_timeout_s:g} s (no {path})")
@@ -91,14 +96,24 @@ class WarmPool:
     def __init__(self) -> None:
         self.directory = tempfile.mkdtemp(prefix="fsdgraph-launcher-")
         self.socket = str(Path(self.directory) / "launcher.sock")
-        self.process = subprocess.Popen([sys.executable, "-m", _MODULE, "serve", self.socket],
-                                        stdin=subprocess.DEVNULL, close_fds=True,
-                                        env=_worker_env())
+        self._log = Path(self.directory) / "launcher.log"
+        with open(self._log, "wb") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", _MODULE, "serve", self.socket],
+                                            stdin=subprocess.DEVNULL, stderr=log,
+                                            close_fds=True, env=_worker_env())
         self._finalizer = weakref.finalize(self, _stop_pool, self.process, self.directory)
 
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def log(self) -> str:
+        """The end of what the launcher wrote to stderr (why it died)."""
+        try:
+            lines = self._log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-3:]) or "(no output)"
 
     def close(self) -> None:
         self._finalizer()

@@ -23,7 +23,7 @@ import msgpack
 
 from fsdgraph.channels.base import OutChunk
 from fsdgraph.channels.queue import QueueChannel, pack_batches
-from fsdgraph.cost import Prices
+from fsdgraph.cost.prices import Prices
 from fsdgraph.errors import ProtocolError
 from fsdgraph.transport import Entry, Message, entry_size
 
@@ -39,7 +39,7 @@ def object_threshold(prices: Prices | None = None) -> int:
     p = prices or Prices()
     per_unit = (p.sns_publish_per_m + p.sqs_requests_per_m) / 1e6  # publish + receive
     as_object = p.s3_put_per_k / 1e3 + p.s3_get_per_k / 1e3 + per_unit  # + the pointer
-    return (math.floor(as_object / per_unit) + 1) * UNIT
+    return math.floor(as_object / per_unit + 1e-9) * UNIT  # at equal cost the queue is faster
 
 
 class AutoChannel(QueueChannel):
