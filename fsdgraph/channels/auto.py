@@ -22,10 +22,10 @@ import math
 import msgpack
 
 from fsdgraph.channels.base import OutChunk
-from fsdgraph.channels.queue import QueueChannel, pack_batches
+from fsdgraph.channels.queue import QueueChannel
 from fsdgraph.cost.prices import Prices
 from fsdgraph.errors import ProtocolError
-from fsdgraph.transport import Entry, Message, entry_size
+from fsdgraph.transport import Entry, Message
 
 UNIT = 64 * 1024
 
@@ -73,15 +73,7 @@ class AutoChannel(QueueChannel):
                                                    b""))
             pointers.append(Entry(key, {**attributes, "pointer": "1"}))
         await asyncio.gather(*puts)  # objects first: a pointer must never point at nothing
-        if pointers:
-            m.messages_sent += len(pointers)
-            m.bytes_sent += sum(entry_size(e) for e in pointers)
-            limits = self.services.limits
-            topic = self.names.topic(self.worker % min(self.config.topics, self.workers))
-            batches = pack_batches(pointers, limits.max_batch_entries, limits.max_batch_bytes)
-            await asyncio.gather(*(self._publish(topic, batch) for batch in batches))
-        if small:
-            await super()._send_chunks(small)
+        await self._publish_entries(pointers + self._entries(small))
 
     async def _take(self, msg: Message, layer: int, src: int, index: int, count: int) -> bool:
         if msg.attributes.get("pointer") != "1":

@@ -85,8 +85,14 @@ class QueueChannel(Channel):
         limits = self.services.limits
         return _text.raw_budget(min(limits.max_message_bytes, limits.max_batch_bytes) - overhead)
 
+    def _entries(self, chunks: list[OutChunk]) -> list[Entry]:
+        return [Entry(_text.encode(c.payload), self._attributes(c)) for c in chunks]
+
     async def _send_chunks(self, chunks: list[OutChunk]) -> None:
-        entries = [Entry(_text.encode(c.payload), self._attributes(c)) for c in chunks]
+        await self._publish_entries(self._entries(chunks))
+
+    async def _publish_entries(self, entries: list[Entry]) -> None:
+        """Count, pack into batch calls and publish on this worker's topic."""
         m = self.metrics.current
         m.messages_sent += len(entries)
         m.bytes_sent += sum(entry_size(e) for e in entries)

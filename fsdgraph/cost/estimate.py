@@ -214,22 +214,23 @@ def _queue_exchange(ledger: _Ledger, edges: Sequence[tuple[Edge, int]], pointers
     texts: dict[int, str] = {}
     messages = [(e, _messages(channel, e, size, budget, texts)) for e, size in edges]
     messages += [(e, [_pointer(channel, e)]) for e in pointers]
+    size = {id(m): entry_size(m) for _, entries in messages for m in entries}
     out: dict[tuple[int, int], list[Entry]] = defaultdict(list)  # (layer, src) -> messages
     into: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for e, entries in messages:
-        size = sum(map(entry_size, entries))
+        nbytes = sum(size[id(m)] for m in entries)
         out[e.layer, e.src] += entries
         acc = into[e.layer, e.dst]
         acc[0] += len(entries)
-        acc[1] += size
+        acc[1] += nbytes
         acc[2] += 1
-        wire_by[e.layer, e.src] += size
+        wire_by[e.layer, e.src] += nbytes
     units_w: dict[int, float] = defaultdict(float)
     units_l: dict[int, float] = defaultdict(float)
     calls = 0
     for (l, s), entries in out.items():
         for batch in pack_batches(entries, limits.max_batch_entries, limits.max_batch_bytes):
-            units = max(1, math.ceil(sum(map(entry_size, batch)) / CHUNK_BYTES))
+            units = max(1, math.ceil(sum(size[id(m)] for m in batch) / CHUNK_BYTES))
             units_w[s] += units
             units_l[l] += units
             calls += 1
