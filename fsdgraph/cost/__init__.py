@@ -1,6 +1,10 @@
 """The itemised AWS bill of a run: before it (:func:`estimate`), after it (:func:`bill`), and the
 FSD-Inference paper's own spreadsheet (:func:`paper_bill`, :func:`paper_comparison`).
 
+Modules: :mod:`~fsdgraph.cost.prices` (the price tables), :mod:`~fsdgraph.cost.bill` (bills, their
+ledger, :func:`bill`), :mod:`~fsdgraph.cost.estimate` and :mod:`~fsdgraph.cost.paper`; every public
+name is importable from ``fsdgraph.cost``.
+
 Prices
 ------
 One table, :class:`Prices`: AWS list prices, us-east-1 unless told otherwise. Override a region

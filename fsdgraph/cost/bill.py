@@ -134,6 +134,10 @@ class _Ledger:
         items = [LineItem(s, w, q, u, p, q * p) for (s, w, u, p), q in self._qty.items()]
         return Bill(items, dict(self.per_worker), dict(self.per_layer), self.notes, self.prices)
 
+
+# --- Lambda rules every bill applies (bill, estimate, paper_bill) -------------------------------
+
+
 def _check_memory(memory_mb: int) -> None:
     lo, hi = MEMORY_RANGE
     if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or not lo <= memory_mb <= hi:
@@ -143,7 +147,6 @@ def _check_memory(memory_mb: int) -> None:
 def _billed_s(seconds: float) -> float:
     """Lambda duration billed: rounded up to the millisecond."""
     return math.ceil(round(seconds * 1000, 6)) / 1000
-
 
 
 # --- after a run --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from fsdgraph.codec import TextCodec
 from fsdgraph.cost.bill import Bill, _billed_s, _check_memory, _Ledger
 from fsdgraph.cost.prices import CHUNK_BYTES, DEFAULT_MEMORY_MB, GB_BYTES, Prices
 from fsdgraph.errors import ConfigError
-from fsdgraph.metrics import WorkerMetrics
+from fsdgraph.metrics import WorkerMetrics, _units
 from fsdgraph.plan import Edge, Plan
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Entry, Limits, MessageService, ObjectStore, entry_size
@@ -35,7 +35,7 @@ DEFAULT_START_S = 1.0
 DEFAULT_LAYER_S = {"queue": 0.1, "object": 0.15, "auto": 0.1}
 #: The scheduler's control-queue long poll and the workers' progress interval, seconds.
 CONTROL_POLL_S = 0.5
-_RUN_ID = "0" * 12
+_RUN_ID = "0" * 12  # as long as the scheduler's run ids
 _OBJECT_OVERHEAD = 24  # msgpack of [run id, [payloads]]
 
 
@@ -104,7 +104,7 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
            for e in plan.edges]
     if channel == "auto":
         if object_above_bytes is None:
-            from fsdgraph.channels.auto import object_threshold  # late: imports this module
+            from fsdgraph.channels.auto import object_threshold  # late: auto imports fsdgraph.cost
 
             object_above_bytes = object_threshold(prices)
         as_objects = [(e, n) for e, n in raw if n > object_above_bytes]
@@ -214,23 +214,22 @@ def _queue_exchange(ledger: _Ledger, edges: Sequence[tuple[Edge, int]], pointers
     texts: dict[int, str] = {}
     messages = [(e, _messages(channel, e, size, budget, texts)) for e, size in edges]
     messages += [(e, [_pointer(channel, e)]) for e in pointers]
-    size = {id(m): entry_size(m) for _, entries in messages for m in entries}
     out: dict[tuple[int, int], list[Entry]] = defaultdict(list)  # (layer, src) -> messages
     into: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for e, entries in messages:
-        nbytes = sum(size[id(m)] for m in entries)
+        size = sum(map(entry_size, entries))
         out[e.layer, e.src] += entries
         acc = into[e.layer, e.dst]
         acc[0] += len(entries)
-        acc[1] += nbytes
+        acc[1] += size
         acc[2] += 1
-        wire_by[e.layer, e.src] += nbytes
+        wire_by[e.layer, e.src] += size
     units_w: dict[int, float] = defaultdict(float)
     units_l: dict[int, float] = defaultdict(float)
     calls = 0
     for (l, s), entries in out.items():
         for batch in pack_batches(entries, limits.max_batch_entries, limits.max_batch_bytes):
-            units = max(1, math.ceil(sum(size[id(m)] for m in batch) / CHUNK_BYTES))
+            units = _units(batch)  # as a run's metrics count publish_units
             units_w[s] += units
             units_l[l] += units
             calls += 1
