@@ -193,6 +193,8 @@ class Scheduler:
         report["categories"] = len(cats)
         report["invocation_depth"] = depth(plan.workers, self.config.branching)
         report["invoked_at"] = invoked
+        if self.channel.name == "auto":
+            report["channel_choice"] = _auto_choice(report, self.config.channel)
         report["bill"] = bill(report).to_dict()  # at AWS list prices, 1769 MB functions
         return Result(activations, cats, report)
 
@@ -252,6 +254,19 @@ class Scheduler:
                 await step()
             except (FsdError, OSError) as exc:
                 print(f"fsdgraph: cleanup of run {names.run_id}: {exc}", file=sys.stderr)
+
+
+def _auto_choice(report: Mapping[str, Any], config: ChannelConfig) -> dict[str, Any]:
+    """What the auto channel chose, and why (for the report)."""
+    from fsdgraph.channels.auto import object_threshold
+
+    line = config.auto_object_above_bytes or object_threshold()
+    why = ("set by ChannelConfig.auto_object_above_bytes" if config.auto_object_above_bytes
+           else "break-even of the AWS list prices: above it a PUT + GET + one pointer message "
+                "costs less than a publish and an SQS receive per 64 KiB")
+    return {"object_above_bytes": line, "why": why,
+            "edges_via_queue": report["edges_via_queue"],
+            "edges_via_object": report["edges_via_object"]}
 
 
 #: The smallest message limit the protocol works with: a chunk's attributes take about 120 bytes

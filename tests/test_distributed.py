@@ -169,6 +169,10 @@ def test_auto_channel_mixes_queue_and_objects(backend: LocalBackend, network: tu
     report = result.report
     edges = report["edges_via_queue"] + report["edges_via_object"]
     assert edges == len(plan.edges)
+    choice = report["channel_choice"]
+    assert choice["object_above_bytes"] == (threshold or 458_752)
+    assert choice["edges_via_object"] == report["edges_via_object"]
+    assert ("auto_object_above_bytes" in choice["why"]) == bool(threshold)
     if threshold == 1:  # every nonempty edge is an object; empty markers stay on the queue
         assert report["edges_via_object"] > 0 and report["requests"]["put"] > plan.workers * 2
     if threshold == 2_000:
