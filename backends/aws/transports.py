@@ -1,0 +1,518 @@
+"""S3 and SNS/SQS implementations of :class:`~fsdgraph.transport.ObjectStore` and
+:class:`~fsdgraph.transport.MessageService` on aiobotocore.
+
+Each service owns one :class:`aiobotocore.session.AioSession` and its clients, entered once into an
+:class:`contextlib.AsyncExitStack`: ``await svc.open()`` / ``await svc.close()`` or
+``async with svc:``. A service that is used without ``open()`` opens itself on first use (in the
+running event loop) and must still be closed. Region and per-service endpoint URLs come from
+:class:`AwsConfig`; credentials come from botocore's standard chain and are never logged.
+
+Errors are translated at the boundary: a botocore ``ClientError`` becomes
+:class:`~fsdgraph.errors.NotFound` for a missing key, queue or topic and
+:class:`~fsdgraph.errors.TransportError` otherwise (``raise ... from exc``); a botocore
+connection or timeout error becomes :class:`~fsdgraph.errors.TransportError`; anything else
+propagates. Transient request failures are retried by botocore's ``standard`` retry mode
+(exponential backoff with jitter, bounded attempts, never a client error); batch calls report
+per-entry failures as :class:`~fsdgraph.transport.Failure` with ``retryable`` set as AWS says.
+
+:class:`~fsdgraph.transport.Limits` are enforced here before any request (moto does not): an
+entry above ``max_message_bytes`` (or the queue's ``MaximumMessageSize``) fails alone with code
+``MessageTooLong``; a batch over the entry or byte limit raises
+:class:`~fsdgraph.errors.MessageTooLarge`. On ``publish_batch`` only ``Limits`` apply: SNS does not
+report a message too long for one subscribed queue (its delivery fails later), so neither can we.
+
+Queue names resolve to URLs (``GetQueueUrl``) and topic names to ARNs (built from the account
+id, which ``sts:GetCallerIdentity`` gives once) and stay cached per service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from fsdgraph.errors import MessageTooLarge, NotFound, TransportError
+from fsdgraph.transport import (
+    BatchResult,
+    Entry,
+    Failure,
+    Limits,
+    Message,
+    MessageService,
+    ObjectStore,
+    entry_size,
+)
+
+__all__ = ["AwsConfig", "S3ObjectStore", "SnsSqsMessageService"]
+
+#: Error codes that mean "the key, bucket, queue or topic does not exist".
+NOT_FOUND_CODES = frozenset({
+    "NoSuchKey", "NoSuchBucket", "404", "NotFound", "NotFoundException",
+    "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
+})
+#: Error codes worth retrying even when AWS marks them as the sender's fault.
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestThrottledException", "TooManyRequestsException", "SlowDown", "RequestLimitExceeded",
+    "KMSThrottlingException", "ServiceUnavailable", "InternalError", "InternalFailure",
+})
+#: SQS caps one long poll at 20 s and one receive at 10 messages.
+MAX_WAIT_S = 20
+MAX_RECEIVE = 10
+#: S3 DeleteObjects takes at most 1000 keys.
+DELETE_BATCH = 1000
+
+
+class _Client(Protocol):
+    """What we use of an aiobotocore client: operations are attributes returning coroutines."""
+
+    def __getattr__(self, name: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    """Where the AWS transports talk to.
+
+    ``endpoints`` maps a service name (``s3``, ``sns``, ``sqs``, ``sts``) to an endpoint URL; a
+    service not in it uses AWS's default endpoint for ``region``. ``bucket`` holds the objects,
+    each under ``prefix`` (e.g. ``"fsdgraph/"``; keys are given and listed without it).
+    """
+
+    region: str
+    endpoints: Mapping[str, str] = field(default_factory=dict)
+    bucket: str = ""
+    prefix: str = ""
+    #: HTTP connections per client: size it to the fan-out of concurrent requests.
+    max_pool_connections: int = 50
+    connect_timeout_s: float = 10.0
+    #: Above the 20 s long poll, so a waiting receive is not cut short.
+    read_timeout_s: float = MAX_WAIT_S + 20.0
+    max_attempts: int = 5
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _translate(exc: Exception, what: str) -> TransportError:
+    """The fsdgraph error for a botocore error raised while doing ``what``."""
+    if isinstance(exc, ClientError):
+        code = _code(exc)
+        if code in NOT_FOUND_CODES:
+            return NotFound(f"{what}: does not exist ({code})")
+        message = exc.response.get("Error", {}).get("Message", "")
+        return TransportError(f"{what}: {code}: {message}")
+    return TransportError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class _AwsService:
+    """Owns one session and the clients for ``services``; opens lazily, closes once."""
+
+    _services: tuple[str, ...] = ()
+
+    def __init__(self, config: AwsConfig, *, session: AioSession | None = None) -> None:
+        self.config = config
+        self._session = session
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._clients: dict[str, _Client] = {}
+        self._opening: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(region={self.config.region!r})"
+
+    async def open(self) -> None:
+        """Create the clients (once). Called on first use if not called before."""
+        if self._stack is not None:
+            return
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._stack is not None:
+                return
+            cfg = self.config
+            session = self._session or get_session()
+            botocore_config = AioConfig(
+                region_name=cfg.region,
+                max_pool_connections=cfg.max_pool_connections,
+                connect_timeout=cfg.connect_timeout_s,
+                read_timeout=cfg.read_timeout_s,
+                retries={"mode": "standard", "max_attempts": cfg.max_attempts},
+            )
+            stack = contextlib.AsyncExitStack()
+            try:
+                for name in self._services:
+                    client = session.create_client(
+                        name,
+                        region_name=cfg.region,
+                        endpoint_url=cfg.endpoints.get(name),
+                        config=botocore_config,
+                    )
+                    self._clients[name] = await stack.enter_async_context(client)
+            except BaseException:
+                await stack.aclose()
+                self._clients.clear()
+                raise
+            self._stack = stack
+
+    async def close(self) -> None:
+        """Close the clients (idempotent); the service can be opened again afterwards."""
+        stack, self._stack = self._stack, None
+        self._clients.clear()
+        self._opening = None
+        if stack is not None:
+            await stack.aclose()
+
+    async def __aenter__(self) -> _AwsService:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _client(self, name: str) -> _Client:
+        if self._stack is None:
+            await self.open()
+        return self._clients[name]
+
+    async def _call(self, service: str, operation: str, what: str, **kwargs: Any) -> Any:
+        """One request, with botocore errors translated (``what`` names the resource)."""
+        client = await self._client(service)
+        try:
+            return await getattr(client, operation)(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, what) from exc
+
+
+# ================================================================================================
+# S3
+# ================================================================================================
+class S3ObjectStore(_AwsService, ObjectStore):
+    """Objects in ``config.bucket`` under ``config.prefix``."""
+
+    _services = ("s3",)
+
+    def __init__(
+        self, config: AwsConfig, *, limits: Limits | None = None, session: AioSession | None = None
+    ) -> None:
+        if not config.bucket:
+            raise ValueError("S3ObjectStore needs AwsConfig.bucket")
+        super().__init__(config, session=session)
+        self.limits = limits
+
+    def _key(self, key: str) -> str:
+        if not key:
+            raise ValueError("object key must not be empty")
+        return self.config.prefix + key
+
+    async def put(self, key: str, data: bytes) -> None:
+        if self.limits is not None and len(data) > self.limits.max_object_bytes:
+            raise MessageTooLarge(
+                f"object {key!r} of {len(data)} bytes exceeds the limit of "
+                f"{self.limits.max_object_bytes} bytes"
+            )
+        await self._call("s3", "put_object", f"put of key {key!r}",
+                         Bucket=self.config.bucket, Key=self._key(key), Body=data)
+
+    async def get(self, key: str) -> bytes:
+        client = await self._client("s3")
+        try:
+            response = await client.get_object(Bucket=self.config.bucket, Key=self._key(key))
+            async with response["Body"] as stream:
+                data: bytes = await stream.read()
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                raise NotFound(f"no object at key {key!r}") from exc
+            raise _translate(exc, f"get of key {key!r}") from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, f"get of key {key!r}") from exc
+        return data
+
+    async def list(self, prefix: str) -> list[str]:
+        return sorted(await self._list_full(prefix))
+
+    async def _list_full(self, prefix: str) -> builtins.list[str]:
+        """Keys under ``prefix`` without the configured prefix, in S3's (byte) order."""
+        client = await self._client("s3")
+        strip = len(self.config.prefix)
+        keys: builtins.list[str] = []
+        try:
+            paginator = client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(
+                Bucket=self.config.bucket, Prefix=self.config.prefix + prefix
+            ):
+                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", ()))
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, f"list of prefix {prefix!r}") from exc
+        return keys
+
+    async def delete_prefix(self, prefix: str) -> int:
+        keys = await self._list_full(prefix)
+        deleted = 0
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start:start + DELETE_BATCH]
+            response = await self._call(
+                "s3", "delete_objects", f"delete of prefix {prefix!r}",
+                Bucket=self.config.bucket,
+                Delete={"Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True},
+            )
+            errors = response.get("Errors", ())
+            if errors:
+                first = errors[0]
+                raise TransportError(
+                    f"delete of prefix {prefix!r}: {len(errors)} objects not deleted, e.g. "
+                    f"{first.get('Key')!r}: {first.get('Code')}: {first.get('Message')}"
+                )
+            deleted += len(batch)
+        return deleted
+
+
+# ================================================================================================
+# SNS + SQS
+# ================================================================================================
+@dataclass(frozen=True)
+class _Queue:
+    url: str
+    max_message_bytes: int
+
+
+def _attributes(entry: Entry) -> dict[str, dict[str, str]]:
+    return {k: {"DataType": "String", "StringValue": v} for k, v in entry.attributes.items()}
+
+
+def _failures(failed: Sequence[Mapping[str, Any]]) -> list[Failure]:
+    out = []
+    for f in failed:
+        code = str(f.get("Code", ""))
+        retryable = not f.get("SenderFault", False) or code in THROTTLING_CODES
+        out.append(Failure(int(f["Id"]), code, str(f.get("Message", "")), retryable))
+    return out
+
+
+class SnsSqsMessageService(_AwsService, MessageService):
+    """Topics are SNS topics, queues SQS standard queues; subscriptions use raw delivery."""
+
+    _services = ("sns", "sqs", "sts")
+
+    def __init__(
+        self, config: AwsConfig, limits: Limits | None = None, *,
+        session: AioSession | None = None,
+    ) -> None:
+        super().__init__(config, session=session)
+        self.limits = limits or Limits()
+        self._queues: dict[str, _Queue] = {}
+        self._arn_base: str | None = None  # "arn:<partition>:<service>:<region>:<account>:"
+
+    # -- name resolution ------------------------------------------------------------------------
+    async def _account_arn(self, service: str) -> str:
+        if self._arn_base is None:
+            ident = await self._call("sts", "get_caller_identity", "caller identity")
+            partition = str(ident["Arn"]).split(":")[1]
+            self._arn_base = f"arn:{partition}:{{}}:{self.config.region}:{ident['Account']}:"
+        return self._arn_base.format(service)
+
+    async def _topic_arn(self, topic: str) -> str:
+        return await self._account_arn("sns") + topic
+
+    async def _queue(self, queue: str) -> _Queue:
+        known = self._queues.get(queue)
+        if known is not None:
+            return known
+        what = f"queue {queue!r}"
+        url = (await self._call("sqs", "get_queue_url", what, QueueName=queue))["QueueUrl"]
+        attrs = (await self._call("sqs", "get_queue_attributes", what, QueueUrl=url,
+                                  AttributeNames=["MaximumMessageSize"]))["Attributes"]
+        resolved = _Queue(url, int(attrs["MaximumMessageSize"]))
+        self._queues[queue] = resolved
+        return resolved
+
+    async def _queue_call(self, queue: str, operation: str, **kwargs: Any) -> Any:
+        """A request on a queue; a queue found missing is forgotten (and NotFound raised)."""
+        q = await self._queue(queue)
+        try:
+            return await self._call("sqs", operation, f"queue {queue!r}", QueueUrl=q.url,
+                                    **kwargs)
+        except NotFound:
+            self._queues.pop(queue, None)
+            raise
+
+    # -- provisioning ---------------------------------------------------------------------------
+    async def create_queue(
+        self, name: str, *, visibility_timeout_s: float, max_message_bytes: int
+    ) -> str:
+        attrs = {
+            "MaximumMessageSize": str(max_message_bytes),
+            "VisibilityTimeout": str(math.ceil(visibility_timeout_s)),
+        }
+        response = await self._call("sqs", "create_queue", f"queue {name!r}",
+                                    QueueName=name, Attributes=attrs)
+        self._queues[name] = _Queue(response["QueueUrl"], max_message_bytes)
+        return name
+
+    async def create_topic(self, name: str) -> str:
+        await self._call("sns", "create_topic", f"topic {name!r}", Name=name)
+        return name
+
+    async def subscribe(
+        self, topic: str, queue: str, *, filter_policy: Mapping[str, Sequence[str]]
+    ) -> None:
+        topic_arn = await self._topic_arn(topic)
+        await self._call("sns", "get_topic_attributes", f"topic {topic!r}", TopicArn=topic_arn)
+        await self._queue(queue)  # NotFound naming the queue if it does not exist
+        queue_arn = await self._account_arn("sqs") + queue
+        # Let the account's topics send to the queue (a real account needs this; moto ignores it).
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnLike": {"aws:SourceArn": await self._account_arn("sns") + "*"}},
+            }],
+        }
+        await self._queue_call(queue, "set_queue_attributes",
+                               Attributes={"Policy": json.dumps(policy)})
+        attributes = {"RawMessageDelivery": "true"}
+        if filter_policy:
+            attributes["FilterPolicy"] = json.dumps(
+                {k: [str(v) for v in values] for k, values in filter_policy.items()})
+        await self._call("sns", "subscribe", f"subscription of queue {queue!r} to topic {topic!r}",
+                         TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn,
+                         Attributes=attributes, ReturnSubscriptionArn=True)
+
+    async def delete_queue(self, queue: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self._queue_call(queue, "delete_queue")
+        self._queues.pop(queue, None)
+
+    async def delete_topic(self, topic: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self._call("sns", "delete_topic", f"topic {topic!r}",
+                             TopicArn=await self._topic_arn(topic))
+
+    # -- data plane -----------------------------------------------------------------------------
+    def _check_batch(self, entries: Sequence[Entry], max_message_bytes: int
+                     ) -> tuple[list[Failure], list[int]]:
+        """Raise if the batch is over a limit; return the too-long entries' failures and the
+        indices of the entries to send."""
+        limits = self.limits
+        if len(entries) > limits.max_batch_entries:
+            raise MessageTooLarge(
+                f"batch of {len(entries)} entries exceeds the limit of "
+                f"{limits.max_batch_entries} entries per batch"
+            )
+        sizes = [entry_size(e) for e in entries]
+        total = sum(sizes)
+        if total > limits.max_batch_bytes:
+            raise MessageTooLarge(
+                f"batch of {len(entries)} entries totalling {total} bytes exceeds the limit of "
+                f"{limits.max_batch_bytes} bytes per batch"
+            )
+        limit = min(limits.max_message_bytes, max_message_bytes)
+        failures: list[Failure] = []
+        send: list[int] = []
+        for index, size in enumerate(sizes):
+            if size > limit:
+                failures.append(Failure(
+                    index, "MessageTooLong",
+                    f"entry {index} of {size} bytes exceeds the limit of {limit} bytes",
+                    retryable=False))
+            else:
+                send.append(index)
+        return failures, send
+
+    async def publish_batch(self, topic: str, entries: Sequence[Entry]) -> BatchResult:
+        topic_arn = await self._topic_arn(topic)
+        failures, send = self._check_batch(entries, self.limits.max_message_bytes)
+        if send:
+            response = await self._call(
+                "sns", "publish_batch", f"topic {topic!r}", TopicArn=topic_arn,
+                PublishBatchRequestEntries=[
+                    {"Id": str(i), "Message": entries[i].body,
+                     "MessageAttributes": _attributes(entries[i])}
+                    for i in send
+                ],
+            )
+            failures.extend(_failures(response.get("Failed", ())))
+        elif not entries:
+            await self._call("sns", "get_topic_attributes", f"topic {topic!r}",
+                             TopicArn=topic_arn)
+        return BatchResult(tuple(sorted(failures, key=lambda f: f.index)))
+
+    async def send_batch(self, queue: str, entries: Sequence[Entry]) -> BatchResult:
+        q = await self._queue(queue)
+        failures, send = self._check_batch(entries, q.max_message_bytes)
+        if send:
+            response = await self._queue_call(
+                queue, "send_message_batch",
+                Entries=[
+                    {"Id": str(i), "MessageBody": entries[i].body,
+                     "MessageAttributes": _attributes(entries[i])}
+                    for i in send
+                ],
+            )
+            failures.extend(_failures(response.get("Failed", ())))
+        return BatchResult(tuple(sorted(failures, key=lambda f: f.index)))
+
+    async def receive(
+        self, queue: str, *, max_messages: int = 10, wait_s: float = 1.0
+    ) -> list[Message]:
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, got {max_messages}")
+        deadline = time.monotonic() + wait_s
+        while True:
+            remaining = deadline - time.monotonic()
+            wait = min(MAX_WAIT_S, max(0, math.ceil(remaining)))
+            response = await self._queue_call(
+                queue, "receive_message",
+                MaxNumberOfMessages=min(max_messages, MAX_RECEIVE),
+                WaitTimeSeconds=wait,
+                MessageAttributeNames=["All"],
+                AttributeNames=["ApproximateReceiveCount"],
+            )
+            raw = response.get("Messages", ())
+            if raw or wait_s <= MAX_WAIT_S or deadline - time.monotonic() <= 0:
+                return [
+                    Message(
+                        body=m["Body"],
+                        attributes={k: v["StringValue"]
+                                    for k, v in m.get("MessageAttributes", {}).items()
+                                    if "StringValue" in v},
+                        receipt=m["ReceiptHandle"],
+                        receive_count=int(m.get("Attributes", {})
+                                          .get("ApproximateReceiveCount", 1)),
+                    )
+                    for m in raw
+                ]
+
+    async def delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
+        if len(receipts) > self.limits.max_batch_entries:
+            raise MessageTooLarge(
+                f"batch of {len(receipts)} entries exceeds the limit of "
+                f"{self.limits.max_batch_entries} entries per batch"
+            )
+        if not receipts:
+            await self._queue(queue)
+            return BatchResult()
+        response = await self._queue_call(
+            queue, "delete_message_batch",
+            Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)],
+        )
+        return BatchResult(tuple(sorted(_failures(response.get("Failed", ())),
+                                        key=lambda f: f.index)))
