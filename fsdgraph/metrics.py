@@ -168,12 +168,12 @@ class _CountingMessages(MessageService):
 
     async def publish_batch(self, topic: str, entries: Sequence[Entry]) -> BatchResult:
         self.metrics.request("publish")
-        self.metrics.request("publish_units", _units(entries))
+        self.metrics.request("publish_units", billing_units(entries))
         return await self.inner.publish_batch(topic, entries)
 
     async def send_batch(self, queue: str, entries: Sequence[Entry]) -> BatchResult:
         self.metrics.request("send")
-        self.metrics.request("send_units", _units(entries))
+        self.metrics.request("send_units", billing_units(entries))
         return await self.inner.send_batch(queue, entries)
 
     async def receive(
@@ -196,7 +196,7 @@ class _CountingFunctions(Functions):
         await self.inner.invoke(event)
 
 
-def _units(entries: Sequence[Entry]) -> int:
+def billing_units(entries: Sequence[Entry]) -> int:
     """AWS bills a batch call per started 64 KiB of its total payload."""
     total = sum(entry_size(e) for e in entries)
     return max(1, -(-total // (64 * 1024)))

@@ -22,7 +22,7 @@ from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk
 from fsdgraph.codec import TextCodec
 from fsdgraph.errors import ProtocolError, RunError
 from fsdgraph.resources import RunNames
-from fsdgraph.transport import Entry, Message, entry_size
+from fsdgraph.transport import Entry, Limits, Message, entry_size
 
 _text = TextCodec()
 
@@ -47,6 +47,19 @@ def pack_batches(entries: Sequence[Entry], max_entries: int, max_bytes: int) -> 
             batches.append([entry])
             room.append(max_bytes - size)
     return batches
+
+
+def chunk_attributes(run_id: str, c: OutChunk) -> dict[str, str]:
+    """The string attributes that identify chunk ``c`` of run ``run_id`` on a queue."""
+    return {"run": run_id, "layer": str(c.layer), "src": str(c.src), "target": str(c.dst),
+            "index": str(c.index), "count": str(c.count)}
+
+
+def queue_chunk_budget(limits: Limits, run_id: str) -> int:
+    """The largest raw chunk whose base64 body and attributes fit one message and one batch."""
+    widest = OutChunk(10**9, 10**6, 10**6, 10**6, 10**6, b"")
+    overhead = entry_size(Entry("", chunk_attributes(run_id, widest)))
+    return _text.raw_budget(min(limits.max_message_bytes, limits.max_batch_bytes) - overhead)
 
 
 class QueueChannel(Channel):
@@ -76,14 +89,10 @@ class QueueChannel(Channel):
             await services.messages.delete_queue(names.queue(w))
 
     def _attributes(self, c: OutChunk) -> dict[str, str]:
-        return {"run": self.names.run_id, "layer": str(c.layer), "src": str(c.src),
-                "target": str(c.dst), "index": str(c.index), "count": str(c.count)}
+        return chunk_attributes(self.names.run_id, c)
 
     def chunk_budget(self) -> int:
-        widest = OutChunk(10**9, 10**6, 10**6, 10**6, 10**6, b"")
-        overhead = entry_size(Entry("", self._attributes(widest)))
-        limits = self.services.limits
-        return _text.raw_budget(min(limits.max_message_bytes, limits.max_batch_bytes) - overhead)
+        return queue_chunk_budget(self.services.limits, self.names.run_id)
 
     def _entries(self, chunks: list[OutChunk]) -> list[Entry]:
         return [Entry(_text.encode(c.payload), self._attributes(c)) for c in chunks]

@@ -5,19 +5,17 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import cast
 
-from fsdgraph.backend import Functions, Services
-from fsdgraph.channels.base import ChannelConfig, OutChunk
-from fsdgraph.channels.queue import QueueChannel, pack_batches
+from fsdgraph.channels.base import OutChunk
+from fsdgraph.channels.queue import chunk_attributes, pack_batches, queue_chunk_budget
 from fsdgraph.codec import TextCodec
 from fsdgraph.cost.bill import Bill, _billed_s, _check_memory, _Ledger
 from fsdgraph.cost.prices import CHUNK_BYTES, DEFAULT_MEMORY_MB, GB_BYTES, Prices
 from fsdgraph.errors import ConfigError
-from fsdgraph.metrics import WorkerMetrics, _units
+from fsdgraph.metrics import billing_units
 from fsdgraph.plan import Edge, Plan
 from fsdgraph.resources import RunNames
-from fsdgraph.transport import Entry, Limits, MessageService, ObjectStore, entry_size
+from fsdgraph.transport import Entry, Limits, entry_size
 
 #: Defaults of :func:`estimate`, measured on the local backend with the generated 1024-neuron
 #: RadiX-Net (``fsdgraph graphchallenge --synthetic --layers 24 --images 1000``): 9.16 M nonzeros
@@ -167,25 +165,15 @@ def _charge_edges(ledger: _Ledger, service: str, what: str, price: float,
                   workers=workers, layers=layers)
 
 
-def _queue_channel() -> QueueChannel:
-    """A queue channel for its sizing only (chunk budget, message attributes): AWS's limits and a
-    run id of the scheduler's length. It has no transport: an estimate sends nothing."""
-    config = ChannelConfig()
-    services = Services(objects=cast(ObjectStore, None), messages=cast(MessageService, None),
-                        functions=cast(Functions, None), limits=Limits(), description={})
-    return QueueChannel(services, RunNames(_RUN_ID), 0, 1, config, WorkerMetrics(0),
-                        config.codec())
-
-
-def _messages(channel: QueueChannel, e: Edge, size: int, budget: int,
+def _messages(e: Edge, size: int, budget: int,
               texts: dict[int, str]) -> list[Entry]:
     """The messages of an edge of ``size`` raw bytes: chunks of at most ``budget`` bytes in
     base64, each with the attributes of the edge's last chunk. ``texts`` keeps one body per length
     (only the length counts)."""
     count = max(1, math.ceil(size / budget))
     pieces = [min(budget, size - i * budget) for i in range(count)] if size else [0]
-    attributes = channel._attributes(OutChunk(e.layer, e.src, e.dst, count - 1,
-                                              count if size else 0, b""))
+    attributes = chunk_attributes(_RUN_ID, OutChunk(e.layer, e.src, e.dst, count - 1,
+                                                    count if size else 0, b""))
     entries = []
     for piece in pieces:
         n = TextCodec.encoded_size(piece)
@@ -195,10 +183,10 @@ def _messages(channel: QueueChannel, e: Edge, size: int, budget: int,
     return entries
 
 
-def _pointer(channel: QueueChannel, e: Edge) -> Entry:
+def _pointer(e: Edge) -> Entry:
     """The auto channel's pointer message of an edge sent as an object."""
-    attributes = channel._attributes(OutChunk(e.layer, e.src, e.dst, 0, 1, b""))
-    return Entry(channel.names.exchange_key(e.layer, e.src, e.dst),
+    attributes = chunk_attributes(_RUN_ID, OutChunk(e.layer, e.src, e.dst, 0, 1, b""))
+    return Entry(RunNames(_RUN_ID).exchange_key(e.layer, e.src, e.dst),
                  {**attributes, "pointer": "1"})
 
 
@@ -208,12 +196,11 @@ def _queue_exchange(ledger: _Ledger, edges: Sequence[tuple[Edge, int]], pointers
     """Publishes, receives and deletes of the edges sent as messages (and of pointers): the
     queue channel's own messages, packed into publish calls as the channel packs them."""
     sqs, sns = prices.sqs_requests_per_m / 1e6, prices.sns_publish_per_m / 1e6
-    channel = _queue_channel()
-    limits = channel.services.limits
-    budget = channel.chunk_budget()
+    limits = Limits()  # AWS's
+    budget = queue_chunk_budget(limits, _RUN_ID)
     texts: dict[int, str] = {}
-    messages = [(e, _messages(channel, e, size, budget, texts)) for e, size in edges]
-    messages += [(e, [_pointer(channel, e)]) for e in pointers]
+    messages = [(e, _messages(e, size, budget, texts)) for e, size in edges]
+    messages += [(e, [_pointer(e)]) for e in pointers]
     out: dict[tuple[int, int], list[Entry]] = defaultdict(list)  # (layer, src) -> messages
     into: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for e, entries in messages:
@@ -229,7 +216,7 @@ def _queue_exchange(ledger: _Ledger, edges: Sequence[tuple[Edge, int]], pointers
     calls = 0
     for (l, s), entries in out.items():
         for batch in pack_batches(entries, limits.max_batch_entries, limits.max_batch_bytes):
-            units = _units(batch)  # as a run's metrics count publish_units
+            units = billing_units(batch)  # as a run's metrics count publish_units
             units_w[s] += units
             units_l[l] += units
             calls += 1
