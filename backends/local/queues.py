@@ -394,10 +394,8 @@ class SpoolMessageService(MessageService):
             bell.close()
         if not isinstance(queue, str) or not _QUEUE_NAME.fullmatch(queue):
             return
-        trash = os.path.join(self._tmp, f"trash-{_token()}")
-        try:
-            os.rename(os.path.join(self._queues, queue), trash)
-        except FileNotFoundError:
+        trash = self._to_trash(os.path.join(self._queues, queue))
+        if trash is None:
             return
         # Wake whoever waits on it (the FIFO they hold is the one just moved), so that their
         # next scan reports NotFound at once instead of after their wait_s.
@@ -408,12 +406,18 @@ class SpoolMessageService(MessageService):
         self._subscriptions.pop(topic, None)
         if not isinstance(topic, str) or not _TOPIC_NAME.fullmatch(topic):
             return
+        trash = self._to_trash(os.path.join(self._topics, topic))
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def _to_trash(self, path: str) -> str | None:
+        """Move ``path`` out of sight in one atomic rename; None if it is already gone."""
         trash = os.path.join(self._tmp, f"trash-{_token()}")
         try:
-            os.rename(os.path.join(self._topics, topic), trash)
+            os.rename(path, trash)
         except FileNotFoundError:
-            return
-        shutil.rmtree(trash, ignore_errors=True)
+            return None
+        return trash
 
     # -- data plane -----------------------------------------------------------------------------
     async def publish_batch(self, topic: str, entries: Sequence[Entry]) -> BatchResult:
