@@ -7,7 +7,8 @@ its own in its package metadata::
     fsdgraph.backends =
         mycloud = mypkg.backend:MyCloudBackend
 
-``local`` (the embedded default) is always available, even without installed metadata.
+``local`` (the embedded default) and ``aws`` are always available, even without installed
+metadata (``aws`` needs the ``aws`` extra).
 
 >>> get_backend("local").name
 'local'
@@ -20,7 +21,9 @@ from importlib.metadata import entry_points
 from fsdgraph.backend import Backend
 from fsdgraph.errors import ConfigError
 
-_BUILTIN = {"local": "fsdgraph.backends.local:LocalBackend"}
+# Found without installed metadata too: a Lambda package carries the code, not the dist-info.
+_BUILTIN = {"local": "fsdgraph.backends.local:LocalBackend",
+            "aws": "fsdgraph.backends.aws:AwsBackend"}
 
 
 def backend_names() -> list[str]:

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from fsdgraph.transport import Limits, MessageService, ObjectStore
@@ -47,6 +48,17 @@ class Backend(ABC):
 
     #: The name users pass as ``--backend``; also the entry-point name.
     name: ClassVar[str]
+
+    @classmethod
+    def configure(cls, config_file: Path | None = None) -> Backend:
+        """The backend as configured by ``config_file`` (default: the usual config file) and the
+        environment; what the command line uses. The default takes no configuration."""
+        return cls()
+
+    @property
+    def namespace(self) -> str:
+        """The first part of every queue and topic name a run creates (see ``RunNames``)."""
+        return "fsd"
 
     @abstractmethod
     def session(self, run_id: str) -> AbstractAsyncContextManager[Services]:

@@ -7,11 +7,14 @@ Commands:
   official truth and/or the serial reference;
 * ``fsdgraph plan`` — compile a network and print the plan's summary as JSON;
 * ``fsdgraph report RUN.json`` — the itemised AWS bill and the per-layer table of a run report,
-  and PNG plots with ``--plots DIR``.
+  and PNG plots with ``--plots DIR``;
+* ``fsdgraph deploy`` / ``fsdgraph teardown`` — create (or update) and remove the AWS backend's
+  function, role and bucket (docs/aws.md); ``--dry-run`` says what would be done.
 
 Exit codes: 0 passed (or nothing to check), 1 the check failed, 2 bad usage or bad input (the
 message names the file, line or option), 3 the distributed run failed (the message names the
-worker, the layer and what was missing). No traceback is printed for any of these.
+worker, the layer and what was missing; for deploy and teardown: the AWS request that failed). No
+traceback is printed for any of these.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from fsdgraph.backends import get_backend
 from fsdgraph.channels import CHANNELS, ChannelConfig
 from fsdgraph.compiler import compile
 from fsdgraph.config import RunSettings, load_settings
@@ -45,7 +49,7 @@ settings: options override environment variables FSDGRAPH_<OPTION> (e.g. FSDGRAP
 which override the [run] table of $FSDGRAPH_CONFIG_FILE (default ~/.fsdgraph/config.toml).
 
 exit codes: 0 passed (or nothing to check), 1 check failed, 2 bad usage or input,
-3 the distributed run failed."""
+3 the distributed run (or an AWS request of deploy/teardown) failed."""
 
 
 def _add_plan_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -65,7 +69,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = _add_plan_options(p)
     g.title = "distributed run"
     g.add_argument("--channel", choices=sorted(CHANNELS), help="exchange channel (default queue)")
-    g.add_argument("--backend", help="compute backend (default local: processes on this machine)")
+    g.add_argument("--backend",
+                   help="compute backend: local (default: processes on this machine), aws "
+                        "(Lambda + SNS/SQS + S3, after fsdgraph deploy) or a plugin's name")
+    g.add_argument("--direct", action="store_true", default=None,
+                   help="queue channels: send straight to each worker's queue (SQS), no topics")
     g.add_argument("--branching", type=int, help="invocation tree branching factor (default 4)")
     g.add_argument("--timeout", type=float, dest="timeout_s", help="run timeout in seconds")
     g.add_argument("--no-progress", action="store_true", help="never show a progress bar")
@@ -117,6 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Lambda memory the bill assumes (default 1769: one full vCPU)")
     rep.add_argument("--region", help="AWS region of the price table (default us-east-1)")
     rep.add_argument("--prices", type=Path, help="a TOML/JSON price table (see docs/guide.md)")
+    for command, what in (("deploy", "create or update the AWS deployment (function, role, "
+                                      "bucket)"),
+                          ("teardown", "remove the AWS deployment and anything its runs left")):
+        aws = sub.add_parser(command, help=what, description=what + "; see docs/aws.md.",
+                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        aws.add_argument("--config", type=Path,
+                         help="config file with an [aws] table (default ~/.fsdgraph/config.toml)")
+        aws.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    deploy = sub.choices["deploy"]
+    deploy.add_argument("--package", type=Path, help="a function zip (default: build one)")
+    deploy.add_argument("--no-dependencies", action="store_true",
+                        help="package fsdgraph's code only (for a runtime or layer that already "
+                             "has numpy, scipy, msgpack, lz4, aiobotocore)")
+    deploy.add_argument("--print-policy", choices=["worker", "operator"],
+                        help="print the function's (worker) or the deployer's (operator) IAM "
+                             "policy as JSON and exit")
     return parser
 
 
@@ -125,7 +149,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
                          channel=getattr(args, "channel", None),
                          backend=getattr(args, "backend", None),
                          branching=getattr(args, "branching", None),
-                         timeout_s=getattr(args, "timeout_s", None))
+                         timeout_s=getattr(args, "timeout_s", None),
+                         direct=getattr(args, "direct", None))
 
 
 def _network(args: argparse.Namespace) -> tuple[list[sp.csr_matrix], float]:
@@ -165,9 +190,10 @@ def run_graphchallenge(args: argparse.Namespace) -> int:
     config = RunConfig(branching=settings.branching, timeout_s=settings.timeout_s,
                        stall_timeout_s=settings.stall_timeout_s,
                        progress=False if args.no_progress else None,
-                       channel=ChannelConfig(topics=settings.topics,
+                       channel=ChannelConfig(topics=settings.topics, direct=settings.direct,
                                              peer_timeout_s=settings.peer_timeout_s))
-    with Scheduler(settings.backend, settings.channel, config) as scheduler:
+    backend = get_backend(settings.backend).configure(args.config)
+    with Scheduler(backend, settings.channel, config) as scheduler:
         scheduler.prewarm()  # warm workers start while the files are parsed
         loading = time.perf_counter()
         weights, bias = _network(args)
@@ -297,6 +323,35 @@ def run_report(args: argparse.Namespace) -> int:
     return EXIT_PASSED
 
 
+def run_deploy(args: argparse.Namespace) -> int:
+    from fsdgraph.backends.aws import load_aws_settings
+    from fsdgraph.backends.aws.deploy import deploy, resolve, teardown
+
+    settings = load_aws_settings(args.config)
+
+    def say(line: str) -> None:  # progress on stderr; stdout is the JSON result
+        print(line, file=sys.stderr)
+
+    if args.command == "teardown":
+        removed = teardown(settings, dry_run=args.dry_run, say=say)
+        print(json.dumps({"removed" if not args.dry_run else "would_remove":
+                          [r.__dict__ for r in removed]}, indent=2))
+        return EXIT_PASSED
+    if args.print_policy:
+        d = resolve(settings)
+        policy = d.worker_policy() if args.print_policy == "worker" else d.operator_policy()
+        print(json.dumps(policy, indent=2))
+        return EXIT_PASSED
+    if args.package is not None and not args.package.is_file():
+        raise InputError(f"--package {args.package}: no such file")
+    d = deploy(settings, package=args.package, dependencies=not args.no_dependencies,
+               dry_run=args.dry_run, say=say)
+    print(json.dumps({"deployment": settings.deployment, "region": settings.region,
+                      "dry_run": args.dry_run,
+                      "resources": [r.__dict__ for r in d.resources()]}, indent=2))
+    return EXIT_PASSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -305,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_graphchallenge(args)
         if args.command == "report":
             return run_report(args)
+        if args.command in ("deploy", "teardown"):
+            return run_deploy(args)
         return run_plan(args)
     except InputError as exc:
         print(f"fsdgraph: error: {exc}", file=sys.stderr)

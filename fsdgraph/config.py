@@ -38,17 +38,20 @@ class RunSettings:
     partitioner: str = "hypergraph"
     branching: int = 4
     topics: int = 10
+    direct: bool = False
     timeout_s: float = 900.0
     stall_timeout_s: float = 120.0
     peer_timeout_s: float = 60.0
 
 
-def default_config_path() -> Path:
-    return Path(os.environ.get("FSDGRAPH_CONFIG_FILE", "~/.fsdgraph/config.toml")).expanduser()
-
-
-def _coerce(name: str, value: Any, kind: type, where: str) -> Any:
+def coerce(name: str, value: Any, kind: type, where: str) -> Any:
+    """``value`` as ``kind`` (int, float, str or bool), or a ConfigError naming ``where``."""
     try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+                return value.lower() in ("1", "true", "yes")
         if kind is int and isinstance(value, (int, str)) and not isinstance(value, bool):
             return int(value)
         if kind is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
@@ -60,6 +63,27 @@ def _coerce(name: str, value: Any, kind: type, where: str) -> Any:
     raise ConfigError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
 
 
+def read_table(path: str | Path | None, name: str,
+               environ: Mapping[str, str]) -> tuple[Path, dict[str, Any]]:
+    """The config file's path and its table ``[name]`` (empty if the default file is absent;
+    a file named explicitly must exist)."""
+    explicit = path is not None or "FSDGRAPH_CONFIG_FILE" in environ
+    config_path = Path(path) if path is not None else Path(
+        environ.get("FSDGRAPH_CONFIG_FILE", "~/.fsdgraph/config.toml")).expanduser()
+    if not config_path.is_file():
+        if explicit:
+            raise ConfigError(f"config file {config_path} does not exist")
+        return config_path, {}
+    try:
+        data = tomllib.loads(config_path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_path}: not valid TOML: {exc}") from exc
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{config_path}: [{name}] must be a table")
+    return config_path, table
+
+
 def load_settings(
     path: str | Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
 ) -> RunSettings:
@@ -67,27 +91,16 @@ def load_settings(
     environ = os.environ if environ is None else environ
     kinds = {f.name: type(f.default) for f in fields(RunSettings)}
     values: dict[str, Any] = {}
-    explicit = path is not None or "FSDGRAPH_CONFIG_FILE" in environ
-    config_path = Path(path) if path is not None else default_config_path()
-    if config_path.is_file():
-        try:
-            data = tomllib.loads(config_path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{config_path}: not valid TOML: {exc}") from exc
-        table = data.get("run", {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{config_path}: [run] must be a table")
-        for key, value in table.items():
-            if key not in kinds:
-                raise ConfigError(f"{config_path}: unknown setting run.{key}; known: "
-                                  f"{', '.join(sorted(kinds))}")
-            values[key] = _coerce(key, value, kinds[key], f"{config_path} [run]")
-    elif explicit:
-        raise ConfigError(f"config file {config_path} does not exist")
+    config_path, table = read_table(path, "run", environ)
+    for key, value in table.items():
+        if key not in kinds:
+            raise ConfigError(f"{config_path}: unknown setting run.{key}; known: "
+                              f"{', '.join(sorted(kinds))}")
+        values[key] = coerce(key, value, kinds[key], f"{config_path} [run]")
     for key, kind in kinds.items():
         env = f"FSDGRAPH_{key.upper()}"
         if env in environ:
-            values[key] = _coerce(key, environ[env], kind, f"environment variable {env}")
+            values[key] = coerce(key, environ[env], kind, f"environment variable {env}")
     for key, value in overrides.items():
         if value is not None:
             values[key] = value

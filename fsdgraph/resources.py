@@ -9,12 +9,16 @@ from dataclasses import dataclass
 class RunNames:
     """Queue, topic and key names of run ``run_id``.
 
+    ``namespace`` starts every queue and topic name: a backend gives its deployment's name, so
+    that permissions can be granted on ``<namespace>-*`` and nothing else.
+
     >>> n = RunNames("r1")
     >>> n.queue(3), n.exchange_key(5, 1, 2)
     ('fsd-r1-w3', 'runs/r1/x/5/2/1')
     """
 
     run_id: str
+    namespace: str = "fsd"
 
     @property
     def prefix(self) -> str:
@@ -22,13 +26,13 @@ class RunNames:
 
     @property
     def control_queue(self) -> str:
-        return f"fsd-{self.run_id}-ctl"
+        return f"{self.namespace}-{self.run_id}-ctl"
 
     def queue(self, worker: int) -> str:
-        return f"fsd-{self.run_id}-w{worker}"
+        return f"{self.namespace}-{self.run_id}-w{worker}"
 
     def topic(self, index: int) -> str:
-        return f"fsd-{self.run_id}-t{index}"
+        return f"{self.namespace}-{self.run_id}-t{index}"
 
     def shard_key(self, worker: int) -> str:
         return f"{self.prefix}plan/{worker}"

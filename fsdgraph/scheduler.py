@@ -166,7 +166,7 @@ class Scheduler:
         if not np.all(np.isfinite(y0.data)):
             raise InputError("inputs contain NaN or infinite values")
         submitted = time.perf_counter()
-        names = RunNames(uuid.uuid4().hex[:12])
+        names = RunNames(uuid.uuid4().hex[:12], self.backend.namespace)
         coordinator = WorkerMetrics(-1)
         async with self.backend.session(names.run_id) as raw:
             _check_limits(raw.limits)
@@ -214,7 +214,8 @@ class Scheduler:
 
     async def _launch_and_watch(self, services: Services, names: RunNames, plan: Plan,
                                 batch: int) -> RunState:
-        event = {"run_id": names.run_id, "workers": plan.workers, "batch": batch,
+        event = {"run_id": names.run_id, "namespace": names.namespace,
+                 "workers": plan.workers, "batch": batch,
                  "channel": self.channel.name, "channel_config": asdict(self.config.channel),
                  "backend": self.backend.name, "backend_config": services.description,
                  "progress_interval_s": self.config.progress_interval_s}

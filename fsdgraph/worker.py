@@ -51,7 +51,7 @@ async def run_worker(event: Mapping[str, Any]) -> dict[str, Any]:
 
     launched_at = time.time()
     worker = int(event["worker"])
-    names = RunNames(str(event["run_id"]))
+    names = RunNames(str(event["run_id"]), str(event.get("namespace", "fsd")))
     metrics = WorkerMetrics(worker)
     backend_cls = get_backend(str(event["backend"]))
     async with backend_cls.attach(event["backend_config"]) as raw_services:

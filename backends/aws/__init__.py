@@ -1,5 +1,107 @@
-"""The AWS backend's transports: S3 as the object store, SNS topics fanning out to SQS queues as
-the message service (see :mod:`fsdgraph.backends.aws.transports`).
+"""The AWS backend: workers are AWS Lambda invocations, the queue channel is SNS topics fanning
+out to SQS queues, the object channel and staging are S3.
 
-Compute (Lambda) and provisioning come later.
+Before the first run, ``fsdgraph deploy`` (or :func:`~fsdgraph.backends.aws.deploy.deploy`)
+creates the deployment's function, role and bucket; every run then creates its own queues and
+topics, tagged with the run id, and removes them when it ends. Settings come from the ``[aws]``
+table of the config file and the environment (:mod:`fsdgraph.backends.aws.config`), including
+per-service endpoint URLs, so the whole backend runs against local AWS-API servers too
+(docs/aws.md).
+
+>>> AwsBackend(AwsSettings(deployment="demo")).namespace
+'demo'
 """
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from aiobotocore.session import AioSession
+
+from fsdgraph.backend import Backend, Services
+from fsdgraph.backends.aws.config import AwsSettings, load_aws_settings
+from fsdgraph.backends.aws.functions import LambdaFunctions
+from fsdgraph.backends.aws.transports import (
+    AwsConfig,
+    S3ObjectStore,
+    SnsSqsMessageService,
+    caller_account,
+)
+from fsdgraph.transport import Limits
+
+#: The tag keys put on a run's queues and topics.
+RUN_TAG, DEPLOYMENT_TAG = "fsdgraph:run", "fsdgraph:deployment"
+
+
+@dataclass
+class AwsBackend(Backend):
+    """Lambda + SNS/SQS + S3, as deployed by ``fsdgraph deploy``. See the module docstring."""
+
+    name: ClassVar[str] = "aws"
+
+    settings: AwsSettings = field(default_factory=load_aws_settings)
+
+    @classmethod
+    def configure(cls, config_file: Path | None = None) -> AwsBackend:
+        return cls(load_aws_settings(config_file))
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.deployment
+
+    async def _account(self) -> str:
+        if self.settings.account:
+            return self.settings.account
+        account = await caller_account(AwsConfig(self.settings.region, self.settings.endpoints,
+                                                 profile=self.settings.profile))
+        self.settings = self.settings.with_account(account)
+        return account
+
+    @asynccontextmanager
+    async def session(self, run_id: str) -> AsyncIterator[Services]:
+        s = self.settings
+        account = await self._account()
+        description = {
+            "region": s.region, "endpoints": dict(s.endpoints), "account": account,
+            "bucket": s.bucket_name(account), "prefix": s.prefix, "function": s.function_name,
+            "limits": asdict(s.limits),
+            "tags": {DEPLOYMENT_TAG: s.deployment, RUN_TAG: run_id},
+        }
+        async with _services(description, profile=s.profile) as services:
+            yield services
+
+    @classmethod
+    @asynccontextmanager
+    async def attach(cls, description: Mapping[str, Any]) -> AsyncIterator[Services]:
+        # A function uses its role's credentials, never a profile.
+        async with _services(description, profile=None) as services:
+            yield services
+
+
+@asynccontextmanager
+async def _services(description: Mapping[str, Any],
+                    profile: str | None) -> AsyncIterator[Services]:
+    """The three AWS services of ``description``, on one botocore session, closed at the end."""
+    config = AwsConfig(region=description["region"], endpoints=description["endpoints"],
+                       bucket=description["bucket"], prefix=description["prefix"],
+                       account=description["account"], profile=profile)
+    limits = Limits(**description["limits"])
+    session = AioSession(profile=profile)
+    objects = S3ObjectStore(config, limits=limits, session=session)
+    messages = SnsSqsMessageService(config, limits, session=session,
+                                    tags=description.get("tags"))
+    functions = LambdaFunctions(config, description["function"],
+                                limits.max_invoke_payload_bytes, session=session)
+    async with contextlib.AsyncExitStack() as stack:
+        for service in (objects, messages, functions):
+            await stack.enter_async_context(service)
+        yield Services(objects=objects, messages=messages, functions=functions, limits=limits,
+                       description=dict(description))
+
+
+__all__ = ["AwsBackend", "AwsSettings", "load_aws_settings"]

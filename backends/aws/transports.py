@@ -39,9 +39,10 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession, get_session
+from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError
 
+from fsdgraph.backends.aws.config import partition
 from fsdgraph.errors import MessageTooLarge, NotFound, TransportError
 from fsdgraph.transport import (
     BatchResult,
@@ -54,7 +55,7 @@ from fsdgraph.transport import (
     entry_size,
 )
 
-__all__ = ["AwsConfig", "S3ObjectStore", "SnsSqsMessageService"]
+__all__ = ["AwsConfig", "S3ObjectStore", "SnsSqsMessageService", "caller_account"]
 
 #: Error codes that mean "the key, bucket, queue or topic does not exist".
 NOT_FOUND_CODES = frozenset({
@@ -93,6 +94,10 @@ class AwsConfig:
     endpoints: Mapping[str, str] = field(default_factory=dict)
     bucket: str = ""
     prefix: str = ""
+    #: The account id, when known (saves the ``sts:GetCallerIdentity`` call that finds it).
+    account: str = ""
+    #: A named profile of the shared AWS config; None: the standard credential chain.
+    profile: str | None = None
     #: HTTP connections per client: size it to the fan-out of concurrent requests.
     max_pool_connections: int = 50
     connect_timeout_s: float = 10.0
@@ -141,7 +146,7 @@ class _AwsService:
             if self._stack is not None:
                 return
             cfg = self.config
-            session = self._session or get_session()
+            session = self._session or AioSession(profile=cfg.profile)
             botocore_config = AioConfig(
                 region_name=cfg.region,
                 max_pool_connections=cfg.max_pool_connections,
@@ -197,6 +202,18 @@ class _AwsService:
             return await getattr(client, operation)(**kwargs)
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, what) from exc
+
+
+class _Sts(_AwsService):
+    _services = ("sts",)
+
+
+async def caller_account(config: AwsConfig) -> str:
+    """The account id of the credentials in use (``sts:GetCallerIdentity``, which needs no
+    permission)."""
+    async with _Sts(config) as sts:
+        ident = await sts._call("sts", "get_caller_identity", "caller identity")
+    return str(ident["Account"])
 
 
 # ================================================================================================
@@ -311,19 +328,25 @@ class SnsSqsMessageService(_AwsService, MessageService):
 
     def __init__(
         self, config: AwsConfig, limits: Limits | None = None, *,
-        session: AioSession | None = None,
+        session: AioSession | None = None, tags: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(config, session=session)
         self.limits = limits or Limits()
+        #: Put on every queue and topic this service creates (e.g. the run id).
+        self.tags = dict(tags or {})
         self._queues: dict[str, _Queue] = {}
         self._arn_base: str | None = None  # "arn:<partition>:<service>:<region>:<account>:"
 
     # -- name resolution ------------------------------------------------------------------------
     async def _account_arn(self, service: str) -> str:
         if self._arn_base is None:
-            ident = await self._call("sts", "get_caller_identity", "caller identity")
-            partition = str(ident["Arn"]).split(":")[1]
-            self._arn_base = f"arn:{partition}:{{}}:{self.config.region}:{ident['Account']}:"
+            region = self.config.region
+            if self.config.account:
+                self._arn_base = f"arn:{partition(region)}:{{}}:{region}:{self.config.account}:"
+            else:
+                ident = await self._call("sts", "get_caller_identity", "caller identity")
+                part = str(ident["Arn"]).split(":")[1]
+                self._arn_base = f"arn:{part}:{{}}:{region}:{ident['Account']}:"
         return self._arn_base.format(service)
 
     async def _topic_arn(self, topic: str) -> str:
@@ -359,13 +382,15 @@ class SnsSqsMessageService(_AwsService, MessageService):
             "MaximumMessageSize": str(max_message_bytes),
             "VisibilityTimeout": str(math.ceil(visibility_timeout_s)),
         }
+        tags = {"tags": self.tags} if self.tags else {}
         response = await self._call("sqs", "create_queue", f"queue {name!r}",
-                                    QueueName=name, Attributes=attrs)
+                                    QueueName=name, Attributes=attrs, **tags)
         self._queues[name] = _Queue(response["QueueUrl"], max_message_bytes)
         return name
 
     async def create_topic(self, name: str) -> str:
-        await self._call("sns", "create_topic", f"topic {name!r}", Name=name)
+        tags = {"Tags": [{"Key": k, "Value": v} for k, v in self.tags.items()]} if self.tags else {}
+        await self._call("sns", "create_topic", f"topic {name!r}", Name=name, **tags)
         return name
 
     async def subscribe(

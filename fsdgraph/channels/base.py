@@ -38,6 +38,8 @@ class ChannelConfig:
     """Tunables of the channels (all times in seconds)."""
 
     topics: int = 10  #: SNS-style topics per run; worker w publishes on topic w mod topics
+    #: Queue channels: send straight to each target's queue (SQS SendMessageBatch), no topics.
+    direct: bool = False
     peer_timeout_s: float = 60.0  #: fail if a source sends nothing new for this long
     poll_wait_s: float = 1.0  #: long-poll wait of one receive call
     visibility_timeout_s: float = 30.0

@@ -8,6 +8,10 @@ targets are packed into one batch call (at most ``max_batch_entries`` entries an
 ``max_batch_bytes`` in all: the paper's payload packing). Entries that fail with a retryable error
 are retried alone, with exponential backoff and jitter, until the peer timeout; a non-retryable
 failure fails the run with the target, layer and the service's reason.
+
+With ``ChannelConfig.direct`` there are no topics: chunks are packed per target and sent straight
+to its queue (SQS ``SendMessageBatch``). That saves the SNS publish and its per-64 KiB charge, but
+one batch call can no longer carry chunks for several targets.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from fsdgraph.backend import Services
 from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk
 from fsdgraph.codec import TextCodec
 from fsdgraph.errors import ProtocolError, RunError
 from fsdgraph.resources import RunNames
-from fsdgraph.transport import Entry, Limits, Message, entry_size
+from fsdgraph.transport import BatchResult, Entry, Limits, Message, entry_size
 
 _text = TextCodec()
 
@@ -71,8 +75,8 @@ class QueueChannel(Channel):
     async def create_resources(cls, services: Services, names: RunNames, workers: int,
                                config: ChannelConfig) -> None:
         messages = services.messages
-        topics = [await messages.create_topic(names.topic(t))
-                  for t in range(min(config.topics, workers))]
+        topics = [] if config.direct else [await messages.create_topic(names.topic(t))
+                                           for t in range(min(config.topics, workers))]
         for w in range(workers):
             queue = await messages.create_queue(
                 names.queue(w), visibility_timeout_s=config.visibility_timeout_s,
@@ -83,7 +87,7 @@ class QueueChannel(Channel):
     @classmethod
     async def delete_resources(cls, services: Services, names: RunNames, workers: int,
                                config: ChannelConfig) -> None:
-        for t in range(min(config.topics, workers)):
+        for t in range(0 if config.direct else min(config.topics, workers)):
             await services.messages.delete_topic(names.topic(t))
         for w in range(workers):
             await services.messages.delete_queue(names.queue(w))
@@ -101,20 +105,36 @@ class QueueChannel(Channel):
         await self._publish_entries(self._entries(chunks))
 
     async def _publish_entries(self, entries: list[Entry]) -> None:
-        """Count, pack into batch calls and publish on this worker's topic."""
+        """Count, pack into batch calls and publish on this worker's topic (or, direct, send to
+        each target's queue)."""
         m = self.metrics.current
         m.messages_sent += len(entries)
         m.bytes_sent += sum(entry_size(e) for e in entries)
         limits = self.services.limits
-        topic = self.names.topic(self.worker % min(self.config.topics, self.workers))
-        batches = pack_batches(entries, limits.max_batch_entries, limits.max_batch_bytes)
-        await asyncio.gather(*(self._publish(topic, batch) for batch in batches))
+        messages = self.services.messages
+        calls: list[tuple[Callable[[str, Sequence[Entry]], Awaitable[BatchResult]], str,
+                          list[Entry]]] = []
+        if self.config.direct:
+            by_target: dict[str, list[Entry]] = {}
+            for e in entries:
+                by_target.setdefault(e.attributes["target"], []).append(e)
+            for target, group in by_target.items():
+                queue = self.names.queue(int(target))
+                calls += [(messages.send_batch, queue, batch) for batch in
+                          pack_batches(group, limits.max_batch_entries, limits.max_batch_bytes)]
+        else:
+            topic = self.names.topic(self.worker % min(self.config.topics, self.workers))
+            calls += [(messages.publish_batch, topic, batch) for batch in
+                      pack_batches(entries, limits.max_batch_entries, limits.max_batch_bytes)]
+        await asyncio.gather(*(self._deliver(call, to, batch) for call, to, batch in calls))
 
-    async def _publish(self, topic: str, batch: list[Entry]) -> None:
+    async def _deliver(self, call: Callable[[str, Sequence[Entry]], Awaitable[BatchResult]],
+                       to: str, batch: list[Entry]) -> None:
+        """One batch call; retry only the entries that failed retryably, with backoff."""
         deadline = time.monotonic() + self.config.peer_timeout_s
         delay = 0.01
         while True:
-            result = await self.services.messages.publish_batch(topic, batch)
+            result = await call(to, batch)
             if result.ok:
                 return
             fatal = [f for f in result.failures if not f.retryable]

@@ -1,0 +1,464 @@
+"""Provisioning: ``fsdgraph deploy`` and ``fsdgraph teardown`` (boto3; these calls are naturally
+sequential).
+
+A deployment, named by ``AwsSettings.deployment``, is
+
+* an S3 **bucket** (staging, the object channel, the function package), private, with a
+  lifecycle rule expiring what a crashed run leaves under ``<prefix>runs/`` after a day;
+* an IAM **role** for the function with one inline policy that names only the deployment's
+  resources and only the actions a worker uses (:meth:`Deployment.worker_policy`);
+* the Lambda **function** ``<deployment>-worker`` running ``fsdgraph.worker.handler`` with the
+  configured memory, timeout and architecture, Lambda's retries of asynchronous events off.
+
+Queues and topics are not part of it: each run creates its own, named ``<deployment>-<run id>-*``
+and tagged with the run id, and removes them at its end. :func:`teardown` removes everything
+above and any queue or topic a killed run left behind; :func:`deploy` and :func:`teardown` with
+``dry_run=True`` only say what they would do.
+
+>>> d = Deployment(AwsSettings(deployment="demo", region="eu-west-1"), "123456789012")
+>>> [r.kind for r in d.resources()]
+['bucket', 'role', 'function']
+>>> sorted({a for s in d.worker_policy()["Statement"] for a in s["Action"]})[:3]
+['lambda:InvokeFunction', 'logs:CreateLogGroup', 'logs:CreateLogStream']
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fsdgraph.backends.aws.config import AwsSettings, partition
+from fsdgraph.errors import ConfigError, TransportError
+
+HANDLER = "fsdgraph.worker.handler"
+#: The tag every resource of a deployment carries.
+DEPLOYMENT_TAG = "fsdgraph:deployment"
+#: How long IAM may take to let Lambda assume a new role (real AWS; instant on local servers).
+ROLE_PROPAGATION_S = 60.0
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One AWS resource of a deployment."""
+
+    kind: str
+    name: str
+    arn: str
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The names, ARNs and policies of ``settings``'s deployment in ``account``."""
+
+    settings: AwsSettings
+    account: str
+
+    def _arn(self, service: str, resource: str, *, regional: bool = True) -> str:
+        region = self.settings.region if regional else ""
+        account = self.account if regional else ""
+        return f"arn:{partition(self.settings.region)}:{service}:{region}:{account}:{resource}"
+
+    @property
+    def bucket(self) -> str:
+        return self.settings.bucket_name(self.account)
+
+    @property
+    def bucket_arn(self) -> str:
+        return f"arn:{partition(self.settings.region)}:s3:::{self.bucket}"
+
+    @property
+    def role_arn(self) -> str:
+        return f"arn:{partition(self.settings.region)}:iam::{self.account}:role/" \
+               f"{self.settings.role_name}"
+
+    @property
+    def function_arn(self) -> str:
+        return self._arn("lambda", f"function:{self.settings.function_name}")
+
+    @property
+    def log_group(self) -> str:
+        return f"/aws/lambda/{self.settings.function_name}"
+
+    @property
+    def policy_name(self) -> str:
+        return f"{self.settings.deployment}-worker"
+
+    def resources(self) -> list[Resource]:
+        """What :func:`deploy` creates, in creation order."""
+        s = self.settings
+        return [Resource("bucket", self.bucket, self.bucket_arn),
+                Resource("role", s.role_name, self.role_arn),
+                Resource("function", s.function_name, self.function_arn)]
+
+    def run_resource_arns(self, service: str) -> str:
+        """The ARN pattern of every queue or topic (``service`` sqs or sns) a run creates."""
+        return self._arn(service, f"{self.settings.deployment}-*")
+
+    def worker_policy(self) -> dict[str, Any]:
+        """The function role's policy: a worker's actions on the deployment's resources only."""
+        prefix = self.settings.prefix
+        logs = self._arn("logs", f"log-group:{self.log_group}:*")
+        return {"Version": "2012-10-17", "Statement": [
+            {"Sid": "StagingAndExchangeObjects", "Effect": "Allow",
+             "Action": ["s3:GetObject", "s3:PutObject"],
+             "Resource": [f"{self.bucket_arn}/{prefix}runs/*"]},
+            # Without ListBucket, S3 answers 403 instead of 404 for a key not yet written,
+            # which the object channel must tell apart from a real refusal.
+            {"Sid": "MissingKeysAreNotFound", "Effect": "Allow", "Action": ["s3:ListBucket"],
+             "Resource": [self.bucket_arn]},
+            {"Sid": "ExchangeQueues", "Effect": "Allow",
+             "Action": ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl",
+                        "sqs:ReceiveMessage", "sqs:SendMessage"],
+             "Resource": [self.run_resource_arns("sqs")]},
+            {"Sid": "ExchangeTopics", "Effect": "Allow",
+             "Action": ["sns:GetTopicAttributes", "sns:Publish"],
+             "Resource": [self.run_resource_arns("sns")]},
+            {"Sid": "InvocationTree", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
+             "Resource": [self.function_arn]},
+            {"Sid": "Logs", "Effect": "Allow",
+             "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+             "Resource": [logs]},
+        ]}
+
+    def operator_policy(self) -> dict[str, Any]:
+        """What the person or CI job that deploys, runs and tears down needs."""
+        return {"Version": "2012-10-17", "Statement": [
+            {"Sid": "Bucket", "Effect": "Allow",
+             "Action": ["s3:CreateBucket", "s3:DeleteBucket", "s3:ListBucket",
+                        "s3:PutBucketTagging", "s3:PutBucketPublicAccessBlock",
+                        "s3:PutLifecycleConfiguration"],
+             "Resource": [self.bucket_arn]},
+            {"Sid": "Objects", "Effect": "Allow",
+             "Action": ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"],
+             "Resource": [f"{self.bucket_arn}/{self.settings.prefix}*"]},
+            {"Sid": "Role", "Effect": "Allow",
+             "Action": ["iam:CreateRole", "iam:DeleteRole", "iam:DeleteRolePolicy",
+                        "iam:GetRole", "iam:PassRole", "iam:PutRolePolicy", "iam:TagRole",
+                        "iam:UpdateAssumeRolePolicy"],
+             "Resource": [self.role_arn]},
+            {"Sid": "Function", "Effect": "Allow",
+             "Action": ["lambda:CreateFunction", "lambda:DeleteFunction", "lambda:GetFunction",
+                        "lambda:InvokeFunction", "lambda:PutFunctionEventInvokeConfig",
+                        "lambda:TagResource", "lambda:UpdateFunctionCode",
+                        "lambda:UpdateFunctionConfiguration"],
+             "Resource": [self.function_arn]},
+            {"Sid": "RunQueues", "Effect": "Allow",
+             "Action": ["sqs:CreateQueue", "sqs:DeleteMessage", "sqs:DeleteQueue",
+                        "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ListQueues",
+                        "sqs:ReceiveMessage", "sqs:SendMessage", "sqs:SetQueueAttributes",
+                        "sqs:TagQueue"],
+             "Resource": [self.run_resource_arns("sqs")]},
+            {"Sid": "RunTopics", "Effect": "Allow",
+             "Action": ["sns:CreateTopic", "sns:DeleteTopic", "sns:GetTopicAttributes",
+                        "sns:ListSubscriptionsByTopic", "sns:Subscribe", "sns:TagResource",
+                        "sns:Unsubscribe"],
+             "Resource": [self.run_resource_arns("sns")]},
+            {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:DeleteLogGroup"],
+             "Resource": [self._arn("logs", f"log-group:{self.log_group}:*")]},
+        ]}
+
+
+def trust_policy() -> dict[str, Any]:
+    """Who may assume the function's role: Lambda, nobody else."""
+    return {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+        "Action": "sts:AssumeRole"}]}
+
+
+# ------------------------------------------------------------------------------------------------
+class _Clients:
+    """boto3 clients for the settings' region, profile and endpoints."""
+
+    def __init__(self, settings: AwsSettings) -> None:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise ConfigError("the AWS backend needs boto3: pip install 'fsdgraph[aws]'") from exc
+        self._session = boto3.Session(profile_name=settings.profile,
+                                      region_name=settings.region)
+        self._config = Config(retries={"mode": "standard", "max_attempts": 5})
+        self._settings = settings
+        self._clients: dict[str, Any] = {}
+
+    def __getitem__(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = self._session.client(
+                service, endpoint_url=self._settings.endpoints.get(service), config=self._config)
+        return self._clients[service]
+
+
+def _code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+@contextmanager
+def _aws_errors(what: str) -> Iterator[None]:
+    """botocore errors as TransportError naming ``what`` (credentials are never in them)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        message = exc.response.get("Error", {}).get("Message", "")
+        raise TransportError(f"{what}: {_code(exc)}: {message}") from exc
+    except BotoCoreError as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+
+
+def _ignoring(clients: _Clients, *codes: str) -> Callable[..., Any]:
+    """Call ``client.method(**kw)``; an error whose code is in ``codes`` returns None."""
+    from botocore.exceptions import ClientError
+
+    def call(service: str, method: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(clients[service], method)(**kwargs)
+        except ClientError as exc:
+            if _code(exc) in codes:
+                return None
+            raise
+    return call
+
+
+def resolve(settings: AwsSettings) -> Deployment:
+    """The deployment of ``settings`` (asks STS for the account id if it is not configured)."""
+    account = settings.account
+    if not account:
+        with _aws_errors("caller identity (are AWS credentials configured?)"):
+            account = str(_Clients(settings)["sts"].get_caller_identity()["Account"])
+    return Deployment(settings.with_account(account), account)
+
+
+# ------------------------------------------------------------------------------------------------
+def deploy(settings: AwsSettings, *, package: Path | None = None,
+           dependencies: bool = True, dry_run: bool = False,
+           say: Callable[[str], None] = print) -> Deployment:
+    """Create or update the deployment of ``settings``; see the module docstring.
+
+    ``package`` is a zip built by :func:`fsdgraph.backends.aws.package.build_package`; without
+    it one is built (with the third-party dependencies unless ``dependencies`` is False, for a
+    runtime that already has them)."""
+    d = resolve(settings)
+    s = d.settings
+    if dry_run:
+        for r in d.resources():
+            say(f"would create {r.kind} {r.name} ({r.arn})")
+        say(f"would put role policy {d.policy_name}: {json.dumps(d.worker_policy())}")
+        return d
+    clients = _Clients(s)
+    call = _ignoring(clients, "BucketAlreadyOwnedByYou", "EntityAlreadyExists",
+                     "ResourceConflictException")
+    tags = {DEPLOYMENT_TAG: s.deployment}
+
+    with _aws_errors(f"bucket {d.bucket}"):
+        location = ({} if s.region == "us-east-1"
+                    else {"CreateBucketConfiguration": {"LocationConstraint": s.region}})
+        created = call("s3", "create_bucket", Bucket=d.bucket, **location) is not None
+        # A bucket the user brought keeps its own settings and tags (and survives teardown).
+        if created or _owns_bucket(clients, d):
+            clients["s3"].put_public_access_block(
+                Bucket=d.bucket, PublicAccessBlockConfiguration={
+                    "BlockPublicAcls": True, "IgnorePublicAcls": True,
+                    "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
+            clients["s3"].put_bucket_tagging(Bucket=d.bucket, Tagging={
+                "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+            clients["s3"].put_bucket_lifecycle_configuration(
+                Bucket=d.bucket, LifecycleConfiguration={"Rules": [{
+                    "ID": "expire-abandoned-runs", "Status": "Enabled",
+                    "Filter": {"Prefix": f"{s.prefix}runs/"}, "Expiration": {"Days": 1}}]})
+    say(f"bucket {d.bucket}")
+
+    with _aws_errors(f"role {s.role_name}"):
+        created = call("iam", "create_role", RoleName=s.role_name,
+                       AssumeRolePolicyDocument=json.dumps(trust_policy()),
+                       Description=f"fsdgraph worker of deployment {s.deployment}",
+                       Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        if created is None:
+            clients["iam"].update_assume_role_policy(
+                RoleName=s.role_name, PolicyDocument=json.dumps(trust_policy()))
+        clients["iam"].put_role_policy(RoleName=s.role_name, PolicyName=d.policy_name,
+                                       PolicyDocument=json.dumps(d.worker_policy()))
+    say(f"role {s.role_name} with policy {d.policy_name}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if package is None:
+            from fsdgraph.backends.aws.package import build_package
+
+            info = build_package(Path(tmp) / "function.zip",
+                                 dependencies=None if not dependencies else _default_deps(),
+                                 python_version=s.runtime.removeprefix("python"),
+                                 architecture=s.architecture)
+            package = info.path
+            say(f"package {info.zipped_bytes / 1e6:.1f} MB zipped, "
+                f"{info.unzipped_bytes / 1e6:.1f} MB unzipped")
+        body = package.read_bytes()
+    key = f"{s.prefix}package/{hashlib.sha256(body).hexdigest()[:16]}.zip"
+    with _aws_errors(f"upload of the function package to s3://{d.bucket}/{key}"):
+        clients["s3"].put_object(Bucket=d.bucket, Key=key, Body=body)
+    _create_or_update_function(clients, d, key, tags)
+    say(f"function {s.function_name} ({s.memory_mb} MB, {s.timeout_s} s, {s.architecture})")
+    return d
+
+
+def _owns_bucket(clients: _Clients, d: Deployment) -> bool:
+    """Whether the bucket carries this deployment's tag (so deploy made it)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        tags = clients["s3"].get_bucket_tagging(Bucket=d.bucket)["TagSet"]
+    except ClientError as exc:
+        if _code(exc) in ("NoSuchTagSet", "NoSuchBucket"):
+            return False
+        raise
+    return {"Key": DEPLOYMENT_TAG, "Value": d.settings.deployment} in tags
+
+
+def _default_deps() -> tuple[str, ...]:
+    from fsdgraph.backends.aws.package import DEFAULT_DEPENDENCIES
+
+    return tuple(DEFAULT_DEPENDENCIES)
+
+
+def _create_or_update_function(clients: _Clients, d: Deployment, key: str,
+                               tags: dict[str, str]) -> None:
+    from botocore.exceptions import ClientError
+
+    s = d.settings
+    lam = clients["lambda"]
+    config: dict[str, Any] = {
+        "Role": d.role_arn, "Handler": HANDLER, "Runtime": s.runtime,
+        "MemorySize": s.memory_mb, "Timeout": s.timeout_s,
+        "Description": f"fsdgraph worker of deployment {s.deployment}"}
+    code = {"S3Bucket": d.bucket, "S3Key": key}
+    deadline = time.monotonic() + ROLE_PROPAGATION_S
+    with _aws_errors(f"function {s.function_name}"):
+        while True:
+            try:
+                lam.create_function(FunctionName=s.function_name, Code=code,
+                                    Architectures=[s.architecture], Tags=tags, **config)
+                break
+            except ClientError as exc:
+                if _code(exc) == "ResourceConflictException":  # exists: update it
+                    lam.update_function_code(FunctionName=s.function_name,
+                                             Architectures=[s.architecture], **code)
+                    _wait_active(lam, s.function_name)
+                    lam.update_function_configuration(FunctionName=s.function_name, **config)
+                    break
+                # A new role takes a few seconds before Lambda may assume it.
+                if "cannot be assumed" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(2)
+                    continue
+                raise
+        _wait_active(lam, s.function_name)
+        # A failed worker reports its error; a retry would only run it a second time.
+        lam.put_function_event_invoke_config(FunctionName=s.function_name,
+                                             MaximumRetryAttempts=0,
+                                             MaximumEventAgeInSeconds=s.timeout_s + 60)
+
+
+def _wait_active(lam: Any, name: str, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        c = lam.get_function(FunctionName=name)["Configuration"]
+        if (c.get("State", "Active") == "Active"
+                and c.get("LastUpdateStatus", "Successful") != "InProgress"):
+            return
+        if c.get("State") == "Failed" or time.monotonic() > deadline:
+            raise TransportError(f"function {name} did not become active: state "
+                                 f"{c.get('State')}: {c.get('StateReason', '')}")
+        time.sleep(1)
+
+
+# ------------------------------------------------------------------------------------------------
+def teardown(settings: AwsSettings, *, dry_run: bool = False,
+             say: Callable[[str], None] = print) -> list[Resource]:
+    """Remove the deployment and whatever its runs left behind; return what was (or, dry, would
+    be) removed. Idempotent: what is already gone is skipped."""
+    d = resolve(settings)
+    s = d.settings
+    clients = _Clients(s)
+    gone = ("ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NotFound",
+            "AWS.SimpleQueueService.NonExistentQueue", "ResourceNotFound")
+    call = _ignoring(clients, *gone)
+    removed: list[Resource] = []
+
+    def remove(resource: Resource, action: Callable[[], object]) -> None:
+        say(f"{'would remove' if dry_run else 'removing'} {resource.kind} {resource.name}")
+        if not dry_run:
+            with _aws_errors(f"removal of {resource.kind} {resource.name}"):
+                action()
+        removed.append(resource)
+
+    with _aws_errors("listing the deployment's resources"):
+        queues, topics = _run_leftovers(clients, d)
+        function = call("lambda", "get_function", FunctionName=s.function_name)
+        role = call("iam", "get_role", RoleName=s.role_name)
+        bucket = call("s3", "head_bucket", Bucket=d.bucket)
+        logs = call("logs", "describe_log_groups", logGroupNamePrefix=d.log_group)
+    for url in queues:
+        name = url.rsplit("/", 1)[-1]
+        remove(Resource("queue", name, d._arn("sqs", name)),
+               functools.partial(call, "sqs", "delete_queue", QueueUrl=url))
+    for arn in topics:
+        remove(Resource("topic", arn.rsplit(":", 1)[-1], arn),
+               functools.partial(_delete_topic, clients, call, arn))
+    if function is not None:
+        remove(Resource("function", s.function_name, d.function_arn),
+               lambda: call("lambda", "delete_function", FunctionName=s.function_name))
+    if logs and any(g["logGroupName"] == d.log_group for g in logs.get("logGroups", ())):
+        remove(Resource("log group", d.log_group, d._arn("logs", f"log-group:{d.log_group}")),
+               lambda: call("logs", "delete_log_group", logGroupName=d.log_group))
+    if role is not None:
+        def delete_role() -> None:
+            for name in clients["iam"].list_role_policies(RoleName=s.role_name)["PolicyNames"]:
+                call("iam", "delete_role_policy", RoleName=s.role_name, PolicyName=name)
+            call("iam", "delete_role", RoleName=s.role_name)
+        remove(Resource("role", s.role_name, d.role_arn), delete_role)
+    if bucket is not None:
+        if _owns_bucket(clients, d):
+            remove(Resource("bucket", d.bucket, d.bucket_arn), lambda: _empty_bucket(clients, d))
+        else:  # the user's own bucket: only what the deployment wrote goes
+            remove(Resource("objects", f"s3://{d.bucket}/{s.prefix}",
+                            f"{d.bucket_arn}/{s.prefix}*"),
+                   lambda: _empty_bucket(clients, d, s.prefix, keep_bucket=True))
+    return removed
+
+
+def _run_leftovers(clients: _Clients, d: Deployment) -> tuple[list[str], list[str]]:
+    """Queue URLs and topic ARNs named ``<deployment>-...``: what killed runs left."""
+    ns = f"{d.settings.deployment}-"
+    queues: list[str] = []
+    for page in clients["sqs"].get_paginator("list_queues").paginate(QueueNamePrefix=ns):
+        queues += page.get("QueueUrls", [])
+    topics = [t["TopicArn"] for page in clients["sns"].get_paginator("list_topics").paginate()
+              for t in page.get("Topics", []) if t["TopicArn"].rsplit(":", 1)[-1].startswith(ns)]
+    return queues, topics
+
+
+def _delete_topic(clients: _Clients, call: Callable[..., Any], arn: str) -> None:
+    subs = clients["sns"].get_paginator("list_subscriptions_by_topic")
+    for page in subs.paginate(TopicArn=arn):
+        for sub in page.get("Subscriptions", []):
+            if sub["SubscriptionArn"].startswith("arn:"):
+                call("sns", "unsubscribe", SubscriptionArn=sub["SubscriptionArn"])
+    call("sns", "delete_topic", TopicArn=arn)
+
+
+def _empty_bucket(clients: _Clients, d: Deployment, prefix: str = "",
+                  keep_bucket: bool = False) -> None:
+    """Delete the objects under ``prefix``, then (unless ``keep_bucket``) the bucket."""
+    s3 = clients["s3"]
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=d.bucket, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=d.bucket, Delete={"Objects": keys, "Quiet": True})
+    if not keep_bucket:
+        s3.delete_bucket(Bucket=d.bucket)
