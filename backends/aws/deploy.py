@@ -261,7 +261,11 @@ def deploy(settings: AwsSettings, *, package: Path | None = None,
     with _aws_errors(f"bucket {d.bucket}"):
         location = ({} if s.region == "us-east-1"
                     else {"CreateBucketConfiguration": {"LocationConstraint": s.region}})
-        created = call("s3", "create_bucket", Bucket=d.bucket, **location) is not None
+        # Asked first: in us-east-1, CreateBucket of a bucket one already owns succeeds.
+        exists = _ignoring(clients, "404", "NoSuchBucket", "NotFound")(
+            "s3", "head_bucket", Bucket=d.bucket) is not None
+        created = not exists and call("s3", "create_bucket", Bucket=d.bucket,
+                                      **location) is not None
         # A bucket the user brought keeps its own settings and tags (and survives teardown).
         if created or _owns_bucket(clients, d):
             clients["s3"].put_public_access_block(
@@ -385,7 +389,7 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
     d = resolve(settings)
     s = d.settings
     clients = _Clients(s)
-    gone = ("ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NotFound",
+    gone = ("ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NotFound", "404",
             "AWS.SimpleQueueService.NonExistentQueue", "ResourceNotFound")
     call = _ignoring(clients, *gone)
     removed: list[Resource] = []

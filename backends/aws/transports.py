@@ -535,9 +535,12 @@ class SnsSqsMessageService(_AwsService, MessageService):
         if not receipts:
             await self._queue(queue)
             return BatchResult()
+        # A message delivered twice in one answer has one receipt twice; SQS refuses a batch
+        # that repeats one, so each distinct receipt is deleted once.
+        first = {r: i for i, r in reversed(list(enumerate(receipts)))}
         response = await self._queue_call(
             queue, "delete_message_batch",
-            Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)],
+            Entries=[{"Id": str(i), "ReceiptHandle": r} for r, i in first.items()],
         )
         return BatchResult(tuple(sorted(_failures(response.get("Failed", ())),
                                         key=lambda f: f.index)))
