@@ -8,13 +8,9 @@ Tests on the official Graph Challenge data use the ``official_data`` fixture: on
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,23 +30,19 @@ def official_data() -> Path:
     return OFFICIAL_DIR
 
 
-# -- AWS transports: a moto server ----------------------------------------------------------------
+# -- AWS: a moto server, and a Lambda invoke server in front of it --------------------------------
 # aiobotocore cannot use moto's in-process mock, so ``moto_server`` runs moto as a separate process
 # on a free port of 127.0.0.1 for the session. It sets dummy credentials in the environment
-# (inherited by the child processes the tests spawn), creates the bucket, and kills the server at
+# (inherited by the child processes the tests spawn), creates the bucket, and stops the server at
 # the end. Tests that do not ask for it (every local-only run) never start it.
+#
+# moto stores Lambda functions but runs them only in Docker, so ``lambda_server`` runs
+# fsdgraph.backends.aws.invoke_server (proxying everything but Invoke to ``moto_server``) as a
+# separate process for the session; each invocation's output goes to a file in ``log_dir``. It is
+# stopped with SIGTERM at the end, so it kills the invocations still running.
 
 REGION = "us-east-1"
 BUCKET = "fsdgraph-test"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-    # Never read a developer's real configuration.
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-}
 
 
 @dataclass(frozen=True)
@@ -60,37 +52,35 @@ class MotoServer:
     bucket: str
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@dataclass(frozen=True)
+class LambdaServer:
+    url: str
+    log_dir: Path
+    #: The server's own output.
+    log: Path
+
+
+def _start(start: Callable[[], tuple[subprocess.Popen[bytes], str]]
+           ) -> tuple[subprocess.Popen[bytes], str]:
+    from fsdgraph.errors import ConfigError
+
+    try:
+        return start()
+    except ConfigError as exc:  # says which server and shows its log
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    pytest.importorskip("aiobotocore", reason="pip install 'aiobotocore>=2.5'")
-    pytest.importorskip("moto.server", reason="pip install 'moto[server]>=5'")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    # The log goes to a file: a pipe nobody reads would fill up and stall the server.
+    pytest.importorskip("aiobotocore", reason="pip install -e '.[test]'")
+    pytest.importorskip("moto.server", reason="pip install -e '.[test]'")
+    from fsdgraph.backends.aws.local import CREDENTIALS, start_moto, stop
+
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )
+    proc, url = _start(lambda: start_moto(log))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/moto-api/", timeout=1):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not start on {url}:\n{log.read_text()}")
-                time.sleep(0.1)
         with pytest.MonkeyPatch.context() as mp:
-            for name, value in CREDENTIALS.items():
+            for name, value in {**CREDENTIALS, "AWS_DEFAULT_REGION": REGION}.items():
                 mp.setenv(name, value)
             mp.delenv("AWS_PROFILE", raising=False)
             request = urllib.request.Request(f"{url}/{BUCKET}", method="PUT")
@@ -98,5 +88,18 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
                 pass
             yield MotoServer(url, REGION, BUCKET)
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def lambda_server(moto_server: MotoServer,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[LambdaServer]:
+    from fsdgraph.backends.aws.local import start_invoke_server, stop
+
+    root = tmp_path_factory.mktemp("lambda")
+    log, log_dir = root / "invoke_server.log", root / "invocations"
+    proc, url = _start(lambda: start_invoke_server(moto_server.url, log, log_dir))
+    try:
+        yield LambdaServer(url, log_dir, log)
+    finally:
+        stop(proc)

@@ -41,6 +41,8 @@ from fsdgraph.errors import ConfigError, TransportError
 HANDLER = "fsdgraph.worker.handler"
 #: The tag every resource of a deployment carries.
 DEPLOYMENT_TAG = "fsdgraph:deployment"
+#: Error codes of a request the caller's policy does not allow.
+DENIED = ("AccessDenied", "AccessDeniedException", "AuthorizationError", "UnauthorizedOperation")
 #: How long IAM may take to let Lambda assume a new role (real AWS; instant on local servers).
 ROLE_PROPAGATION_S = 60.0
 
@@ -129,11 +131,15 @@ class Deployment:
         ]}
 
     def operator_policy(self) -> dict[str, Any]:
-        """What the person or CI job that deploys, runs and tears down needs."""
+        """What the person or CI job that deploys, runs and tears down needs.
+
+        Not in it: ``sqs:ListQueues``, ``sns:ListTopics`` and ``logs:DescribeLogGroups``, which
+        AWS cannot limit to resources; without them :func:`teardown` skips the search for what
+        killed runs left behind (and says so)."""
         return {"Version": "2012-10-17", "Statement": [
             {"Sid": "Bucket", "Effect": "Allow",
-             "Action": ["s3:CreateBucket", "s3:DeleteBucket", "s3:ListBucket",
-                        "s3:PutBucketTagging", "s3:PutBucketPublicAccessBlock",
+             "Action": ["s3:CreateBucket", "s3:DeleteBucket", "s3:GetBucketTagging",
+                        "s3:ListBucket", "s3:PutBucketTagging", "s3:PutBucketPublicAccessBlock",
                         "s3:PutLifecycleConfiguration"],
              "Resource": [self.bucket_arn]},
             {"Sid": "Objects", "Effect": "Allow",
@@ -141,8 +147,8 @@ class Deployment:
              "Resource": [f"{self.bucket_arn}/{self.settings.prefix}*"]},
             {"Sid": "Role", "Effect": "Allow",
              "Action": ["iam:CreateRole", "iam:DeleteRole", "iam:DeleteRolePolicy",
-                        "iam:GetRole", "iam:PassRole", "iam:PutRolePolicy", "iam:TagRole",
-                        "iam:UpdateAssumeRolePolicy"],
+                        "iam:GetRole", "iam:ListRolePolicies", "iam:PassRole",
+                        "iam:PutRolePolicy", "iam:TagRole", "iam:UpdateAssumeRolePolicy"],
              "Resource": [self.role_arn]},
             {"Sid": "Function", "Effect": "Allow",
              "Action": ["lambda:CreateFunction", "lambda:DeleteFunction", "lambda:GetFunction",
@@ -152,7 +158,7 @@ class Deployment:
              "Resource": [self.function_arn]},
             {"Sid": "RunQueues", "Effect": "Allow",
              "Action": ["sqs:CreateQueue", "sqs:DeleteMessage", "sqs:DeleteQueue",
-                        "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ListQueues",
+                        "sqs:GetQueueAttributes", "sqs:GetQueueUrl",
                         "sqs:ReceiveMessage", "sqs:SendMessage", "sqs:SetQueueAttributes",
                         "sqs:TagQueue"],
              "Resource": [self.run_resource_arns("sqs")]},
@@ -402,11 +408,12 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
         removed.append(resource)
 
     with _aws_errors("listing the deployment's resources"):
-        queues, topics = _run_leftovers(clients, d)
+        queues, topics = _run_leftovers(clients, d, say)
         function = call("lambda", "get_function", FunctionName=s.function_name)
         role = call("iam", "get_role", RoleName=s.role_name)
         bucket = call("s3", "head_bucket", Bucket=d.bucket)
-        logs = call("logs", "describe_log_groups", logGroupNamePrefix=d.log_group)
+        logs = _ignoring(clients, *gone, *DENIED)(
+            "logs", "describe_log_groups", logGroupNamePrefix=d.log_group)
     for url in queues:
         name = url.rsplit("/", 1)[-1]
         remove(Resource("queue", name, d._arn("sqs", name)),
@@ -436,8 +443,23 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
     return removed
 
 
-def _run_leftovers(clients: _Clients, d: Deployment) -> tuple[list[str], list[str]]:
-    """Queue URLs and topic ARNs named ``<deployment>-...``: what killed runs left."""
+def _run_leftovers(clients: _Clients, d: Deployment,
+                   say: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """Queue URLs and topic ARNs named ``<deployment>-...``: what killed runs left (nothing if
+    listing is not allowed)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return _list_leftovers(clients, d)
+    except ClientError as exc:
+        if _code(exc) not in DENIED:
+            raise
+        say(f"not searching for queues and topics killed runs left: {_code(exc)} "
+            f"(grant sqs:ListQueues and sns:ListTopics on * to have them removed)")
+        return [], []
+
+
+def _list_leftovers(clients: _Clients, d: Deployment) -> tuple[list[str], list[str]]:
     ns = f"{d.settings.deployment}-"
     queues: list[str] = []
     for page in clients["sqs"].get_paginator("list_queues").paginate(QueueNamePrefix=ns):

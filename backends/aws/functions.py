@@ -17,7 +17,7 @@ from aiobotocore.session import AioSession
 
 from fsdgraph.backend import Functions
 from fsdgraph.backends.aws.transports import AwsConfig, _AwsService
-from fsdgraph.errors import MessageTooLarge, TransportError
+from fsdgraph.errors import MessageTooLarge, NotFound, TransportError
 
 
 class LambdaFunctions(_AwsService, Functions):
@@ -37,9 +37,12 @@ class LambdaFunctions(_AwsService, Functions):
             raise MessageTooLarge(
                 f"invocation event of {len(payload)} bytes for function {self.function!r} "
                 f"exceeds the limit of {self.max_payload_bytes} bytes")
-        response = await self._call("lambda", "invoke", f"function {self.function!r}",
-                                    FunctionName=self.function, InvocationType="Event",
-                                    Payload=payload)
+        try:
+            response = await self._call("lambda", "invoke", f"function {self.function!r}",
+                                        FunctionName=self.function, InvocationType="Event",
+                                        Payload=payload)
+        except NotFound as exc:
+            raise NotFound(f"{exc}; deploy it first with `fsdgraph deploy`") from exc
         status = int(response.get("StatusCode", 0))
         if status != 202:
             raise TransportError(f"function {self.function!r}: asynchronous invoke answered "

@@ -60,6 +60,7 @@ __all__ = ["AwsConfig", "S3ObjectStore", "SnsSqsMessageService", "caller_account
 #: Error codes that mean "the key, bucket, queue or topic does not exist".
 NOT_FOUND_CODES = frozenset({
     "NoSuchKey", "NoSuchBucket", "404", "NotFound", "NotFoundException",
+    "ResourceNotFoundException",
     "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
 })
 #: Error codes worth retrying even when AWS marks them as the sender's fault.

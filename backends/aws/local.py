@@ -1,0 +1,181 @@
+"""The AWS backend on this machine: a moto server for S3, SNS, SQS, STS, IAM, Logs and Lambda's
+control plane, and an :class:`~fsdgraph.backends.aws.invoke_server.InvokeServer` in front of it
+that runs Lambda invocations as subprocesses. Both are separate processes on 127.0.0.1 (a server
+in a thread would share the client's GIL and slow every request down).
+
+From a shell::
+
+    python -m fsdgraph.backends.aws.local          # prints a config file and the variables
+                                                    # to export, runs until Ctrl-C
+
+From Python (benchmarks, tests)::
+
+    with LocalAws() as aws:
+        settings = aws.settings(deployment="demo")  # endpoints filled in
+
+moto needs credentials to be present, not valid: :data:`CREDENTIALS` are dummy ones (the servers
+get them; export them in the shell that runs fsdgraph).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from fsdgraph.backends.aws.config import SERVICES, AwsSettings
+from fsdgraph.errors import ConfigError
+
+#: Dummy credentials for local servers; the shared AWS files are hidden so a developer's real
+#: configuration is never read.
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fail(what: str, log: Path) -> ConfigError:
+    return ConfigError(f"{what} did not start; its log ({log}):\n{log.read_text()[-3000:]}")
+
+
+def start_moto(log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """A moto server on a free port, its output in ``log``; returns the process and its URL once
+    it answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:  # a file, not a pipe nobody reads (it would fill and stall)
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/moto-api/", timeout=1):
+                return proc, url
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop(proc)
+                raise _fail("moto server", log) from None
+            time.sleep(0.1)
+
+
+def start_invoke_server(upstream: str, log: Path, log_dir: Path,
+                        env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """An invoke server in front of ``upstream``; returns the process and its URL once it
+    listens. Invocation logs go to ``log_dir``."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fsdgraph.backends.aws.invoke_server",
+                                 "--upstream", upstream, "--log-dir", str(log_dir)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        # Only a complete line: the URL may be read while it is being written.
+        for line in log.read_text().splitlines(keepends=True):
+            if line.startswith("listening on ") and line.endswith("\n"):
+                return proc, line.split()[-1]
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise _fail("invoke server", log)
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate, then kill if it does not go within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+class LocalAws:
+    """Both local servers, started together; see the module docstring."""
+
+    def __init__(self, *, region: str = "us-east-1", log_dir: Path | None = None) -> None:
+        self.region = region
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.log_dir = log_dir
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self.endpoints: dict[str, str] = {}
+
+    def start(self) -> LocalAws:
+        if self.log_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fsdgraph-local-aws-")
+            self.log_dir = Path(self._tmp.name)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": self.region}
+        try:
+            moto, moto_url = start_moto(self.log_dir / "moto.log", env)
+            self._procs.append(moto)
+            invoke, invoke_url = start_invoke_server(
+                moto_url, self.log_dir / "invoke_server.log", self.log_dir / "invocations", env)
+            self._procs.append(invoke)
+        except BaseException:
+            self.close()
+            raise
+        self.endpoints = {s: moto_url for s in SERVICES} | {"lambda": invoke_url}
+        return self
+
+    def settings(self, **kwargs: Any) -> AwsSettings:
+        """AwsSettings pointing at these servers (``kwargs`` set the other fields)."""
+        return AwsSettings(region=self.region, endpoints=self.endpoints, **kwargs)
+
+    def config_toml(self, deployment: str = "fsdgraph") -> str:
+        """A config file for these servers."""
+        lines = ["[aws]", f'region = "{self.region}"', f'deployment = "{deployment}"', "",
+                 "[aws.endpoints]", *(f'{k} = "{v}"' for k, v in self.endpoints.items())]
+        return "\n".join(lines) + "\n"
+
+    def close(self) -> None:
+        while self._procs:
+            stop(self._procs.pop())
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> LocalAws:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def main(out: IO[str] = sys.stdout) -> int:
+    """Start both servers, print how to use them, wait for Ctrl-C."""
+    with LocalAws(log_dir=Path(tempfile.mkdtemp(prefix="fsdgraph-local-aws-"))) as aws:
+        print("# save as a config file (e.g. local-aws.toml) and pass --config local-aws.toml",
+              file=out)
+        print(aws.config_toml(), file=out)
+        print("# dummy credentials for the local servers:", file=out)
+        for name, value in CREDENTIALS.items():
+            print(f"export {name}={value}", file=out)
+        print(f"# logs in {aws.log_dir}; Ctrl-C stops both servers", file=out, flush=True)
+        try:
+            while all(p.poll() is None for p in aws._procs):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

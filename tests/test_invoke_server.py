@@ -1,0 +1,379 @@
+"""The Lambda Invoke endpoint in front of moto (:mod:`fsdgraph.backends.aws.invoke_server`).
+
+Everything goes through real boto3 clients. Most tests use the session's ``lambda_server`` (a
+separate process, as users run it) and create their own uniquely named functions in the shared
+``moto_server``; the tests of ``InvokeServer``'s knobs and of ``close()`` start one in-process.
+The handlers are in ``tests/invoke_handlers.py``, found by the subprocesses through the
+``PYTHONPATH`` each function sets in its environment variables.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fsdgraph.backends.aws.invoke_server import InvokeServer
+
+TESTS_DIR = Path(__file__).resolve().parent
+MODULE = "fsdgraph.backends.aws.invoke_server"
+
+
+def unique(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:12]}"
+
+
+def code_zip() -> bytes:
+    """A code package: moto wants one, though the handler runs from the installed environment."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("unused.py", "")
+    return buffer.getvalue()
+
+
+def client(service: str, endpoint_url: str, region: str) -> Any:
+    boto3 = pytest.importorskip("boto3")
+    # One attempt: a retried request would hide what the endpoint answered first.
+    config = boto3.session.Config(retries={"total_max_attempts": 1}, read_timeout=60)
+    return boto3.session.Session().client(service, region_name=region, endpoint_url=endpoint_url,
+                                          config=config)
+
+
+def wait_for(path: Path, timeout_s: float) -> bool:
+    """Whether ``path`` exists within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture(scope="module")
+def role(moto_server: Any) -> str:
+    iam = client("iam", moto_server.url, moto_server.region)
+    try:
+        return str(iam.create_role(RoleName=unique("role"), AssumeRolePolicyDocument="{}")
+                   ["Role"]["Arn"])
+    finally:
+        iam.close()
+
+
+@pytest.fixture
+def moto_lambda(moto_server: Any) -> Iterator[Any]:
+    """A client of moto itself, to see where requests landed."""
+    lam = client("lambda", moto_server.url, moto_server.region)
+    yield lam
+    lam.close()
+
+
+@pytest.fixture
+def lam(lambda_server: Any, moto_server: Any) -> Iterator[Any]:
+    """A client of the session's invoke server."""
+    lam = client("lambda", lambda_server.url, moto_server.region)
+    yield lam
+    lam.close()
+
+
+MakeFunction = Callable[..., str]
+
+
+@pytest.fixture
+def make_function(lambda_server: Any, role: str, moto_lambda: Any) -> Iterator[MakeFunction]:
+    """``make(handler, endpoint_url=None, timeout=30, memory=128, variables=None)``: a new
+    function running ``invoke_handlers.<handler>``, created through the endpoint (the session's
+    invoke server by default); deleted at the end."""
+    names = []
+
+    def make(handler: str, *, endpoint_url: str | None = None, timeout: int = 30,
+             memory: int = 128, variables: dict[str, str] | None = None) -> str:
+        name = unique("fn")
+        creator = client("lambda", endpoint_url or lambda_server.url, moto_lambda.meta.region_name)
+        try:
+            creator.create_function(
+                FunctionName=name, Runtime="python3.11", Role=role,
+                Handler=f"invoke_handlers.{handler}", Code={"ZipFile": code_zip()},
+                Timeout=timeout, MemorySize=memory,
+                Environment={"Variables": {"PYTHONPATH": str(TESTS_DIR), **(variables or {})}},
+            )
+        finally:
+            creator.close()
+        names.append(name)
+        return name
+
+    yield make
+    for name in names:
+        moto_lambda.delete_function(FunctionName=name)
+
+
+def invocation_log(log_dir: Path, name: str, request_id: str) -> Path:
+    """The log file of the function's invocation ``request_id`` (any sequence number)."""
+    matches = list(log_dir.glob(f"{name}-*-{request_id}.log"))
+    assert len(matches) == 1, f"{len(matches)} log files for {name} {request_id} in {log_dir}"
+    return matches[0]
+
+
+# -- everything but Invoke lands in moto ----------------------------------------------------------
+def test_control_plane_requests_land_in_moto(lam: Any, moto_lambda: Any, role: str) -> None:
+    """create/get/list/put-event-invoke-config/delete through the endpoint act on moto's state,
+    and moto's answers come back unchanged."""
+    name = unique("fn")
+    created = lam.create_function(
+        FunctionName=name, Runtime="python3.11", Role=role, Handler="invoke_handlers.echo",
+        Code={"ZipFile": code_zip()}, Timeout=7, Environment={"Variables": {"A": "1"}})
+    assert created["FunctionName"] == name and created["Timeout"] == 7
+    direct = moto_lambda.get_function(FunctionName=name)["Configuration"]
+    assert direct["FunctionArn"] == created["FunctionArn"]
+    assert direct["Environment"] == {"Variables": {"A": "1"}}
+    assert lam.get_function(FunctionName=name)["Configuration"]["CodeSha256"] == \
+        direct["CodeSha256"]
+    listed = [f["FunctionName"] for f in lam.list_functions(MaxItems=1000)["Functions"]]
+    assert name in listed
+
+    lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=0)
+    config = moto_lambda.get_function_event_invoke_config(FunctionName=name)
+    assert config["MaximumRetryAttempts"] == 0
+
+    lam.delete_function(FunctionName=name)
+    with pytest.raises(moto_lambda.exceptions.ResourceNotFoundException):
+        moto_lambda.get_function(FunctionName=name)
+
+
+# -- invocation types -----------------------------------------------------------------------------
+def test_event_invoke_runs_the_handler(lam: Any, lambda_server: Any, moto_server: Any,
+                                       make_function: MakeFunction, tmp_path: Path) -> None:
+    """202 and an empty body at once; then the handler runs with the function's environment
+    variables, Lambda's reserved ones and a context, and its output goes to its log file."""
+    name = make_function("report", timeout=30, memory=256, variables={"GREETING": "hello"})
+    path = tmp_path / "seen.json"
+    env = ["GREETING", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+           "AWS_LAMBDA_FUNCTION_TIMEOUT", "AWS_REGION"]
+    event = {"path": str(path), "env": env}
+    response = lam.invoke(FunctionName=name, InvocationType="Event",
+                          Payload=json.dumps(event).encode())
+    assert response["StatusCode"] == 202
+    assert response["Payload"].read() == b""
+    assert wait_for(path, 30), f"the handler did not run:\n{lambda_server.log.read_text()}"
+    seen = json.loads(path.read_text())
+    assert seen["event"] == event
+    assert seen["env"] == {"GREETING": "hello", "AWS_LAMBDA_FUNCTION_NAME": name,
+                           "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+                           "AWS_LAMBDA_FUNCTION_TIMEOUT": "30", "AWS_REGION": moto_server.region}
+    context = seen["context"]
+    request_id = response["ResponseMetadata"]["RequestId"]
+    assert context["function_name"] == name
+    assert context["memory_limit_in_mb"] == "256"  # a string, as on Lambda
+    assert context["aws_request_id"] == request_id
+    assert context["invoked_function_arn"].endswith(f":function:{name}")
+    assert 0 < context["remaining_ms"] <= 30_000
+    # The handler's result went to stdout, which is the invocation's log file.
+    log = invocation_log(lambda_server.log_dir, name, request_id)
+    deadline = time.monotonic() + 10
+    while '"GREETING": "hello"' not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("form", ["name", "arn", "partial arn", "qualified name"])
+def test_request_response_returns_the_result(lam: Any, moto_lambda: Any,
+                                             make_function: MakeFunction, form: str) -> None:
+    """200 with the handler's JSON result, whatever form FunctionName takes; what the handler
+    prints goes to the log (returned with LogType=Tail), never into the result."""
+    name = make_function("echo")
+    arn = moto_lambda.get_function(FunctionName=name)["Configuration"]["FunctionArn"]
+    function_name = {"name": name, "arn": arn, "partial arn": ":".join(arn.split(":")[4:]),
+                     "qualified name": f"{name}:$LATEST"}[form]
+    event = {"numbers": [1, 2.5, None], "text": "héllo"}
+    response = lam.invoke(FunctionName=function_name, Payload=json.dumps(event).encode(),
+                          LogType="Tail")
+    assert response["StatusCode"] == 200
+    assert "FunctionError" not in response
+    assert json.loads(response["Payload"].read()) == {"echo": event, "function_name": name}
+    assert response["ExecutedVersion"] == "$LATEST"
+    assert f"echo handler called by {name}" in base64.b64decode(response["LogResult"]).decode()
+
+
+def test_raising_handler_is_an_unhandled_function_error(lam: Any,
+                                                        make_function: MakeFunction) -> None:
+    """Still HTTP 200, with FunctionError "Unhandled" and Lambda's error object."""
+    name = make_function("fail")
+    response = lam.invoke(FunctionName=name, Payload=b'{"x": 7}')
+    assert response["StatusCode"] == 200
+    assert response["FunctionError"] == "Unhandled"
+    error = json.loads(response["Payload"].read())
+    assert error["errorType"] == "ValueError"
+    assert error["errorMessage"] == "bad input: 7"
+    assert "invoke_handlers.py" in error["stackTrace"][-1]
+    assert "raise ValueError" in error["stackTrace"][-1]
+
+
+def test_dry_run_checks_without_running(lam: Any, make_function: MakeFunction) -> None:
+    name = make_function("fail")
+    response = lam.invoke(FunctionName=name, InvocationType="DryRun")
+    assert response["StatusCode"] == 204
+    assert "FunctionError" not in response
+
+
+@pytest.mark.parametrize("invocation_type", ["RequestResponse", "Event", "DryRun"])
+def test_missing_function_is_resource_not_found(lam: Any, invocation_type: str) -> None:
+    """botocore raises the modelled ResourceNotFoundException, whose message names the
+    function."""
+    name = unique("missing")
+    with pytest.raises(lam.exceptions.ResourceNotFoundException) as caught:
+        lam.invoke(FunctionName=name, InvocationType=invocation_type, Payload=b"{}")
+    error = caught.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 404
+    assert error["Error"]["Code"] == "ResourceNotFoundException"
+    assert error["Error"]["Message"].startswith("Function not found: ")
+    assert error["Error"]["Message"].endswith(f":function:{name}")
+
+
+def test_invalid_json_payload_is_refused(lam: Any, make_function: MakeFunction) -> None:
+    name = make_function("echo")
+    with pytest.raises(lam.exceptions.InvalidRequestContentException, match="json"):
+        lam.invoke(FunctionName=name, Payload=b"{not json")
+
+
+# -- limits ---------------------------------------------------------------------------------------
+def test_payload_over_the_limit_is_refused(moto_server: Any, make_function: MakeFunction,
+                                           tmp_path: Path) -> None:
+    """An Event payload of exactly max_event_bytes runs; one byte more is refused with 413,
+    whose message gives both sizes, and is not counted. The same for RequestResponse."""
+    event_limit, response_limit = 2000, 3000
+    with InvokeServer(moto_server.url, max_event_bytes=event_limit,
+                      max_request_response_bytes=response_limit) as server:
+        name = make_function("report", endpoint_url=server.url)
+        lam = client("lambda", server.url, moto_server.region)
+        try:
+            path = tmp_path / "seen.json"
+
+            def payload(size: int) -> bytes:
+                data = json.dumps({"path": str(path), "pad": ""}).encode()
+                return data.replace(b'"pad": ""', b'"pad": "' + b"x" * (size - len(data)) + b'"')
+
+            assert len(payload(event_limit)) == event_limit
+            response = lam.invoke(FunctionName=name, InvocationType="Event",
+                                  Payload=payload(event_limit))
+            assert response["StatusCode"] == 202
+            assert wait_for(path, 30)
+
+            with pytest.raises(lam.exceptions.ClientError) as caught:
+                lam.invoke(FunctionName=name, InvocationType="Event",
+                           Payload=payload(event_limit + 1))
+            error = caught.value.response
+            assert error["ResponseMetadata"]["HTTPStatusCode"] == 413
+            assert error["Error"]["Code"] == "RequestEntityTooLargeException"
+            message = error["Error"]["Message"]
+            assert f"{event_limit + 1} byte payload" in message
+            assert f"limit {event_limit} bytes" in message
+
+            with pytest.raises(lam.exceptions.ClientError) as caught:
+                lam.invoke(FunctionName=name, Payload=payload(response_limit + 1))
+            assert caught.value.response["Error"]["Code"] == "RequestEntityTooLargeException"
+            assert f"smaller than {response_limit} bytes" in str(caught.value)
+            assert server.invocations == Counter({name: 1})
+        finally:
+            lam.close()
+
+
+# -- timeouts and shutdown ------------------------------------------------------------------------
+def test_event_past_its_timeout_is_killed(lam: Any, lambda_server: Any,
+                                          make_function: MakeFunction, tmp_path: Path) -> None:
+    """A handler that would write a file after 3 s under a Timeout of 1 s never writes it, and
+    its log and the server's say it timed out."""
+    name = make_function("sleep_then_write", timeout=1)
+    path = tmp_path / "late.json"
+    response = lam.invoke(FunctionName=name, InvocationType="Event",
+                          Payload=json.dumps({"path": str(path), "sleep_s": 3}).encode())
+    assert response["StatusCode"] == 202
+    request_id = response["ResponseMetadata"]["RequestId"]
+    assert not wait_for(path, 5), "the handler ran past its timeout"
+    assert "Task timed out after 1.00 seconds" in \
+        invocation_log(lambda_server.log_dir, name, request_id).read_text()
+    server_log = lambda_server.log.read_text()
+    assert f"({request_id}): timed out after 1 s; killed" in server_log
+
+
+def test_request_response_past_its_timeout(lam: Any, make_function: MakeFunction,
+                                           tmp_path: Path) -> None:
+    """The caller gets Lambda's Sandbox.Timedout function error after the Timeout, not the
+    handler's 3 s."""
+    name = make_function("sleep_then_write", timeout=1)
+    path = tmp_path / "late.json"
+    started = time.monotonic()
+    response = lam.invoke(FunctionName=name,
+                          Payload=json.dumps({"path": str(path), "sleep_s": 3}).encode())
+    assert time.monotonic() - started < 2.5
+    assert response["StatusCode"] == 200
+    assert response["FunctionError"] == "Unhandled"
+    error = json.loads(response["Payload"].read())
+    assert error["errorType"] == "Sandbox.Timedout"
+    assert "Task timed out after 1.00 seconds" in error["errorMessage"]
+    assert not path.exists()
+
+
+def test_close_kills_running_invocations(moto_server: Any, make_function: MakeFunction,
+                                         tmp_path: Path) -> None:
+    """close() returns promptly and the invocation it interrupted never finishes."""
+    server = InvokeServer(moto_server.url, log_dir=tmp_path / "logs")
+    try:
+        server.start()
+        name = make_function("sleep_then_write", endpoint_url=server.url, timeout=60)
+        started, path = tmp_path / "started.json", tmp_path / "late.json"
+        lam = client("lambda", server.url, moto_server.region)
+        try:
+            event = {"started": str(started), "path": str(path), "sleep_s": 3}
+            lam.invoke(FunctionName=name, InvocationType="Event",
+                       Payload=json.dumps(event).encode())
+        finally:
+            lam.close()
+        assert wait_for(started, 30), "the handler did not start"
+        assert server.invocations == Counter({name: 1})
+    finally:
+        closing = time.monotonic()
+        server.close()
+    assert time.monotonic() - closing < 2
+    assert not wait_for(path, 4), "the handler outlived close()"
+
+
+# -- command line ---------------------------------------------------------------------------------
+def test_help() -> None:
+    result = subprocess.run([sys.executable, "-m", MODULE, "--help"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "--upstream" in result.stdout and "--log-dir" in result.stdout
+
+
+def test_command_line_prints_one_line_and_stops_on_sigterm(moto_server: Any) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", MODULE, "--upstream", moto_server.url],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # readline would wait forever on a server that hangs before printing.
+    watchdog = threading.Timer(30, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=10)
+        assert proc.returncode == 0
+        assert rest == ""
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
