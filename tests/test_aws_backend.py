@@ -27,6 +27,7 @@ import boto3
 from aiobotocore.session import AioSession
 
 from fsdgraph.backend import Services
+from fsdgraph.backends.aws import AwsBackend
 from fsdgraph.backends.aws.config import AWS_LIMITS, AwsSettings, load_aws_settings
 from fsdgraph.backends.aws.deploy import Deployment, deploy, teardown
 from fsdgraph.backends.aws.functions import LambdaFunctions
@@ -207,6 +208,29 @@ def test_teardown_keeps_a_bucket_the_user_brought(moto_server: Any) -> None:
     with contextlib.suppress(Exception):
         s3.delete_object(Bucket="users-own-bucket", Key="theirs.txt")
         s3.delete_bucket(Bucket="users-own-bucket")
+
+
+def test_a_runs_queues_and_topics_are_tagged_with_the_run_id(moto_server: Any) -> None:
+    backend = AwsBackend(settings_for(moto_server, "tagged", bucket=moto_server.bucket))
+
+    async def body() -> None:
+        async with backend.session("run123") as services:
+            assert services.description["account"] == ACCOUNT
+            assert services.description["bucket"] == moto_server.bucket
+            await services.messages.create_queue("tagged-run123-w0", visibility_timeout_s=30,
+                                                 max_message_bytes=262144)
+            await services.messages.create_topic("tagged-run123-t0")
+            sqs, sns = client(moto_server, "sqs"), client(moto_server, "sns")
+            url = sqs.get_queue_url(QueueName="tagged-run123-w0")["QueueUrl"]
+            want = {"fsdgraph:run": "run123", "fsdgraph:deployment": "tagged"}
+            assert sqs.list_queue_tags(QueueUrl=url)["Tags"] == want
+            arn = f"arn:aws:sns:{moto_server.region}:{ACCOUNT}:tagged-run123-t0"
+            tags = sns.list_tags_for_resource(ResourceArn=arn)["Tags"]
+            assert {t["Key"]: t["Value"] for t in tags} == want
+            await services.messages.delete_queue("tagged-run123-w0")
+            await services.messages.delete_topic("tagged-run123-t0")
+
+    asyncio.run(body())
 
 
 # -- Lambda invocation ----------------------------------------------------------------------------

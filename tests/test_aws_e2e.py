@@ -12,6 +12,7 @@ functions do on AWS.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,14 @@ from fsdgraph.cli import EXIT_INPUT, EXIT_PASSED, EXIT_RUN, main
 SECRET = "fsdgraph-test-secret-never-printed"
 
 
-def write_config(path: Path, moto: Any, lam: Any, deployment: str) -> Path:
+def write_config(path: Path, moto: Any, lam: Any, deployment: str, stall_s: int = 60) -> Path:
     endpoints = {s: moto.url for s in ("s3", "sns", "sqs", "sts", "iam", "logs")}
     endpoints["lambda"] = lam.url
     path.write_text(
         f'[aws]\nregion = "{moto.region}"\ndeployment = "{deployment}"\ntimeout_s = 600\n'
         "[aws.endpoints]\n" + "".join(f'{k} = "{v}"\n' for k, v in endpoints.items())
         # A worker that dies is found in seconds, not the default two minutes.
-        + "[run]\nstall_timeout_s = 60\npeer_timeout_s = 60\n")
+        + f"[run]\nstall_timeout_s = {stall_s}\npeer_timeout_s = 60\n")
     return path
 
 
@@ -97,6 +98,33 @@ def test_run_without_a_deployment_fails_naming_the_function(
             "deploy it first with `fsdgraph deploy`") in err
     assert "Traceback" not in err
     teardown(load_aws_settings(config), say=lambda _: None)
+
+
+def test_a_worker_that_never_reports_fails_the_run_by_name(
+        moto_server: Any, lambda_server: Any, official_data: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The function's handler cannot be imported, so no worker ever reports (Lambda does not
+    retry them): the scheduler's stall timeout fails the run naming a worker."""
+    config = write_config(tmp_path / "config.toml", moto_server, lambda_server, "stall",
+                          stall_s=5)
+    assert main(["deploy", "--config", str(config), "--no-dependencies"]) == EXIT_PASSED
+    lam = boto3.client("lambda", region_name=moto_server.region, endpoint_url=moto_server.url)
+    lam.update_function_configuration(FunctionName="stall-worker",
+                                      Handler="fsdgraph.no_such_module.handler")
+    try:
+        code = main([*official_args(official_data), "--layers", "2", "--config", str(config)])
+        err = capsys.readouterr().err
+        assert code == EXIT_RUN, err
+        assert re.search(r"worker \d never started \(no status since launch\) for 5 s", err), err
+    finally:
+        teardown(load_aws_settings(config), say=lambda _: None)
+    assert not client_names(moto_server, "sqs", "stall-")
+
+
+def client_names(server: Any, service: str, prefix: str) -> list[str]:
+    """Queues left with names starting with ``prefix`` (the run's cleanup removes them)."""
+    sqs = boto3.client(service, region_name=server.region, endpoint_url=server.url)
+    return list(sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []))
 
 
 def test_cli_deploy_dry_run_and_teardown(moto_server: Any, lambda_server: Any, tmp_path: Path,

@@ -348,6 +348,21 @@ def test_estimate_queue_follows_the_edges(small_plan: fsdgraph.Plan) -> None:
     _sums_match(default)
 
 
+def test_estimate_direct_sqs_sends_per_target(small_plan: fsdgraph.Plan) -> None:
+    """Direct mode: one SQS send call per (layer, sender, target) instead of one publish per
+    (layer, sender); no SNS line; receives unchanged."""
+    edges = small_plan.edges
+    fan_out = estimate(small_plan, channel="queue", batch=100, runtime_s=2.0, empty_polls=0.0)
+    direct = estimate(small_plan, channel="queue", batch=100, runtime_s=2.0, empty_polls=0.0,
+                      direct=True)
+    assert "SNS" not in direct.by_service()
+    assert direct.item("SQS", "send (direct)").quantity == len(edges)
+    assert fan_out.item("SNS", "publish").quantity < len(edges)  # several targets per call
+    assert direct.item("SQS", "receive").quantity == fan_out.item("SQS", "receive").quantity
+    assert any(f"{len(edges)} SQS send calls" in n for n in direct.notes)
+    _sums_match(direct)
+
+
 def test_estimate_auto_splits_edges(small_plan: fsdgraph.Plan) -> None:
     edges = small_plan.edges
     sizes = [math.ceil(100 * len(e.neurons) * 0.13 * 0.72) for e in edges]

@@ -42,7 +42,7 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
              density: float = DEFAULT_DENSITY,
              bytes_per_nonzero: float = DEFAULT_BYTES_PER_NONZERO,
              empty_polls: float = DEFAULT_EMPTY_POLLS,
-             object_above_bytes: int | None = None) -> Bill:
+             object_above_bytes: int | None = None, direct: bool = False) -> Bill:
     """The predicted bill of running ``plan`` on ``batch`` inputs over ``channel``.
 
     Every exchange edge ``(layer, src, dst, neurons)`` of the plan carries
@@ -52,7 +52,8 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     ``empty_polls`` empty receives per edge. Object: one PUT per edge and ``1 + empty_polls``
     GETs. Auto: edges above ``object_above_bytes`` (default: the auto channel's
     ``object_threshold(prices)``) go as an object (PUT, GET) announced by a pointer message, the
-    others as on the queue. Each worker runs ``runtime_s`` (default: :data:`DEFAULT_START_S`
+    others as on the queue. ``direct`` (queue, auto): messages go straight to each target's queue
+    in SQS send calls packed per target, instead of SNS publishes. Each worker runs ``runtime_s`` (default: :data:`DEFAULT_START_S`
     plus :data:`DEFAULT_LAYER_S` per layer). Staging (shard and input per worker), outputs, the
     control queue (a status every :data:`CONTROL_POLL_S` per worker) and cleanup are included.
 
@@ -122,7 +123,7 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
                       lambda e: (e.dst, 1.0 + polls))
     if channel != "object":
         pointers = [e for e, _ in as_objects]
-        _queue_exchange(ledger, as_messages, pointers, wire_by, prices, empty_polls)
+        _queue_exchange(ledger, as_messages, pointers, wire_by, prices, empty_polls, direct)
     wire = sum(wire_by.values())
     ledger.notes.append(f"exchange: {len(plan.edges)} edges, {wire:.0f} bytes on the wire")
     if wire:
@@ -192,20 +193,21 @@ def _pointer(e: Edge) -> Entry:
 
 def _queue_exchange(ledger: _Ledger, edges: Sequence[tuple[Edge, int]], pointers: Sequence[Edge],
                     wire_by: dict[tuple[int, int], float], prices: Prices,
-                    empty_polls: float) -> None:
-    """Publishes, receives and deletes of the edges sent as messages (and of pointers): the
-    queue channel's own messages, packed into publish calls as the channel packs them."""
+                    empty_polls: float, direct: bool) -> None:
+    """Publishes (direct: SQS sends), receives and deletes of the edges sent as messages (and of
+    pointers): the queue channel's own messages, packed into calls as the channel packs them."""
     sqs, sns = prices.sqs_requests_per_m / 1e6, prices.sns_publish_per_m / 1e6
     limits = Limits()  # AWS's
     budget = queue_chunk_budget(limits, _RUN_ID)
     texts: dict[int, str] = {}
     messages = [(e, _messages(e, size, budget, texts)) for e, size in edges]
     messages += [(e, [_pointer(e)]) for e in pointers]
-    out: dict[tuple[int, int], list[Entry]] = defaultdict(list)  # (layer, src) -> messages
+    # (layer, src, dst if direct else -1) -> the messages one packing covers
+    out: dict[tuple[int, int, int], list[Entry]] = defaultdict(list)
     into: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for e, entries in messages:
         size = sum(map(entry_size, entries))
-        out[e.layer, e.src] += entries
+        out[e.layer, e.src, e.dst if direct else -1] += entries
         acc = into[e.layer, e.dst]
         acc[0] += len(entries)
         acc[1] += size
@@ -214,15 +216,20 @@ def _queue_exchange(ledger: _Ledger, edges: Sequence[tuple[Edge, int]], pointers
     units_w: dict[int, float] = defaultdict(float)
     units_l: dict[int, float] = defaultdict(float)
     calls = 0
-    for (l, s), entries in out.items():
+    for (l, s, _), entries in out.items():
         for batch in pack_batches(entries, limits.max_batch_entries, limits.max_batch_bytes):
             units = billing_units(batch)  # as a run's metrics count publish_units
             units_w[s] += units
             units_l[l] += units
             calls += 1
-    ledger.charge("SNS", "publish", "64 KB units", sns, sum(units_w.values()),
-                  workers=units_w, layers=units_l)
-    ledger.notes.append(f"{calls} publish calls")
+    if direct:
+        ledger.charge("SQS", "send (direct)", "64 KB units", sqs, sum(units_w.values()),
+                      workers=units_w, layers=units_l)
+        ledger.notes.append(f"{calls} SQS send calls")
+    else:
+        ledger.charge("SNS", "publish", "64 KB units", sns, sum(units_w.values()),
+                      workers=units_w, layers=units_l)
+        ledger.notes.append(f"{calls} publish calls")
     recv_w: dict[int, float] = defaultdict(float)
     recv_l: dict[int, float] = defaultdict(float)
     extra_w: dict[int, float] = defaultdict(float)
