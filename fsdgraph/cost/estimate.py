@@ -53,9 +53,10 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     GETs. Auto: edges above ``object_above_bytes`` (default: the auto channel's
     ``object_threshold(prices)``) go as an object (PUT, GET) announced by a pointer message, the
     others as on the queue. ``direct`` (queue, auto): messages go straight to each target's queue
-    in SQS send calls packed per target, instead of SNS publishes. Each worker runs ``runtime_s`` (default: :data:`DEFAULT_START_S`
-    plus :data:`DEFAULT_LAYER_S` per layer). Staging (shard and input per worker), outputs, the
-    control queue (a status every :data:`CONTROL_POLL_S` per worker) and cleanup are included.
+    in SQS send calls packed per target, instead of SNS publishes. Each worker runs
+    ``runtime_s`` (default: :data:`DEFAULT_START_S` plus :data:`DEFAULT_LAYER_S` per layer).
+    Staging (shard and input per worker), outputs, the control queue (a status every
+    :data:`CONTROL_POLL_S` per worker) and cleanup are included.
 
     >>> import numpy as np, scipy.sparse as sp, fsdgraph
     >>> w = sp.random(64, 64, density=0.1, format="csr", dtype=np.float32, random_state=0)
