@@ -301,10 +301,9 @@ async def receive_all(chan: Channel, layer: int, sources: list[int], batch: int,
     return got
 
 
-async def exchange(chans: list[Channel], batch: int, widths: int, density: float
-                   ) -> tuple[dict[tuple[int, int], np.ndarray], dict[tuple[int, int], np.ndarray]]:
-    """Every worker sends every other a different block at layer 0; return sent and received
-    arrays by (src, dst)."""
+async def exchange(chans: list[Channel], batch: int, widths: int, density: float) -> None:
+    """Every worker sends every other a different block at layer 0; each block must arrive
+    exactly as sent."""
     workers = len(chans)
     sent: dict[tuple[int, int], np.ndarray] = {}
     outgoing: dict[int, list[tuple[int, Block]]] = {}
@@ -319,7 +318,9 @@ async def exchange(chans: list[Channel], batch: int, widths: int, density: float
         receive_all(chans[dst], 0, [s for s in range(workers) if s != dst], batch,
                     {s: widths + s for s in range(workers)}) for dst in range(workers)))
     got = {(src, dst): arr for dst, by_src in enumerate(received) for src, arr in by_src.items()}
-    return sent, got
+    assert got.keys() == sent.keys()
+    for key, dense in sent.items():
+        np.testing.assert_array_equal(got[key], dense, err_msg=f"edge {key}")
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["sns-fan-out", "direct-sqs"])
@@ -330,9 +331,7 @@ def test_queue_channel_routes_each_chunk_only_to_its_target(moto_server: Any,
     async def body() -> None:
         async with aws_channels(moto_server, 3, ChannelConfig(topics=2, direct=direct)) as (
                 _, chans):
-            sent, got = await exchange(chans, batch=40, widths=12, density=0.3)
-            for key, dense in sent.items():
-                np.testing.assert_array_equal(got[key], dense, err_msg=f"edge {key}")
+            await exchange(chans, batch=40, widths=12, density=0.3)
             for w, chan in enumerate(chans):
                 m = chan.metrics.current
                 assert m.messages_received == sum(
@@ -346,9 +345,7 @@ def test_a_block_over_the_message_limit_is_chunked_not_rejected(moto_server: Any
     """About 1.5 MB of float32 between two workers: many messages of at most 256 KiB each."""
     async def body() -> None:
         async with aws_channels(moto_server, 2, ChannelConfig(topics=1)) as (_, chans):
-            sent, got = await exchange(chans, batch=1200, widths=300, density=0.5)
-            for key, dense in sent.items():
-                np.testing.assert_array_equal(got[key], dense, err_msg=f"edge {key}")
+            await exchange(chans, batch=1200, widths=300, density=0.5)
             m = chans[0].metrics.current
             assert m.messages_sent >= 6
             assert m.bytes_sent / m.messages_sent <= AWS_LIMITS.max_message_bytes
@@ -389,9 +386,7 @@ def test_partially_failed_publish_batch_is_retried_entry_by_entry(moto_server: A
     async def body() -> None:
         async with aws_channels(moto_server, 4, ChannelConfig(topics=1),
                                 hooks=hooks) as (_, chans):
-            sent, got = await exchange(chans, batch=100, widths=20, density=0.5)
-            for key, dense in sent.items():
-                np.testing.assert_array_equal(got[key], dense, err_msg=f"edge {key}")
+            await exchange(chans, batch=100, widths=20, density=0.5)
             assert all(c.metrics.current.duplicates_dropped == 0 for c in chans)
 
     asyncio.run(body())
@@ -413,9 +408,7 @@ def test_duplicated_sqs_delivery_does_not_change_the_result(moto_server: Any) ->
     async def body() -> None:
         async with aws_channels(moto_server, 3, ChannelConfig(topics=3),
                                 hooks=hooks) as (_, chans):
-            sent, got = await exchange(chans, batch=200, widths=50, density=0.4)
-            for key, dense in sent.items():
-                np.testing.assert_array_equal(got[key], dense, err_msg=f"edge {key}")
+            await exchange(chans, batch=200, widths=50, density=0.4)
             assert all(c.metrics.current.duplicates_dropped > 0 for c in chans)
 
     asyncio.run(body())
@@ -438,3 +431,41 @@ def test_non_retryable_publish_failure_fails_naming_the_target(moto_server: Any)
                 await chans[0].send(0, [(1, blk)])
 
     asyncio.run(body())
+
+
+# -- the local servers' command -------------------------------------------------------------------
+def test_local_servers_command_writes_a_working_config_and_stops_both_on_sigterm(
+        tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+    import tomllib
+    import urllib.error
+    import urllib.request
+
+    config = tmp_path / "local.toml"
+    proc = subprocess.Popen([sys.executable, "-m", "fsdgraph.backends.aws.local", "--config",
+                             str(config), "--deployment", "mine"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (config.exists() and config.read_text().endswith("\n")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.1)
+        settings = tomllib.loads(config.read_text())["aws"]
+        assert settings["deployment"] == "mine"
+        urls = set(settings["endpoints"].values())
+        assert len(urls) == 2 and set(settings["endpoints"]) >= {"s3", "sqs", "lambda"}
+        for url in urls:  # both answer
+            with contextlib.suppress(urllib.error.HTTPError):
+                urllib.request.urlopen(url + "/", timeout=5).close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out
+    assert "export AWS_ACCESS_KEY_ID=testing" in out
+    for url in urls:  # and both are gone: the connection is refused, no HTTP answer
+        with pytest.raises(urllib.error.URLError) as refused:
+            urllib.request.urlopen(url + "/", timeout=2).close()
+        assert not isinstance(refused.value, urllib.error.HTTPError), url

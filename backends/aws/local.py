@@ -5,8 +5,8 @@ in a thread would share the client's GIL and slow every request down).
 
 From a shell::
 
-    python -m fsdgraph.backends.aws.local          # prints a config file and the variables
-                                                    # to export, runs until Ctrl-C
+    python -m fsdgraph.backends.aws.local --config local-aws.toml
+    # writes the config file, prints the variables to export, runs until Ctrl-C
 
 From Python (benchmarks, tests)::
 
@@ -19,7 +19,9 @@ get them; export them in the shell that runs fsdgraph).
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -134,6 +136,11 @@ class LocalAws:
         self.endpoints = {s: moto_url for s in SERVICES} | {"lambda": invoke_url}
         return self
 
+    @property
+    def alive(self) -> bool:
+        """Whether both servers are still running."""
+        return bool(self._procs) and all(p.poll() is None for p in self._procs)
+
     def settings(self, **kwargs: Any) -> AwsSettings:
         """AwsSettings pointing at these servers (``kwargs`` set the other fields)."""
         return AwsSettings(region=self.region, endpoints=self.endpoints, **kwargs)
@@ -159,18 +166,38 @@ class LocalAws:
         self.close()
 
 
-def main(out: IO[str] = sys.stdout) -> int:
-    """Start both servers, print how to use them, wait for Ctrl-C."""
+def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
+    """Start both servers, write or print their config, wait for Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fsdgraph.backends.aws.local",
+        description="Local AWS-API servers for the aws backend: moto (S3, SNS, SQS, STS, IAM, "
+                    "Logs, Lambda's control plane) and a Lambda invoke endpoint. Runs until "
+                    "Ctrl-C.")
+    parser.add_argument("--config", type=Path,
+                        help="write a config file for them here (default: print it)")
+    parser.add_argument("--deployment", default="fsdgraph", help="deployment name in the config")
+    args = parser.parse_args(argv)
+
+    def stop_serving(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Both stop the servers too (a background job would otherwise ignore Ctrl-C, and SIGTERM
+    # would leave them running).
+    signal.signal(signal.SIGINT, stop_serving)
+    signal.signal(signal.SIGTERM, stop_serving)
     with LocalAws(log_dir=Path(tempfile.mkdtemp(prefix="fsdgraph-local-aws-"))) as aws:
-        print("# save as a config file (e.g. local-aws.toml) and pass --config local-aws.toml",
-              file=out)
-        print(aws.config_toml(), file=out)
-        print("# dummy credentials for the local servers:", file=out)
+        if args.config is not None:
+            args.config.write_text(aws.config_toml(args.deployment))
+            print(f"# config written to {args.config}: pass --config {args.config}", file=out)
+        else:
+            print("# a config file for these servers (pass it with --config FILE):", file=out)
+            print(aws.config_toml(args.deployment), file=out)
+        print("# dummy credentials the local servers accept:", file=out)
         for name, value in CREDENTIALS.items():
             print(f"export {name}={value}", file=out)
         print(f"# logs in {aws.log_dir}; Ctrl-C stops both servers", file=out, flush=True)
         try:
-            while all(p.poll() is None for p in aws._procs):
+            while aws.alive:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
