@@ -33,15 +33,20 @@ def backend_names() -> list[str]:
 
 def get_backend(name: str) -> type[Backend]:
     """The backend class registered as ``name``."""
-    for ep in entry_points(group="fsdgraph.backends"):
-        if ep.name == name:
-            cls = ep.load()
-            break
-    else:
-        if name not in _BUILTIN:
-            raise ConfigError(f"unknown backend {name!r}; known: {', '.join(backend_names())}")
-        module, _, attr = _BUILTIN[name].partition(":")
-        cls = getattr(__import__(module, fromlist=[attr]), attr)
+    try:
+        for ep in entry_points(group="fsdgraph.backends"):
+            if ep.name == name:
+                cls = ep.load()
+                break
+        else:
+            if name not in _BUILTIN:
+                raise ConfigError(f"unknown backend {name!r}; known: "
+                                  f"{', '.join(backend_names())}")
+            module, _, attr = _BUILTIN[name].partition(":")
+            cls = getattr(__import__(module, fromlist=[attr]), attr)
+    except ImportError as exc:  # a plugin's own dependency is missing
+        extra = " (pip install 'fsdgraph[aws]')" if name == "aws" else ""
+        raise ConfigError(f"backend {name!r} cannot be loaded: {exc}{extra}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise ConfigError(f"backend {name!r} does not name a fsdgraph Backend subclass")
     return cls

@@ -324,8 +324,12 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    from fsdgraph.backends.aws import load_aws_settings
-    from fsdgraph.backends.aws.deploy import deploy, resolve, teardown
+    try:
+        from fsdgraph.backends.aws import load_aws_settings
+        from fsdgraph.backends.aws.deploy import deploy, resolve, teardown
+    except ImportError as exc:
+        raise InputError(f"{args.command} needs the aws extra: pip install 'fsdgraph[aws]' "
+                         f"({exc})") from exc
 
     settings = load_aws_settings(args.config)
 

@@ -161,3 +161,19 @@ def test_deploy_with_a_bad_config_exits_2_naming_the_field(tmp_path: Path,
     assert main(["deploy", "--config", str(config), "--dry-run"]) == EXIT_INPUT
     err = capsys.readouterr().err
     assert f"{config} [aws]: memory_mb must be int, got 'huge'" in err
+
+
+def test_without_the_aws_extra_the_cli_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "aiobotocore", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "aiobotocore.session", None)
+    for name in [m for m in sys.modules if m.startswith("fsdgraph.backends.aws")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert main(["deploy", "--dry-run"]) == EXIT_INPUT
+    assert "deploy needs the aws extra: pip install 'fsdgraph[aws]'" in capsys.readouterr().err
+    assert main(["graphchallenge", "--synthetic", "--layers", "2", "--backend", "aws"]) == \
+        EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "backend 'aws' cannot be loaded" in err and "pip install 'fsdgraph[aws]'" in err
