@@ -177,3 +177,12 @@ def test_without_the_aws_extra_the_cli_says_what_to_install(
         EXIT_INPUT
     err = capsys.readouterr().err
     assert "backend 'aws' cannot be loaded" in err and "pip install 'fsdgraph[aws]'" in err
+
+
+def test_deploy_with_a_missing_package_exits_2(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[aws]\ndeployment = "nopkg"\n')
+    missing = tmp_path / "missing.zip"
+    assert main(["deploy", "--config", str(config), "--package", str(missing)]) == EXIT_INPUT
+    assert f"--package {missing}: no such file" in capsys.readouterr().err

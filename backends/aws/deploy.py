@@ -300,10 +300,10 @@ def deploy(settings: AwsSettings, *, package: Path | None = None,
 
     with tempfile.TemporaryDirectory() as tmp:
         if package is None:
-            from fsdgraph.backends.aws.package import build_package
+            from fsdgraph.backends.aws.package import DEFAULT_DEPENDENCIES, build_package
 
             info = build_package(Path(tmp) / "function.zip",
-                                 dependencies=None if not dependencies else _default_deps(),
+                                 dependencies=DEFAULT_DEPENDENCIES if dependencies else None,
                                  python_version=s.runtime.removeprefix("python"),
                                  architecture=s.architecture)
             package = info.path
@@ -329,12 +329,6 @@ def _owns_bucket(clients: _Clients, d: Deployment) -> bool:
             return False
         raise
     return {"Key": DEPLOYMENT_TAG, "Value": d.settings.deployment} in tags
-
-
-def _default_deps() -> tuple[str, ...]:
-    from fsdgraph.backends.aws.package import DEFAULT_DEPENDENCIES
-
-    return tuple(DEFAULT_DEPENDENCIES)
 
 
 def _create_or_update_function(clients: _Clients, d: Deployment, key: str,
