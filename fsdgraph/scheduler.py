@@ -51,7 +51,7 @@ from fsdgraph.plan import Plan
 from fsdgraph.report import build_report
 from fsdgraph.resources import RunNames
 from fsdgraph.serialize import unpack
-from fsdgraph.transport import Limits
+from fsdgraph.transport import Limits, delete_received
 from fsdgraph.tree import depth, invocation_tree
 
 
@@ -230,9 +230,9 @@ class Scheduler:
                     names.control_queue, max_messages=10, wait_s=0.5)
                 now = time.monotonic()
                 ours = [m for m in messages if m.attributes.get("run") == names.run_id]
-                if ours:
-                    await services.messages.delete_batch(
-                        names.control_queue, [m.receipt for m in ours])
+                if ours:  # a status seen twice changes nothing, so what stays undeleted may
+                    await delete_received(services.messages, names.control_queue,
+                                          [m.receipt for m in ours])
                 for msg in ours:
                     state.apply(decode_status(msg), now)
                 bar.update(sum(state.done_layers) - bar.n)

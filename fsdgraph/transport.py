@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -174,3 +174,26 @@ class MessageService(ABC):
     @abstractmethod
     async def delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
         """Delete received messages by receipt."""
+
+
+async def delete_received(messages: MessageService, queue: str, receipts: Sequence[str],
+                          attempts: int = 3) -> tuple[Failure, ...]:
+    """Delete received messages, retrying the entries that failed retryably (throttling) with a
+    short backoff; return the failures left (``index`` into ``receipts``).
+
+    What is left is safe to leave: an undeleted message comes back after the visibility timeout
+    and its consumer drops it as a duplicate, at the price of one more receive.
+    """
+    import asyncio
+
+    origin = list(range(len(receipts)))  # index in ``receipts`` of each entry of the next call
+    delay = 0.01
+    for attempt in range(attempts):
+        result = await messages.delete_batch(queue, [receipts[i] for i in origin])
+        retry = [f for f in result.failures if f.retryable]
+        if not retry or attempt == attempts - 1:
+            return tuple(replace(f, index=origin[f.index]) for f in result.failures)
+        origin = [origin[f.index] for f in retry]
+        await asyncio.sleep(delay)
+        delay *= 4
+    return ()

@@ -42,7 +42,7 @@ from fsdgraph.errors import ConfigError, MessageTooLarge, RunError
 from fsdgraph.kernels import Block
 from fsdgraph.metrics import WorkerMetrics
 from fsdgraph.resources import RunNames
-from fsdgraph.transport import Limits
+from fsdgraph.transport import Entry, Limits, Message, delete_received
 
 ACCOUNT = "123456789012"  # moto's default account
 MOTO_SERVICES = ("s3", "sns", "sqs", "sts", "iam", "logs", "lambda")
@@ -429,6 +429,58 @@ def test_non_retryable_publish_failure_fails_naming_the_target(moto_server: Any)
             with pytest.raises(RunError, match=r"worker 0 layer 0: publishing a chunk for worker "
                                                r"1 failed: InvalidParameter: Invalid parameter"):
                 await chans[0].send(0, [(1, blk)])
+
+    asyncio.run(body())
+
+
+def test_failed_deletes_are_retried_entry_by_entry_and_the_rest_reported(
+        moto_server: Any) -> None:
+    """The first DeleteMessageBatch has two entries refused as throttled (removed from the
+    request, reported failed): only those are deleted again; a non-retryable failure is returned,
+    not retried."""
+    calls: list[int] = []
+
+    def before(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        entries = params["Entries"]
+        calls.append(len(entries))
+        if len(calls) == 1:
+            context["refused"] = [e["Id"] for e in entries[1::2]]
+            params["Entries"] = entries[0::2]
+
+    def after(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        for entry_id in context.get("refused", ()):
+            parsed.setdefault("Failed", []).append({
+                "Id": entry_id, "Code": "RequestThrottled", "SenderFault": True,
+                "Message": "Rate exceeded"})
+        if len(calls) == 3:  # the third call: a receipt SQS does not accept
+            parsed["Failed"] = [{"Id": "0", "Code": "ReceiptHandleIsInvalid",
+                                 "SenderFault": True, "Message": "bad receipt"}]
+
+    session = AioSession()
+    session.register("before-parameter-build.sqs.DeleteMessageBatch", before)
+    session.register("after-call.sqs.DeleteMessageBatch", after)
+    cfg = AwsConfig(region=moto_server.region, endpoints={s: moto_server.url for s in
+                                                          MOTO_SERVICES}, account=ACCOUNT)
+
+    async def body() -> None:
+        async with SnsSqsMessageService(cfg, AWS_LIMITS, session=session) as svc:
+            queue = await svc.create_queue(f"deletes-{uuid.uuid4().hex[:8]}",
+                                           visibility_timeout_s=1, max_message_bytes=262144)
+            assert (await svc.send_batch(queue, [Entry(f"m{i}") for i in range(4)])).ok
+            got: list[Message] = []
+            while len(got) < 4:
+                got += await svc.receive(queue, max_messages=10, wait_s=1)
+            assert await delete_received(svc, queue, [m.receipt for m in got]) == ()
+            assert calls == [4, 2]
+            await asyncio.sleep(1.5)  # past the visibility timeout: nothing comes back
+            assert await svc.receive(queue, wait_s=0) == []
+
+            assert (await svc.send_batch(queue, [Entry("x")])).ok
+            (msg,) = await svc.receive(queue, wait_s=1)
+            left = await delete_received(svc, queue, [msg.receipt])
+            assert [(f.code, f.retryable) for f in left] == [("ReceiptHandleIsInvalid", False)]
+            assert calls == [4, 2, 1]
+            await svc.delete_queue(queue)
 
     asyncio.run(body())
 

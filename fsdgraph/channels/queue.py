@@ -26,7 +26,14 @@ from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk
 from fsdgraph.codec import TextCodec
 from fsdgraph.errors import ProtocolError, RunError
 from fsdgraph.resources import RunNames
-from fsdgraph.transport import BatchResult, Entry, Limits, Message, entry_size
+from fsdgraph.transport import (
+    BatchResult,
+    Entry,
+    Limits,
+    Message,
+    delete_received,
+    entry_size,
+)
 
 _text = TextCodec()
 
@@ -165,7 +172,8 @@ class QueueChannel(Channel):
             else:
                 m.duplicates_dropped += 1
         if receipts:
-            await self.services.messages.delete_batch(queue, receipts)
+            # What cannot be deleted comes back later and is dropped as a duplicate.
+            await delete_received(self.services.messages, queue, receipts)
         return kept
 
     def _identity(self, msg: Message) -> tuple[int, int, int, int]:
