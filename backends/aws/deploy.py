@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from fsdgraph.backends.aws.config import AwsSettings, partition
+from fsdgraph.backends.aws.package import HANDLER
 from fsdgraph.errors import ConfigError, TransportError
 
-HANDLER = "fsdgraph.worker.handler"
 #: The tag every resource of a deployment carries.
 DEPLOYMENT_TAG = "fsdgraph:deployment"
 #: Error codes of a request the caller's policy does not allow.
