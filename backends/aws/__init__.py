@@ -24,7 +24,12 @@ from typing import Any, ClassVar
 from aiobotocore.session import AioSession
 
 from fsdgraph.backend import Backend, Services
-from fsdgraph.backends.aws.config import AwsSettings, load_aws_settings
+from fsdgraph.backends.aws.config import (
+    DEPLOYMENT_TAG,
+    RUN_TAG,
+    AwsSettings,
+    load_aws_settings,
+)
 from fsdgraph.backends.aws.functions import LambdaFunctions
 from fsdgraph.backends.aws.transports import (
     AwsConfig,
@@ -33,9 +38,6 @@ from fsdgraph.backends.aws.transports import (
     caller_account,
 )
 from fsdgraph.transport import Limits
-
-#: The tag keys put on a run's queues and topics.
-RUN_TAG, DEPLOYMENT_TAG = "fsdgraph:run", "fsdgraph:deployment"
 
 
 @dataclass

@@ -45,6 +45,9 @@ SERVICES = ("s3", "sns", "sqs", "sts", "lambda", "iam", "logs")
 #: per batch, an asynchronous invocation's payload 1 MiB.
 AWS_LIMITS = Limits(max_invoke_payload_bytes=1 * MiB)
 
+#: The tag keys on what a deployment (both) and a run (the run's queues and topics) create.
+DEPLOYMENT_TAG, RUN_TAG = "fsdgraph:deployment", "fsdgraph:run"
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}[a-z0-9]$")
 
 

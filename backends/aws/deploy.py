@@ -35,12 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsdgraph.backends.aws.config import AwsSettings, partition
+from fsdgraph.backends.aws.config import DEPLOYMENT_TAG, AwsSettings, partition
 from fsdgraph.backends.aws.package import HANDLER
 from fsdgraph.errors import ConfigError, TransportError
 
-#: The tag every resource of a deployment carries.
-DEPLOYMENT_TAG = "fsdgraph:deployment"
 #: Error codes of a request the caller's policy does not allow.
 DENIED = ("AccessDenied", "AccessDeniedException", "AuthorizationError", "UnauthorizedOperation")
 #: How long IAM may take to let Lambda assume a new role (real AWS; instant on local servers).
