@@ -118,12 +118,12 @@ def test_a_worker_that_never_reports_fails_the_run_by_name(
         assert re.search(r"worker \d never started \(no status since launch\) for 5 s", err), err
     finally:
         teardown(load_aws_settings(config), say=lambda _: None)
-    assert not client_names(moto_server, "sqs", "stall-")
+    assert not queues_named(moto_server, "stall-")
 
 
-def client_names(server: Any, service: str, prefix: str) -> list[str]:
+def queues_named(server: Any, prefix: str) -> list[str]:
     """Queues left with names starting with ``prefix`` (the run's cleanup removes them)."""
-    sqs = boto3.client(service, region_name=server.region, endpoint_url=server.url)
+    sqs = boto3.client("sqs", region_name=server.region, endpoint_url=server.url)
     return list(sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []))
 
 

@@ -232,12 +232,13 @@ def _ignoring(clients: _Clients, *codes: str) -> Callable[..., Any]:
     return call
 
 
-def resolve(settings: AwsSettings) -> Deployment:
+def resolve(settings: AwsSettings, clients: _Clients | None = None) -> Deployment:
     """The deployment of ``settings`` (asks STS for the account id if it is not configured)."""
     account = settings.account
     if not account:
         with _aws_errors("caller identity (are AWS credentials configured?)"):
-            account = str(_Clients(settings)["sts"].get_caller_identity()["Account"])
+            sts = (clients or _Clients(settings))["sts"]
+            account = str(sts.get_caller_identity()["Account"])
     return Deployment(settings.with_account(account), account)
 
 
@@ -250,14 +251,14 @@ def deploy(settings: AwsSettings, *, package: Path | None = None,
     ``package`` is a zip built by :func:`fsdgraph.backends.aws.package.build_package`; without
     it one is built (with the third-party dependencies unless ``dependencies`` is False, for a
     runtime that already has them)."""
-    d = resolve(settings)
+    clients = _Clients(settings)
+    d = resolve(settings, clients)
     s = d.settings
     if dry_run:
         for r in d.resources():
             say(f"would create {r.kind} {r.name} ({r.arn})")
         say(f"would put role policy {d.policy_name}: {json.dumps(d.worker_policy())}")
         return d
-    clients = _Clients(s)
     call = _ignoring(clients, "BucketAlreadyOwnedByYou", "EntityAlreadyExists",
                      "ResourceConflictException")
     tags = {DEPLOYMENT_TAG: s.deployment}
@@ -384,9 +385,9 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
              say: Callable[[str], None] = print) -> list[Resource]:
     """Remove the deployment and whatever its runs left behind; return what was (or, dry, would
     be) removed. Idempotent: what is already gone is skipped."""
-    d = resolve(settings)
+    clients = _Clients(settings)
+    d = resolve(settings, clients)
     s = d.settings
-    clients = _Clients(s)
     gone = ("ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NotFound", "404",
             "AWS.SimpleQueueService.NonExistentQueue", "ResourceNotFound")
     call = _ignoring(clients, *gone)
