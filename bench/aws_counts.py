@@ -2,7 +2,7 @@
 
 The official 1024-neuron, 120-layer network on the shipped 1200 images, run by the AWS backend
 (``fsdgraph deploy`` + ``Scheduler("aws")``) against a moto server and the local Lambda invoke
-endpoint (``fsdgraph.backends.aws.local``), with 4 and 8 workers and each channel. Every run is
+endpoint (``fsdgraph.testing.aws_servers``), with 4 and 8 workers and each channel. Every run is
 checked against the official categories. Per run: invocations, SNS publish calls and their
 64 KiB units, SQS requests by kind (send, receive, delete) and units, S3 requests, and the bill
 of those requests at AWS list prices. Beside them: the paper's 1024-neuron/8-worker queue run
@@ -35,10 +35,10 @@ import scipy.sparse as sp
 import fsdgraph
 from fsdgraph.backends.aws import AwsBackend
 from fsdgraph.backends.aws.deploy import deploy, teardown
-from fsdgraph.backends.aws.local import CREDENTIALS, LocalAws
 from fsdgraph.channels import ChannelConfig
 from fsdgraph.cost import bill
 from fsdgraph.sources.graphchallenge import load_images, load_truth, load_weights
+from fsdgraph.testing.aws_servers import CREDENTIALS, LocalAws
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAPER_ROW = "c1_1024n_8w_10000bs_SQS"

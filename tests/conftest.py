@@ -37,7 +37,7 @@ def official_data() -> Path:
 # the end. Tests that do not ask for it (every local-only run) never start it.
 #
 # moto stores Lambda functions but runs them only in Docker, so ``lambda_server`` runs
-# fsdgraph.backends.aws.invoke_server (proxying everything but Invoke to ``moto_server``) as a
+# fsdgraph.testing.lambda_endpoint (proxying everything but Invoke to ``moto_server``) as a
 # separate process for the session; each invocation's output goes to a file in ``log_dir``. It is
 # stopped with SIGTERM at the end, so it kills the invocations still running.
 
@@ -74,7 +74,7 @@ def _start(start: Callable[[], tuple[subprocess.Popen[bytes], str]]
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     pytest.importorskip("aiobotocore", reason="pip install -e '.[test]'")
     pytest.importorskip("moto.server", reason="pip install -e '.[test]'")
-    from fsdgraph.backends.aws.local import CREDENTIALS, start_moto, stop
+    from fsdgraph.testing.aws_servers import CREDENTIALS, start_moto, stop
 
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
     proc, url = _start(lambda: start_moto(log))
@@ -94,7 +94,7 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
 @pytest.fixture(scope="session")
 def lambda_server(moto_server: MotoServer,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[LambdaServer]:
-    from fsdgraph.backends.aws.local import start_invoke_server, stop
+    from fsdgraph.testing.aws_servers import start_invoke_server, stop
 
     root = tmp_path_factory.mktemp("lambda")
     log, log_dir = root / "invoke_server.log", root / "invocations"

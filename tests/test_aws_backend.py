@@ -497,7 +497,7 @@ def test_local_servers_command_writes_a_working_config_and_stops_both_on_sigterm
     import urllib.request
 
     config = tmp_path / "local.toml"
-    proc = subprocess.Popen([sys.executable, "-m", "fsdgraph.backends.aws.local", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "fsdgraph.testing.aws_servers", "--config",
                              str(config), "--deployment", "mine"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

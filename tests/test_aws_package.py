@@ -9,6 +9,7 @@ third-party imports resolve from the current environment).
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from fsdgraph.backends.aws.package import (
+    EXCLUDED_CODE,
+    HANDLER,
     PackageInfo,
     PackageLimits,
     build_package,
@@ -95,7 +98,20 @@ def test_every_declared_package_is_shipped(code_zip: PackageInfo) -> None:
     declared = cfg["options"]["packages"].split()
     names = set(package_listing(code_zip.path))
     for package in declared:
-        assert f"{package.replace('.', '/')}/__init__.py" in names, package
+        init = f"{package.replace('.', '/')}/__init__.py"
+        if not any(init.startswith(entry) for entry in EXCLUDED_CODE):
+            assert init in names, package
+
+
+def test_test_tools_and_client_code_are_left_out(code_zip: PackageInfo) -> None:
+    names = package_listing(code_zip.path)
+    assert "fsdgraph/testing/" in EXCLUDED_CODE
+    assert not [name for name in names if name.startswith("fsdgraph/testing/")]
+    assert "fsdgraph/cli.py" not in names
+    assert "fsdgraph/plots.py" not in names
+    handler_module = HANDLER.rpartition(".")[0].replace(".", "/") + ".py"
+    assert handler_module == "fsdgraph/worker.py"
+    assert handler_module in names
 
 
 def test_zipped_code_imports_on_its_own(code_zip: PackageInfo, tmp_path: Path) -> None:
@@ -117,6 +133,43 @@ def test_zipped_code_imports_on_its_own(code_zip: PackageInfo, tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     worker_file = Path(done.stdout.strip()).resolve()
     assert worker_file.is_relative_to(unzipped.resolve())
+
+
+def test_every_zipped_module_imports_without_the_left_out_code(
+        code_zip: PackageInfo, tmp_path: Path) -> None:
+    # Each module (but the __main__ scripts) is imported from the unzipped tree; a module
+    # importing left-out code would load it from the source tree instead (the editable install's
+    # finder), which the files show.
+    unzipped = tmp_path / "unzipped"
+    with zipfile.ZipFile(code_zip.path) as zf:
+        zf.extractall(unzipped)
+    modules = sorted(
+        name.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for name in package_listing(code_zip.path)
+        if name.endswith(".py") and not name.endswith("/__main__.py")
+    )
+    script = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps({name: getattr(module, '__file__', None)\n"
+        "                  for name, module in sys.modules.items()\n"
+        "                  if name == 'fsdgraph' or name.startswith('fsdgraph.')}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(unzipped)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert set(modules) <= set(loaded)
+    outside = {name: file for name, file in loaded.items()
+               if file is None or not Path(file).resolve().is_relative_to(unzipped.resolve())}
+    assert not outside
 
 
 def test_building_twice_gives_the_same_bytes(tmp_path: Path) -> None:

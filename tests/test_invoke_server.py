@@ -1,4 +1,4 @@
-"""The Lambda Invoke endpoint in front of moto (:mod:`fsdgraph.backends.aws.invoke_server`).
+"""The Lambda Invoke endpoint in front of moto (:mod:`fsdgraph.testing.lambda_endpoint`).
 
 Everything goes through real boto3 clients. Most tests use the session's ``lambda_server`` (a
 separate process, as users run it) and create their own uniquely named functions in the shared
@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
-from fsdgraph.backends.aws.invoke_server import InvokeServer
+from fsdgraph.testing.lambda_endpoint import InvokeServer
 
 TESTS_DIR = Path(__file__).resolve().parent
-MODULE = "fsdgraph.backends.aws.invoke_server"
+MODULE = "fsdgraph.testing.lambda_endpoint"
 
 
 def unique(kind: str) -> str:

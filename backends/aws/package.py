@@ -5,7 +5,9 @@
 1. fsdgraph's code in its installed layout: the repository keeps ``backends/`` and ``kernels/``
    as top-level folders, but they import as ``fsdgraph.backends`` and ``fsdgraph.kernels``, so
    each package is found through its ``__path__`` and written under ``fsdgraph/...``. Only
-   ``.py`` files and ``py.typed`` go in; tests, benchmarks and docs are not packages and stay out.
+   ``.py`` files and ``py.typed`` go in; tests, benchmarks and docs are not packages and stay out,
+   and so does the code a worker never imports (:data:`EXCLUDED_CODE`: the test tools of
+   :mod:`fsdgraph.testing`, the command line and its plots).
 2. the worker's third-party dependencies, installed by pip for Lambda's platform (manylinux,
    CPython ``python_version``, the function's architecture; binary wheels only, so what is
    zipped is what runs there, whatever the build host is) and then :func:`pruned <prune>`.
@@ -42,6 +44,7 @@ from fsdgraph.errors import ConfigError
 
 __all__ = [
     "DEFAULT_DEPENDENCIES",
+    "EXCLUDED_CODE",
     "HANDLER",
     "LAMBDA_LIMITS",
     "WORKER_SERVICES",
@@ -74,6 +77,11 @@ WORKER_SERVICES: tuple[str, ...] = ("s3", "sns", "sqs", "lambda", "sts")
 #: The packages holding fsdgraph's code, each mapped from its own source folder (``package_dir``
 #: in setup.cfg); their subpackages are the folders below them with an ``__init__.py``.
 CODE_PACKAGES: tuple[str, ...] = ("fsdgraph", "fsdgraph.backends", "fsdgraph.kernels")
+
+#: fsdgraph's own modules and subpackages (a trailing ``/``) left out of the function, as arcnames:
+#: no worker imports them. The local AWS-API servers are test tools, and the command line and its
+#: plots run on the client.
+EXCLUDED_CODE: tuple[str, ...] = ("fsdgraph/testing/", "fsdgraph/cli.py", "fsdgraph/plots.py")
 
 #: Folders never shipped from fsdgraph's own code.
 _SKIP_CODE_DIRS = frozenset({"__pycache__", "tests", "test"})
@@ -253,9 +261,17 @@ def _code_files() -> dict[str, Path]:
                 rel = here.relative_to(root).as_posix()
                 base = prefix if rel == "." else f"{prefix}/{rel}"
                 for filename in filenames:
-                    if filename.endswith(".py") or filename == "py.typed":
-                        _add(files, f"{base}/{filename}", here / filename)
+                    arcname = f"{base}/{filename}"
+                    code = filename.endswith(".py") or filename == "py.typed"
+                    if code and not _excluded(arcname):
+                        _add(files, arcname, here / filename)
     return files
+
+
+def _excluded(arcname: str) -> bool:
+    """Whether ``arcname`` is in :data:`EXCLUDED_CODE`, itself or below an excluded folder."""
+    return any(arcname.startswith(entry) if entry.endswith("/") else arcname == entry
+               for entry in EXCLUDED_CODE)
 
 
 def _add(files: dict[str, Path], arcname: str, path: Path) -> None:

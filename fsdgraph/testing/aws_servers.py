@@ -1,11 +1,11 @@
 """The AWS backend on this machine: a moto server for S3, SNS, SQS, STS, IAM, Logs and Lambda's
-control plane, and an :class:`~fsdgraph.backends.aws.invoke_server.InvokeServer` in front of it
+control plane, and an :class:`~fsdgraph.testing.lambda_endpoint.InvokeServer` in front of it
 that runs Lambda invocations as subprocesses. Both are separate processes on 127.0.0.1 (a server
 in a thread would share the client's GIL and slow every request down).
 
 From a shell::
 
-    python -m fsdgraph.backends.aws.local --config local-aws.toml
+    python -m fsdgraph.testing.aws_servers --config local-aws.toml
     # writes the config file, prints the variables to export, runs until Ctrl-C
 
 From Python (benchmarks, tests)::
@@ -83,7 +83,7 @@ def start_invoke_server(upstream: str, log: Path, log_dir: Path,
     """An invoke server in front of ``upstream``; returns the process and its URL once it
     listens. Invocation logs go to ``log_dir``."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "fsdgraph.backends.aws.invoke_server",
+        proc = subprocess.Popen([sys.executable, "-m", "fsdgraph.testing.lambda_endpoint",
                                  "--upstream", upstream, "--log-dir", str(log_dir)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -169,7 +169,7 @@ class LocalAws:
 def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     """Start both servers, write or print their config, wait for Ctrl-C."""
     parser = argparse.ArgumentParser(
-        prog="python -m fsdgraph.backends.aws.local",
+        prog="python -m fsdgraph.testing.aws_servers",
         description="Local AWS-API servers for the aws backend: moto (S3, SNS, SQS, STS, IAM, "
                     "Logs, Lambda's control plane) and a Lambda invoke endpoint. Runs until "
                     "Ctrl-C.")

@@ -10,7 +10,7 @@ timeout, memory size, environment variables) and runs its handler here, one subp
 invocation::
 
     python -m moto.server -H 127.0.0.1 -p 5000 &
-    python -m fsdgraph.backends.aws.invoke_server --upstream http://127.0.0.1:5000 \\
+    python -m fsdgraph.testing.lambda_endpoint --upstream http://127.0.0.1:5000 \\
         --port 5001 --log-dir /tmp/invocations
     # prints "listening on http://127.0.0.1:5001"; SIGTERM or Ctrl-C stops it
     AWS_ENDPOINT_URL_LAMBDA=http://127.0.0.1:5001 python my_client.py
@@ -24,7 +24,7 @@ process died; ``Event`` answers 202 at once and lets the handler run; ``DryRun``
 Errors use Lambda's codes (``ResourceNotFoundException``, ``RequestEntityTooLargeException``,
 ``InvalidRequestContentException``, ...), so botocore raises the same exceptions as against AWS.
 
-The subprocess is ``python -m fsdgraph.backends.aws.invoke_server --run HANDLER`` with the event
+The subprocess is ``python -m fsdgraph.testing.lambda_endpoint --run HANDLER`` with the event
 on stdin and the result on stdout; its environment is the server's plus the function's variables
 plus Lambda's reserved ones (``AWS_LAMBDA_FUNCTION_NAME``, ``AWS_REGION``, ...). Differences from
 Lambda, all deliberate:
@@ -81,7 +81,7 @@ __all__ = ["InvokeServer", "LambdaContext", "main"]
 log = logging.getLogger(__name__)
 
 #: What the subprocesses run (``__name__`` is ``__main__`` when the server itself runs with -m).
-MODULE = "fsdgraph.backends.aws.invoke_server"
+MODULE = "fsdgraph.testing.lambda_endpoint"
 
 #: The Invoke operation's path; every other request goes upstream.
 INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<function>[^/]+)/invocations$")
@@ -877,10 +877,10 @@ def _run_handler(spec: str) -> int:
 
 # -- command line ----------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fsdgraph.backends.aws.invoke_server``: serve until SIGTERM or SIGINT, or
+    """``python -m fsdgraph.testing.lambda_endpoint``: serve until SIGTERM or SIGINT, or
     (``--run``) be one invocation's subprocess."""
     parser = argparse.ArgumentParser(
-        prog="python -m fsdgraph.backends.aws.invoke_server",
+        prog="python -m fsdgraph.testing.lambda_endpoint",
         description="A Lambda Invoke endpoint on 127.0.0.1 that runs Python handlers in "
                     "subprocesses and proxies every other request to a moto server.")
     parser.add_argument("--upstream", metavar="URL",
