@@ -1,10 +1,24 @@
-"""What a backend plugin provides: compute (function invocation) and the two transports.
+"""What a backend plugin provides: compute, an object store and a control plane.
 
 A backend is a class registered in the entry-point group ``fsdgraph.backends`` (see
-``fsdgraph.backends``). The scheduler opens a :meth:`Backend.session` for one run; the session
+:mod:`fsdgraph.plugins`). The scheduler opens a :meth:`Backend.session` for one run; the session
 yields :class:`Services` and removes everything the run created when it closes. A worker, started
 by :meth:`Functions.invoke`, re-attaches to the same services from the JSON-able
 ``Services.description`` with :meth:`Backend.attach` (on Lambda this is all a function gets).
+
+What every backend implements (docs/plugins.md walks through one):
+
+* :class:`Functions` — ``invoke(event)``: start one worker, asynchronously;
+* :class:`~fsdgraph.transport.ObjectStore` — ``put``, ``get``, ``list``, ``delete_prefix``:
+  staging, outputs and the object channel;
+* :class:`~fsdgraph.control.ControlPlane` — ``report`` and ``poll`` (``create``/``delete``
+  optional): worker statuses;
+* :class:`Backend` — ``session`` and ``attach``.
+
+A :class:`~fsdgraph.transport.MessageService` (SNS + SQS shaped) is optional: only the queue and
+auto channels need one, and :class:`~fsdgraph.control.QueueControlPlane` turns one into a control
+plane. Channels a backend carries itself (the Ray object store, say) find what they need in
+``Services.extensions``.
 """
 
 from __future__ import annotations
@@ -14,13 +28,22 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from fsdgraph.control import ControlPlane
+from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits, MessageService, ObjectStore
+
+if TYPE_CHECKING:
+    from fsdgraph.cost.prices import Prices
 
 
 class Functions(ABC):
-    """Asynchronous invocation of the worker function (as Lambda ``InvocationType=Event``)."""
+    """Asynchronous invocation of the worker function (as Lambda ``InvocationType=Event``).
+
+    Callers check the event against ``Limits.max_invoke_payload_bytes`` before calling
+    (:func:`fsdgraph.transport.check_invoke_payload`), so an implementation only starts workers.
+    """
 
     @abstractmethod
     async def invoke(self, event: Mapping[str, Any]) -> None:
@@ -33,18 +56,23 @@ class Services:
     """Everything a run needs from a backend."""
 
     objects: ObjectStore
-    messages: MessageService
+    control: ControlPlane
     functions: Functions
     limits: Limits
-    #: JSON-able; ``Backend.attach(description)`` gives a worker the same services.
+    #: JSON-able; ``Backend.attach(description, names)`` gives a worker the same services.
     description: dict[str, Any]
+    #: Topics and queues, as SNS + SQS; None where the backend has none (the queue and auto
+    #: channels then refuse to run, saying so).
+    messages: MessageService | None = None
+    #: What a backend's own channels need (e.g. a handle to a cluster's object store).
+    extensions: dict[str, Any] = field(default_factory=dict)
     #: Called by the worker runtime as ``hook(worker, layer)`` before each layer (fault
     #: injection in the local backend's tests; None elsewhere).
     layer_hook: Callable[[int, int], None] | None = field(default=None)
 
 
 class Backend(ABC):
-    """A compute + transport provider."""
+    """A compute + transport provider. Two methods to write: :meth:`session`, :meth:`attach`."""
 
     #: The name users pass as ``--backend``; also the entry-point name.
     name: ClassVar[str]
@@ -60,17 +88,23 @@ class Backend(ABC):
         """The first part of every queue and topic name a run creates (see ``RunNames``)."""
         return "fsd"
 
+    def prices(self) -> Prices | None:
+        """The price table a run's bill and the auto channel use; None: this backend is not
+        billed per request (the report then carries no bill). Default: none."""
+        return None
+
     @abstractmethod
-    def session(self, run_id: str) -> AbstractAsyncContextManager[Services]:
+    def session(self, names: RunNames) -> AbstractAsyncContextManager[Services]:
         """Services for one run; closing the context removes what the run left behind."""
+
+    @classmethod
+    @abstractmethod
+    def attach(cls, description: Mapping[str, Any],
+               names: RunNames) -> AbstractAsyncContextManager[Services]:
+        """Services for a worker of run ``names``, from ``Services.description``."""
 
     def prewarm(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Start whatever makes the first run faster (warm sandboxes); optional."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release what :meth:`prewarm` or earlier runs kept alive; optional."""
-
-    @classmethod
-    @abstractmethod
-    def attach(cls, description: Mapping[str, Any]) -> AbstractAsyncContextManager[Services]:
-        """Services for a worker of a run, from ``Services.description``."""

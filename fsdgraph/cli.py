@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsdgraph.backends import get_backend
-from fsdgraph.channels import CHANNELS, ChannelConfig
+from fsdgraph.channels import ChannelConfig, channel_names
 from fsdgraph.compiler import compile
 from fsdgraph.config import RunSettings, load_settings
 from fsdgraph.errors import FsdError, InputError
@@ -68,7 +68,7 @@ def _add_plan_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = _add_plan_options(p)
     g.title = "distributed run"
-    g.add_argument("--channel", choices=sorted(CHANNELS), help="exchange channel (default queue)")
+    g.add_argument("--channel", choices=channel_names(), help="exchange channel (default queue)")
     g.add_argument("--backend",
                    help="compute backend: local (default: processes on this machine), aws "
                         "(Lambda + SNS/SQS + S3, after fsdgraph deploy) or a plugin's name")
@@ -76,6 +76,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="queue channels: send straight to each worker's queue (SQS), no topics")
     g.add_argument("--branching", type=int, help="invocation tree branching factor (default 4)")
     g.add_argument("--timeout", type=float, dest="timeout_s", help="run timeout in seconds")
+    g.add_argument("--prices", help="a TOML/JSON price table for the bill and the auto channel "
+                                    "(default: the backend's; see docs/guide.md)")
     g.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
 
@@ -150,7 +152,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
                          backend=getattr(args, "backend", None),
                          branching=getattr(args, "branching", None),
                          timeout_s=getattr(args, "timeout_s", None),
-                         direct=getattr(args, "direct", None))
+                         direct=getattr(args, "direct", None),
+                         prices=getattr(args, "prices", None))
 
 
 def _network(args: argparse.Namespace) -> tuple[list[sp.csr_matrix], float]:
@@ -193,7 +196,12 @@ def run_graphchallenge(args: argparse.Namespace) -> int:
                        channel=ChannelConfig(topics=settings.topics, direct=settings.direct,
                                              peer_timeout_s=settings.peer_timeout_s))
     backend = get_backend(settings.backend).configure(args.config)
-    with Scheduler(backend, settings.channel, config) as scheduler:
+    prices = None
+    if settings.prices:
+        from fsdgraph.cost.prices import Prices
+
+        prices = Prices.from_file(settings.prices)
+    with Scheduler(backend, settings.channel, config, prices=prices) as scheduler:
         scheduler.prewarm()  # warm workers start while the files are parsed
         loading = time.perf_counter()
         weights, bias = _network(args)

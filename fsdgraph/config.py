@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fsdgraph import defaults
 from fsdgraph.errors import ConfigError
 
 
@@ -32,16 +33,18 @@ from fsdgraph.errors import ConfigError
 class RunSettings:
     """What a command-line run can be told; see the module docstring for where it comes from."""
 
-    workers: int = 4
-    channel: str = "queue"
-    backend: str = "local"
-    partitioner: str = "hypergraph"
-    branching: int = 4
-    topics: int = 10
+    workers: int = defaults.WORKERS
+    channel: str = defaults.CHANNEL
+    backend: str = defaults.BACKEND
+    partitioner: str = defaults.PARTITIONER
+    branching: int = defaults.BRANCHING
+    topics: int = defaults.TOPICS
     direct: bool = False
-    timeout_s: float = 900.0
-    stall_timeout_s: float = 120.0
-    peer_timeout_s: float = 60.0
+    timeout_s: float = defaults.TIMEOUT_S
+    stall_timeout_s: float = defaults.STALL_TIMEOUT_S
+    peer_timeout_s: float = defaults.PEER_TIMEOUT_S
+    #: A TOML/JSON price table for the bill and the auto channel ("": the backend's prices).
+    prices: str = ""
 
 
 def coerce(name: str, value: Any, kind: type, where: str) -> Any:

@@ -1,34 +1,87 @@
-"""Status messages from workers to the scheduler, over the run's control queue.
+"""The control plane: workers report their status, the scheduler polls it.
 
-A worker reports ``progress`` (layers done, every ``progress_interval_s`` for as long as it is
-alive, waiting included: a heartbeat, so a silent worker is a dead one), ``done`` (its output
-object is written) or ``error`` (the error's type and message, and the remote traceback as text:
-failures travel as data). Bodies are JSON; nothing received is ever evaluated.
+A worker reports ``progress`` (layers done, every ``interval_s`` for as long as it is alive,
+waiting included: a heartbeat, so a silent worker is a dead one), ``done`` (its output object is
+written) or ``error`` (the error's type and message, and the remote traceback as text: failures
+travel as data).
+
+A backend provides a :class:`ControlPlane` for each run: four small methods, nothing about
+topics or queues. Backends with a message service get one for free, :class:`QueueControlPlane`
+(one queue per run, JSON bodies; nothing received is ever evaluated); a backend that can call
+its coordinator directly (an in-process or cluster backend) implements the four methods itself.
+
+>>> import asyncio
+>>> from fsdgraph.backends.local.queues import SpoolMessageService
+>>> from fsdgraph.resources import RunNames
+>>> import tempfile, pathlib
+>>> async def demo():
+...     messages = SpoolMessageService(pathlib.Path(tempfile.mkdtemp()), Limits())
+...     control = QueueControlPlane(messages, RunNames("r1"), Limits())
+...     await control.create()
+...     await control.report(Status("done", worker=3, layer=120))
+...     return await control.poll(wait_s=1.0)
+>>> [(s.kind, s.worker, s.layer) for s in asyncio.run(demo())]
+[('done', 3, 120)]
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
 from typing import Any
 
-from fsdgraph.errors import ProtocolError, TransportError
-from fsdgraph.transport import Entry, Message, MessageService
+from fsdgraph.errors import MessageTooLarge, ProtocolError, TransportError
+from fsdgraph.resources import RunNames
+from fsdgraph.retry import retry
+from fsdgraph.transport import Entry, Limits, Message, MessageService, delete_received, entry_size
 
 KINDS = ("progress", "done", "error")
+#: How long one poll of the scheduler waits before it checks its deadlines again, and the
+#: workers' default heartbeat interval (seconds); the cost estimate counts statuses with it.
+CONTROL_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
 class Status:
-    kind: str
+    """One status report of a worker."""
+
+    kind: str  #: one of :data:`KINDS`
     worker: int
     layer: int  #: layers completed so far (progress/done) or the failing layer (error)
     message: str = ""
     details: str = ""
     launched_at: float = 0.0
     error_type: str = ""  #: the class name of a worker's error (RunTimeout, RunError, ...)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ProtocolError(f"status kind must be one of {', '.join(KINDS)}, "
+                                f"got {self.kind!r}")
+
+
+class ControlPlane(ABC):
+    """A run's status channel, workers to scheduler (see the module docstring).
+
+    ``report`` raises :class:`~fsdgraph.errors.TransportError` (``retryable`` when trying again
+    may help); callers retry through :func:`fsdgraph.retry.retry`. ``poll`` returns each status
+    at least once; a status seen twice changes nothing.
+    """
+
+    async def create(self) -> None:  # noqa: B027 - optional hook
+        """Scheduler side, before any worker starts: create what the run's statuses need."""
+
+    async def delete(self) -> None:  # noqa: B027 - optional hook
+        """Scheduler side, after the run: remove it (no error if it is already gone)."""
+
+    @abstractmethod
+    async def report(self, status: Status) -> None:
+        """Worker side: deliver one status to the scheduler."""
+
+    @abstractmethod
+    async def poll(self, wait_s: float) -> list[Status]:
+        """Scheduler side: statuses that arrived, waiting at most ``wait_s`` for the first."""
 
 
 def encode_status(run_id: str, status: Status) -> Entry:
@@ -47,37 +100,77 @@ def decode_status(msg: Message) -> Status:
         raise ProtocolError(f"malformed status message {msg.body[:200]!r}") from exc
 
 
-class Reporter:
-    """A worker's side of the control queue."""
+class QueueControlPlane(ControlPlane):
+    """The control plane as one queue of a :class:`~fsdgraph.transport.MessageService`."""
 
-    def __init__(self, messages: MessageService, queue: str, run_id: str, worker: int,
-                 interval_s: float = 0.5) -> None:
-        self.messages, self.queue, self.run_id, self.worker = messages, queue, run_id, worker
+    def __init__(self, messages: MessageService, names: RunNames, limits: Limits,
+                 visibility_timeout_s: float = 30.0) -> None:
+        self.messages = messages
+        self.names = names
+        self.limits = limits
+        self.visibility_timeout_s = visibility_timeout_s
+
+    @property
+    def queue(self) -> str:
+        return self.names.control_queue
+
+    async def create(self) -> None:
+        await self.messages.create_queue(
+            self.queue, visibility_timeout_s=self.visibility_timeout_s,
+            max_message_bytes=self.limits.max_message_bytes)
+
+    async def delete(self) -> None:
+        await self.messages.delete_queue(self.queue)
+
+    async def report(self, status: Status) -> None:
+        entry = encode_status(self.names.run_id, self._fit(status))
+        result = await self.messages.send_batch(self.queue, [entry])
+        if not result.ok:
+            f = result.failures[0]
+            raise TransportError(f"worker {status.worker}: cannot report {status.kind!r} "
+                                 f"status: {f.code}: {f.message}", retryable=f.retryable)
+
+    def _fit(self, status: Status) -> Status:
+        """The status, with its traceback (then message) cut to fit one message: the end of a
+        traceback says most."""
+        limit = min(self.limits.max_message_bytes, self.limits.max_batch_bytes)
+        while entry_size(encode_status(self.names.run_id, status)) > limit:
+            if len(status.details) > 64:
+                status = replace(status, details=status.details[-len(status.details) // 2:])
+            elif status.details:
+                status = replace(status, details="")
+            elif len(status.message) > 200:
+                status = replace(status, message=status.message[:200])
+            else:
+                raise MessageTooLarge(f"worker {status.worker}: a {status.kind!r} status does "
+                                      f"not fit a message of {limit} bytes")
+        return status
+
+    async def poll(self, wait_s: float) -> list[Status]:
+        messages = await self.messages.receive(self.queue, max_messages=10, wait_s=wait_s)
+        ours = [m for m in messages if m.attributes.get("run") == self.names.run_id]
+        if ours:  # what stays undeleted comes back later and is folded in again, harmlessly
+            await delete_received(self.messages, self.queue, [m.receipt for m in ours])
+        return [decode_status(m) for m in ours]
+
+
+class Reporter:
+    """A worker's side of the control plane: statuses with retries, and the heartbeat."""
+
+    def __init__(self, control: ControlPlane, worker: int, *, interval_s: float = CONTROL_POLL_S,
+                 deadline_s: float = 60.0, launched_at: float = 0.0) -> None:
+        self.control = control
+        self.worker = worker
         self.interval_s = interval_s
-        self.launched_at = 0.0
+        self.deadline_s = deadline_s  #: how long one status is retried before giving up
+        self.launched_at = launched_at
         self.layers_done = 0  #: what the heartbeat reports; the worker advances it
 
     async def report(self, kind: str, layer: int, message: str = "", details: str = "",
                      error_type: str = "") -> None:
-        """Send a status; a traceback too long for the queue is cut (its end says most)."""
-        delay = 0.01
-        while True:
-            status = Status(kind, self.worker, layer, message, details, self.launched_at,
-                            error_type)
-            result = await self.messages.send_batch(self.queue,
-                                                    [encode_status(self.run_id, status)])
-            if result.ok:
-                return
-            failure = result.failures[0]
-            if failure.retryable:
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(2 * delay, 1.0)
-                continue
-            if not details and len(message) <= 200:
-                raise TransportError(f"worker {self.worker}: cannot report {kind!r} status: "
-                                     f"{failure.code}: {failure.message}")
-            details = details[-len(details) // 2:] if len(details) > 64 else ""
-            message = message[:200]
+        """Send a status, retrying retryable failures until the deadline."""
+        status = Status(kind, self.worker, layer, message, details, self.launched_at, error_type)
+        await retry(lambda: self.control.report(status), deadline_s=self.deadline_s)
 
     async def heartbeat(self) -> None:
         """Report progress now (the worker is up) and every ``interval_s`` until cancelled."""

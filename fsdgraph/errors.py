@@ -37,7 +37,12 @@ class ConfigError(InputError):
 
 
 class TransportError(FsdError):
-    """A transport request failed."""
+    """A transport request failed. ``retryable`` is true for a failure that may pass if the same
+    request is tried again later (throttling, a service fault); see :mod:`fsdgraph.retry`."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class NotFound(TransportError):

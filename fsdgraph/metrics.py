@@ -15,12 +15,19 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fsdgraph.backend import Functions, Services
-from fsdgraph.transport import BatchResult, Entry, Message, MessageService, ObjectStore, entry_size
+from fsdgraph.control import ControlPlane, QueueControlPlane, Status
+from fsdgraph.transport import (
+    BatchResult,
+    Entry,
+    Message,
+    MessageService,
+    ObjectStore,
+    billing_units,
+)
 
 #: The per-layer counters, in report order.
 COUNTERS = ("rows_sent", "nnz_sent", "bytes_sent", "messages_sent", "rows_received",
-            "nnz_received", "bytes_received", "messages_received", "duplicates_dropped",
-            "edges_via_queue", "edges_via_object")
+            "nnz_received", "bytes_received", "messages_received", "duplicates_dropped")
 TIMERS = ("compute_s", "wait_s", "codec_s", "cpu_s")
 
 
@@ -38,25 +45,27 @@ class LayerMetrics:
     bytes_received: int = 0
     messages_received: int = 0
     duplicates_dropped: int = 0
-    edges_via_queue: int = 0  #: edges sent as queue messages (auto channel)
-    edges_via_object: int = 0  #: edges sent as an object plus a pointer (auto channel)
     compute_s: float = 0.0
     wait_s: float = 0.0
     codec_s: float = 0.0
     cpu_s: float = 0.0  #: CPU time (user + system) of the worker process in this layer
     started_at: float = 0.0  #: wall clock (epoch seconds) when the worker began the layer
     requests: Counter[str] = field(default_factory=Counter)
+    #: Counters the channel declares (``Channel.counters``), by name.
+    channel: Counter[str] = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["requests"] = dict(self.requests)
+        d["channel"] = dict(self.channel)
         return d
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> LayerMetrics:
-        names = {f.name for f in fields(LayerMetrics)}
-        m = LayerMetrics(**{k: v for k, v in d.items() if k in names and k != "requests"})
+        names = {f.name for f in fields(LayerMetrics)} - {"requests", "channel"}
+        m = LayerMetrics(**{k: v for k, v in d.items() if k in names})
         m.requests = Counter(d.get("requests", {}))
+        m.channel = Counter(d.get("channel", {}))
         return m
 
 
@@ -196,19 +205,55 @@ class _CountingFunctions(Functions):
         await self.inner.invoke(event)
 
 
-def billing_units(entries: Sequence[Entry]) -> int:
-    """AWS bills a batch call per started 64 KiB of its total payload."""
-    total = sum(entry_size(e) for e in entries)
-    return max(1, -(-total // (64 * 1024)))
+class _CountingControl(ControlPlane):
+    """Counts a control plane that is not made of counted messages: ``status`` per report,
+    ``poll`` per poll (a backend's own kinds, not priced)."""
+
+    def __init__(self, inner: ControlPlane, metrics: WorkerMetrics) -> None:
+        self.inner, self.metrics = inner, metrics
+
+    async def create(self) -> None:
+        await self.inner.create()
+
+    async def delete(self) -> None:
+        await self.inner.delete()
+
+    async def report(self, status: Status) -> None:
+        self.metrics.request("status")
+        await self.inner.report(status)
+
+    async def poll(self, wait_s: float) -> list[Status]:
+        self.metrics.request("poll")
+        return await self.inner.poll(wait_s)
+
+
+def precount_report(control: ControlPlane, metrics: WorkerMetrics) -> None:
+    """Count now the requests one status report through ``control`` will make (for a report
+    sent after the metrics are written)."""
+    if isinstance(control, QueueControlPlane):
+        metrics.request("send")
+        metrics.request("send_units")
+    else:
+        metrics.request("status")
 
 
 def counted(services: Services, metrics: WorkerMetrics) -> Services:
     """The same services, with every request counted into ``metrics``."""
+    messages = (_CountingMessages(services.messages, metrics)
+                if services.messages is not None else None)
+    control = services.control
+    if isinstance(control, QueueControlPlane) and messages is not None:
+        control = QueueControlPlane(messages, control.names, control.limits,
+                                    control.visibility_timeout_s)  # counted by its messages
+    else:
+        control = _CountingControl(control, metrics)
     return Services(
         objects=_CountingStore(services.objects, metrics),
-        messages=_CountingMessages(services.messages, metrics),
+        control=control,
         functions=_CountingFunctions(services.functions, metrics),
         limits=services.limits,
         description=services.description,
+        messages=messages,
+        extensions=services.extensions,
         layer_hook=services.layer_hook,
     )

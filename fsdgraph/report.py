@@ -28,8 +28,10 @@ def build_report(
     stage_s: float,
     launch_s: float,
     config: Mapping[str, Any],
+    channel_counters: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Sum worker metrics into per-layer, per-worker and run totals."""
+    """Sum worker metrics into per-layer, per-worker and run totals. ``channel_counters`` (the
+    channel's own, ``Channel.counters``) are summed like the core's counters."""
     per_layer: list[dict[str, Any]] = []
     per_worker: list[dict[str, Any]] = []
     requests: Counter[str] = Counter()
@@ -40,6 +42,8 @@ def build_report(
         entry: dict[str, Any] = {"layer": layer}
         for name in COUNTERS:
             entry[name] = sum(getattr(m, name) for m in rows)
+        for name in channel_counters:
+            entry[name] = sum(m.channel[name] for m in rows)
         for name in TIMERS:
             values = [getattr(m, name) for m in rows]
             # CPU adds up over workers; waiting and computing overlap, the slowest one counts.
@@ -57,6 +61,8 @@ def build_report(
         w: dict[str, Any] = {"worker": wm["worker"]}
         for name in COUNTERS:
             w[name] = sum(getattr(m, name) for m in layers)
+        for name in channel_counters:
+            w[name] = sum(m.channel[name] for m in layers)
         for name in TIMERS:
             w[name] = sum(getattr(m, name) for m in layers)
         w["requests"] = dict(w_requests)
@@ -67,7 +73,7 @@ def build_report(
         w["process_cpu_s"] = wm.get("cpu_s", 0.0)
         per_worker.append(w)
     requests.update(LayerMetrics.from_dict(coordinator["setup"]).requests)
-    totals = {name: sum(w[name] for w in per_worker) for name in COUNTERS}
+    totals = {name: sum(w[name] for w in per_worker) for name in (*COUNTERS, *channel_counters)}
     return {
         "run_id": run_id,
         "backend": backend,

@@ -4,14 +4,16 @@ One run, in order (``Scheduler.run``):
 
 1. open a backend session; stage every worker's plan shard and input columns in the object store
    (keys under ``runs/<run id>/``);
-2. create the run's control queue and the channel's resources (queues, topics);
-3. invoke the roots of the invocation tree (they invoke the rest) and watch the control queue:
+2. create the run's control plane and the channel's resources (queues, topics);
+3. invoke the roots of the invocation tree (they invoke the rest) and poll the control plane:
    progress moves the progress bar; an ``error`` status fails the run at once with the worker's
    own message; a worker silent for ``stall_timeout_s`` or a run longer than ``timeout_s`` fails
    it with a :class:`~fsdgraph.errors.RunTimeout` naming the workers, their last layer and what
    is missing;
 4. fetch every worker's output columns and metrics, assemble the (batch x out) activations;
-5. always: delete queues, topics and objects of the run, close the session.
+5. always: delete queues, topics and objects of the run, close the session;
+6. report: the run's metrics, what the channel chose, and the bill at the backend's prices
+   (none for a backend that has no price table).
 
 State of the watch loop is one :class:`RunState`; the loop only feeds it status messages and the
 clock, which keeps the failure rules in one readable place.
@@ -38,20 +40,23 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
+from fsdgraph import defaults
 from fsdgraph.backend import Backend, Services
 from fsdgraph.backends import get_backend
 from fsdgraph.channels import ChannelConfig, get_channel
 from fsdgraph.codec import BlockCodec
-from fsdgraph.control import Status, decode_status
-from fsdgraph.cost import bill
+from fsdgraph.control import CONTROL_POLL_S, Status
+from fsdgraph.cost.bill import bill
+from fsdgraph.cost.prices import Prices
 from fsdgraph.errors import ConfigError, FsdError, InputError, RunError, RunTimeout
+from fsdgraph.event import WorkerEvent
 from fsdgraph.kernels import Block, categories
 from fsdgraph.metrics import WorkerMetrics, counted
 from fsdgraph.plan import Plan
 from fsdgraph.report import build_report
 from fsdgraph.resources import RunNames
 from fsdgraph.serialize import unpack
-from fsdgraph.transport import Limits, delete_received
+from fsdgraph.transport import Limits, check_invoke_payload
 from fsdgraph.tree import depth, invocation_tree
 
 
@@ -59,11 +64,11 @@ from fsdgraph.tree import depth, invocation_tree
 class RunConfig:
     """How a run is launched and watched (times in seconds)."""
 
-    branching: int = 4  #: children per node of the invocation tree
-    timeout_s: float = 900.0  #: the whole run
-    stall_timeout_s: float = 120.0  #: a worker that reports nothing for this long failed
+    branching: int = defaults.BRANCHING  #: children per node of the invocation tree
+    timeout_s: float = defaults.TIMEOUT_S  #: the whole run
+    stall_timeout_s: float = defaults.STALL_TIMEOUT_S  #: a worker silent this long failed
     progress: bool | None = None  #: progress bar; None = only on a terminal
-    progress_interval_s: float = 0.5  #: how often a worker reports progress
+    progress_interval_s: float = CONTROL_POLL_S  #: how often a worker reports progress
     channel: ChannelConfig = field(default_factory=ChannelConfig)
 
     def __post_init__(self) -> None:
@@ -134,10 +139,12 @@ class Scheduler:
     """Runs compiled plans on a backend through a channel. See the module docstring."""
 
     def __init__(self, backend: str | Backend = "local", channel: str = "queue",
-                 config: RunConfig | None = None) -> None:
+                 config: RunConfig | None = None, *, prices: Prices | None = None) -> None:
         self.backend = get_backend(backend)() if isinstance(backend, str) else backend
         self.channel = get_channel(channel)
         self.config = config or RunConfig()
+        #: The price table of the bill and the auto channel (default: the backend's).
+        self.prices = prices
 
     def prewarm(self) -> None:
         """Let the backend start warm workers while the caller loads data."""
@@ -168,38 +175,47 @@ class Scheduler:
         submitted = time.perf_counter()
         names = RunNames(uuid.uuid4().hex[:12], self.backend.namespace)
         coordinator = WorkerMetrics(-1)
-        async with self.backend.session(names.run_id) as raw:
+        prices = self.prices or self.backend.prices()
+        channel_config = self.channel.prepare(self.config.channel, prices)
+        async with self.backend.session(names) as raw:
             _check_limits(raw.limits)
+            missing = self.channel.missing_services(raw)
+            if missing:
+                raise ConfigError(f"channel {self.channel.name!r} needs {', '.join(missing)}, "
+                                  f"which backend {self.backend.name!r} does not provide")
             services = counted(raw, coordinator)
             try:
                 staged = time.perf_counter()
-                await self._stage(services, names, plan, y0)
+                await self._stage(services, names, plan, y0, channel_config)
                 stage_s = time.perf_counter() - staged
                 invoked = time.time()
-                state = await self._launch_and_watch(services, names, plan, y0.shape[0])
+                state = await self._launch_and_watch(services, names, plan, y0.shape[0],
+                                                     channel_config)
                 outputs = await asyncio.gather(*(
                     services.objects.get(names.output_key(w)) for w in range(plan.workers)))
                 activations, worker_metrics = _assemble(outputs, y0.shape[0], plan.output_width)
                 wall_s = time.perf_counter() - submitted
             finally:
-                await self._cleanup(services, names, plan)
+                await self._cleanup(services, names, plan, channel_config)
         launch_s = max(state.launched_at.values(), default=invoked) - invoked
         report = build_report(
             worker_metrics, coordinator.to_dict(), run_id=names.run_id,
             backend=self.backend.name, channel=self.channel.name, plan=plan, batch=y0.shape[0],
             wall_s=wall_s, stage_s=stage_s, launch_s=launch_s,
-            config=asdict(self.config))
+            config=asdict(self.config), channel_counters=self.channel.counters)
         cats = categories(activations)
         report["categories"] = len(cats)
         report["invocation_depth"] = depth(plan.workers, self.config.branching)
         report["invoked_at"] = invoked
-        if self.channel.name == "auto":
-            report["channel_choice"] = _auto_choice(report, self.config.channel)
-        report["bill"] = bill(report).to_dict()  # at AWS list prices, 1769 MB functions
+        details = self.channel.describe(self.config.channel, prices, report)
+        if details is not None:
+            report["channel_details"] = details
+        # At the backend's prices (1769 MB functions); a backend without prices has no bill.
+        report["bill"] = bill(report, prices=prices).to_dict() if prices is not None else None
         return Result(activations, cats, report)
 
     async def _stage(self, services: Services, names: RunNames, plan: Plan,
-                     y0: sp.csr_matrix) -> None:
+                     y0: sp.csr_matrix, channel_config: ChannelConfig) -> None:
         codec = BlockCodec()
         puts = []
         for w, shard in enumerate(plan.shards):
@@ -207,34 +223,29 @@ class Scheduler:
             puts.append(services.objects.put(names.input_key(w), codec.encode(block)))
             puts.append(services.objects.put(names.shard_key(w), shard.to_bytes()))
         await asyncio.gather(*puts)
-        await services.messages.create_queue(
-            names.control_queue, visibility_timeout_s=self.config.channel.visibility_timeout_s,
-            max_message_bytes=services.limits.max_message_bytes)
-        await self.channel.create_resources(services, names, plan.workers, self.config.channel)
+        await services.control.create()
+        await self.channel.create_resources(services, names, plan.workers, channel_config)
 
     async def _launch_and_watch(self, services: Services, names: RunNames, plan: Plan,
-                                batch: int) -> RunState:
-        event = {"run_id": names.run_id, "namespace": names.namespace,
-                 "workers": plan.workers, "batch": batch,
-                 "channel": self.channel.name, "channel_config": asdict(self.config.channel),
-                 "backend": self.backend.name, "backend_config": services.description,
-                 "progress_interval_s": self.config.progress_interval_s}
+                                batch: int, channel_config: ChannelConfig) -> RunState:
+        event = WorkerEvent(
+            run_id=names.run_id, namespace=names.namespace, worker=-1, workers=plan.workers,
+            batch=batch, channel=self.channel.name, backend=self.backend.name,
+            channel_config=asdict(channel_config), backend_config=services.description,
+            progress_interval_s=self.config.progress_interval_s)
         state = RunState(plan.workers, plan.layers, time.monotonic())
         for root in invocation_tree(plan.workers, self.config.branching):
-            await services.functions.invoke({**event, **root})
+            payload = event.child(root).to_json()
+            check_invoke_payload(payload, services.limits)
+            await services.functions.invoke(payload)
         show = self.config.progress if self.config.progress is not None else sys.stderr.isatty()
         with tqdm(total=plan.workers * plan.layers, disable=not show, unit="layer",
                   desc=f"{plan.workers} workers", leave=False) as bar:
             while len(state.finished) < plan.workers:
-                messages = await services.messages.receive(
-                    names.control_queue, max_messages=10, wait_s=0.5)
+                statuses = await services.control.poll(wait_s=CONTROL_POLL_S)
                 now = time.monotonic()
-                ours = [m for m in messages if m.attributes.get("run") == names.run_id]
-                if ours:  # a status seen twice changes nothing, so what stays undeleted may
-                    await delete_received(services.messages, names.control_queue,
-                                          [m.receipt for m in ours])
-                for msg in ours:
-                    state.apply(decode_status(msg), now)
+                for status in statuses:
+                    state.apply(status, now)
                 bar.update(sum(state.done_layers) - bar.n)
                 slowest = min(range(plan.workers), key=state.done_layers.__getitem__)
                 bar.set_postfix_str(f"slowest: worker {slowest} at layer "
@@ -242,12 +253,12 @@ class Scheduler:
                 state.check(now, self.config)
         return state
 
-    async def _cleanup(self, services: Services, names: RunNames, plan: Plan) -> None:
+    async def _cleanup(self, services: Services, names: RunNames, plan: Plan,
+                       channel_config: ChannelConfig) -> None:
         """Remove every resource of the run; a failure here must not hide the run's error."""
         steps: list[Callable[[], Awaitable[object]]] = [
-            lambda: self.channel.delete_resources(services, names, plan.workers,
-                                                  self.config.channel),
-            lambda: services.messages.delete_queue(names.control_queue),
+            lambda: self.channel.delete_resources(services, names, plan.workers, channel_config),
+            services.control.delete,
             lambda: services.objects.delete_prefix(names.prefix),
         ]
         for step in steps:  # every step is tried, whatever the others did
@@ -255,19 +266,6 @@ class Scheduler:
                 await step()
             except (FsdError, OSError) as exc:
                 print(f"fsdgraph: cleanup of run {names.run_id}: {exc}", file=sys.stderr)
-
-
-def _auto_choice(report: Mapping[str, Any], config: ChannelConfig) -> dict[str, Any]:
-    """What the auto channel chose, and why (for the report)."""
-    from fsdgraph.channels.auto import object_threshold
-
-    line = config.auto_object_above_bytes or object_threshold()
-    why = ("set by ChannelConfig.auto_object_above_bytes" if config.auto_object_above_bytes
-           else "break-even of the AWS list prices: above it a PUT + GET + one pointer message "
-                "costs less than a publish and an SQS receive per 64 KiB")
-    return {"object_above_bytes": line, "why": why,
-            "edges_via_queue": report["edges_via_queue"],
-            "edges_via_object": report["edges_via_object"]}
 
 
 #: The smallest message limit the protocol works with: a chunk's attributes take about 120 bytes

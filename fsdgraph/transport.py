@@ -23,12 +23,17 @@ in :class:`BatchResult` instead of raising, as the AWS APIs do, so a caller retr
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from fsdgraph.errors import MessageTooLarge
+
 KiB = 1024
 MiB = 1024 * KiB
+#: SNS and SQS bill a request per started 64 KiB of its payload.
+CHUNK_BYTES = 64 * KiB
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,32 @@ def entry_size(entry: Entry) -> int:
     for name, value in entry.attributes.items():
         size += len(name.encode("utf-8")) + len("String") + len(value.encode("utf-8"))
     return size
+
+
+def check_invoke_payload(event: Mapping[str, object], limits: Limits) -> int:
+    """The size of ``event`` as JSON; MessageTooLarge if it is over the asynchronous invoke
+    payload limit (checked by the caller, once, for every backend).
+
+    >>> check_invoke_payload({"worker": 1}, Limits(max_invoke_payload_bytes=10))
+    Traceback (most recent call last):
+    ...
+    fsdgraph.errors.MessageTooLarge: invoke payload of 13 bytes exceeds the limit of 10 bytes
+    """
+    size = len(json.dumps(event).encode())
+    if size > limits.max_invoke_payload_bytes:
+        raise MessageTooLarge(f"invoke payload of {size} bytes exceeds the limit of "
+                              f"{limits.max_invoke_payload_bytes} bytes")
+    return size
+
+
+def billing_units(entries: Sequence[Entry]) -> int:
+    """Billed requests of one batch call: one per started 64 KiB of its total payload.
+
+    >>> billing_units([Entry("x" * 40_000), Entry("y" * 40_000)])
+    2
+    """
+    total = sum(entry_size(e) for e in entries)
+    return max(1, -(-total // CHUNK_BYTES))
 
 
 class ObjectStore(ABC):

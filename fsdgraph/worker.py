@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 
 from fsdgraph.backend import Services
-from fsdgraph.channels import Channel, ChannelConfig, get_channel
+from fsdgraph.channels import Channel, ChannelConfig, WorkerContext, get_channel
 from fsdgraph.control import Reporter
 from fsdgraph.errors import FsdError, RunError
+from fsdgraph.event import WorkerEvent
 from fsdgraph.kernels import Block, LayerInputs, WeightRows
-from fsdgraph.metrics import WorkerMetrics, counted
+from fsdgraph.metrics import WorkerMetrics, counted, precount_report
 from fsdgraph.plan import INPUT, WorkerShard
-from fsdgraph.resources import RunNames
 from fsdgraph.serialize import pack
-from fsdgraph.transport import ObjectStore
+from fsdgraph.transport import ObjectStore, check_invoke_payload
 
 
 def handler(event: Mapping[str, Any], context: object = None) -> dict[str, Any]:
@@ -40,44 +40,37 @@ def handler(event: Mapping[str, Any], context: object = None) -> dict[str, Any]:
     return asyncio.run(run_worker(event))
 
 
-def child_event(event: Mapping[str, Any], subtree: Mapping[str, Any]) -> dict[str, Any]:
-    """The event for a child in the invocation tree: the same run, another worker and subtree."""
-    return {**event, "worker": subtree["worker"], "children": subtree["children"]}
-
-
-async def run_worker(event: Mapping[str, Any]) -> dict[str, Any]:
+async def run_worker(raw_event: Mapping[str, Any]) -> dict[str, Any]:
     """Attach, invoke children, run the layers; always report the outcome to the scheduler."""
     from fsdgraph.backends import get_backend  # late: backends import this module's peers
 
     launched_at = time.time()
-    worker = int(event["worker"])
-    names = RunNames(str(event["run_id"]), str(event.get("namespace", "fsd")))
-    metrics = WorkerMetrics(worker)
-    backend_cls = get_backend(str(event["backend"]))
-    async with backend_cls.attach(event["backend_config"]) as raw_services:
+    event = WorkerEvent.from_json(raw_event)
+    names = event.names
+    metrics = WorkerMetrics(event.worker)
+    backend_cls = get_backend(event.backend)
+    async with backend_cls.attach(event.backend_config, names) as raw_services:
         services = counted(raw_services, metrics)
-        interval = float(event.get("progress_interval_s", 0.5))
-        reporter = Reporter(services.messages, names.control_queue, names.run_id, worker,
-                            interval)
-        reporter.launched_at = launched_at
+        reporter = Reporter(services.control, event.worker, interval_s=event.progress_interval_s,
+                            launched_at=launched_at)
         heartbeat = asyncio.ensure_future(reporter.heartbeat())
         try:
-            for sub in event.get("children", []):
-                await services.functions.invoke(child_event(event, sub))
-            runtime = WorkerRuntime(services, names, event, metrics)
+            for sub in event.children:
+                payload = event.child(sub).to_json()
+                check_invoke_payload(payload, services.limits)
+                await services.functions.invoke(payload)
+            runtime = WorkerRuntime(services, event, metrics)
             async for layer in runtime.layers():
                 reporter.layers_done = layer + 1
             heartbeat.cancel()
             # The output carries the metrics, so its own PUT and the final status are counted
             # before they happen and sent uncounted.
             metrics.request("put")
-            metrics.request("send")
-            metrics.request("send_units")
+            precount_report(raw_services.control, metrics)
             await runtime.write_output(raw_services.objects)
-            final = Reporter(raw_services.messages, names.control_queue, names.run_id, worker)
-            final.launched_at = launched_at
+            final = Reporter(raw_services.control, event.worker, launched_at=launched_at)
             await final.report("done", runtime.layer_count)
-            return {"worker": worker, "status": "done"}
+            return {"worker": event.worker, "status": "done"}
         except Exception as exc:
             heartbeat.cancel()
             where = getattr(exc, "layer", None)
@@ -91,18 +84,17 @@ async def run_worker(event: Mapping[str, Any]) -> dict[str, Any]:
 class WorkerRuntime:
     """The layer loop of one worker (see the module docstring)."""
 
-    def __init__(self, services: Services, names: RunNames, event: Mapping[str, Any],
-                 metrics: WorkerMetrics) -> None:
+    def __init__(self, services: Services, event: WorkerEvent, metrics: WorkerMetrics) -> None:
         self.services = services
-        self.names = names
-        self.worker = int(event["worker"])
-        self.batch = int(event["batch"])
+        self.names = event.names
+        self.worker = event.worker
+        self.batch = event.batch
         self.metrics = metrics
-        config = ChannelConfig(**event.get("channel_config", {}))
+        config = ChannelConfig(**event.channel_config)
         self.codec = config.codec()
-        channel_cls = get_channel(str(event["channel"]))
-        self.channel: Channel = channel_cls(
-            services, names, self.worker, int(event["workers"]), config, metrics, self.codec)
+        channel_cls = get_channel(event.channel)
+        self.channel: Channel = channel_cls(WorkerContext(
+            services, self.names, self.worker, event.workers, config, metrics, self.codec))
         self.output: Block | None = None
         self.shard: WorkerShard | None = None
 

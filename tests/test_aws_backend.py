@@ -36,11 +36,13 @@ from fsdgraph.backends.aws.transports import (
     S3ObjectStore,
     SnsSqsMessageService,
 )
-from fsdgraph.channels import Channel, ChannelConfig, QueueChannel
+from fsdgraph.channels import Channel, ChannelConfig, WorkerContext
+from fsdgraph.channels.queue import QueueChannel
 from fsdgraph.codec import BlockCodec
 from fsdgraph.errors import ConfigError, MessageTooLarge, RunError
 from fsdgraph.kernels import Block
 from fsdgraph.metrics import WorkerMetrics
+from fsdgraph.control import QueueControlPlane
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Entry, Limits, Message, delete_received
 
@@ -214,7 +216,7 @@ def test_a_runs_queues_and_topics_are_tagged_with_the_run_id(moto_server: Any) -
     backend = AwsBackend(settings_for(moto_server, "tagged", bucket=moto_server.bucket))
 
     async def body() -> None:
-        async with backend.session("run123") as services:
+        async with backend.session(RunNames("run123", backend.namespace)) as services:
             assert services.description["account"] == ACCOUNT
             assert services.description["bucket"] == moto_server.bucket
             await services.messages.create_queue("tagged-run123-w0", visibility_timeout_s=30,
@@ -261,8 +263,9 @@ async def aws_channels(server: Any, workers: int, config: ChannelConfig,
         session = AioSession()
         if hooks is not None:
             hooks(session)
-        return Services(objects=S3ObjectStore(cfg, session=session),
-                        messages=SnsSqsMessageService(cfg, limits, session=session),
+        messages = SnsSqsMessageService(cfg, limits, session=session)
+        return Services(objects=S3ObjectStore(cfg, session=session), messages=messages,
+                        control=QueueControlPlane(messages, names, limits),
                         functions=LambdaFunctions(cfg, "none", 1),
                         limits=limits, description={})
 
@@ -275,8 +278,8 @@ async def aws_channels(server: Any, workers: int, config: ChannelConfig,
         for w in range(workers):
             own = services()
             stack.push_async_callback(own.messages.close)  # type: ignore[attr-defined]
-            chans.append(QueueChannel(own, names, w, workers, config, WorkerMetrics(w),
-                                      BlockCodec()))
+            chans.append(QueueChannel(WorkerContext(own, names, w, workers, config,
+                                                    WorkerMetrics(w), BlockCodec())))
         yield names, chans
 
 

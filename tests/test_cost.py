@@ -382,8 +382,7 @@ def test_estimate_auto_splits_edges(small_plan: fsdgraph.Plan) -> None:
 
 
 def test_estimate_rejects_bad_input(small_plan: fsdgraph.Plan) -> None:
-    with pytest.raises(ConfigError,
-                       match="estimate models the channels auto, object, queue; got 'pigeon'"):
+    with pytest.raises(ConfigError, match="unknown channel 'pigeon'; known: auto, object, queue"):
         estimate(small_plan, channel="pigeon", batch=1)
     with pytest.raises(ConfigError, match="density"):
         estimate(small_plan, channel="queue", batch=1, density=0)

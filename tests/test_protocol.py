@@ -31,7 +31,9 @@ import scipy.sparse as sp
 import fsdgraph
 from fsdgraph.backend import Services
 from fsdgraph.backends.local import LocalBackend
-from fsdgraph.channels import Channel, ChannelConfig, Inbox, ObjectChannel, QueueChannel
+from fsdgraph.channels import Channel, ChannelConfig, Inbox, WorkerContext
+from fsdgraph.channels.object import ObjectChannel
+from fsdgraph.channels.queue import QueueChannel
 from fsdgraph.codec import BlockCodec, Chunk, TextCodec
 from fsdgraph.errors import FsdError, RunError
 from fsdgraph.kernels import Block
@@ -157,13 +159,15 @@ async def channels(cls: type[Channel], workers: int, config: ChannelConfig,
     names = RunNames(run_id)
     async with AsyncExitStack() as stack:
         services = await stack.enter_async_context(
-            LocalBackend(limits=limits, warm=False).session(run_id))
+            LocalBackend(limits=limits, warm=False).session(names))
         await cls.create_resources(services, names, workers, config)
         chans = []
         for w in range(workers):
-            attached = await stack.enter_async_context(LocalBackend.attach(services.description))
+            attached = await stack.enter_async_context(
+                LocalBackend.attach(services.description, names))
             stack.callback(_close_messages, attached)
-            chans.append(cls(attached, names, w, workers, config, WorkerMetrics(w), BlockCodec()))
+            chans.append(cls(WorkerContext(attached, names, w, workers, config, WorkerMetrics(w),
+                                           BlockCodec())))
         stack.callback(_close_messages, services)
         try:
             yield services, names, chans
@@ -326,8 +330,8 @@ class RecordingBackend(LocalBackend):
     run_dirs: list[str] = field(default_factory=list)
 
     @asynccontextmanager
-    async def session(self, run_id: str) -> AsyncIterator[Services]:
-        async with super().session(run_id) as services:
+    async def session(self, names: RunNames) -> AsyncIterator[Services]:
+        async with super().session(names) as services:
             self.run_dirs.append(str(services.description["root"]))
             yield services
 

@@ -37,6 +37,9 @@ from fsdgraph.backends.aws.transports import (
     SnsSqsMessageService,
     caller_account,
 )
+from fsdgraph.control import QueueControlPlane
+from fsdgraph.cost.prices import REGIONS, Prices
+from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits
 
 
@@ -64,29 +67,34 @@ class AwsBackend(Backend):
         self.settings = self.settings.with_account(account)
         return account
 
+    def prices(self) -> Prices:
+        """The list prices of the configured region (us-east-1's where the table has none)."""
+        return REGIONS.get(self.settings.region, Prices())
+
     @asynccontextmanager
-    async def session(self, run_id: str) -> AsyncIterator[Services]:
+    async def session(self, names: RunNames) -> AsyncIterator[Services]:
         s = self.settings
         account = await self._account()
         description = {
             "region": s.region, "endpoints": dict(s.endpoints), "account": account,
             "bucket": s.bucket_name(account), "prefix": s.prefix, "function": s.function_name,
             "limits": asdict(s.limits),
-            "tags": {DEPLOYMENT_TAG: s.deployment, RUN_TAG: run_id},
+            "tags": {DEPLOYMENT_TAG: s.deployment, RUN_TAG: names.run_id},
         }
-        async with _services(description, profile=s.profile) as services:
+        async with _services(description, names, profile=s.profile) as services:
             yield services
 
     @classmethod
     @asynccontextmanager
-    async def attach(cls, description: Mapping[str, Any]) -> AsyncIterator[Services]:
+    async def attach(cls, description: Mapping[str, Any],
+                     names: RunNames) -> AsyncIterator[Services]:
         # A function uses its role's credentials, never a profile.
-        async with _services(description, profile=None) as services:
+        async with _services(description, names, profile=None) as services:
             yield services
 
 
 @asynccontextmanager
-async def _services(description: Mapping[str, Any],
+async def _services(description: Mapping[str, Any], names: RunNames,
                     profile: str | None) -> AsyncIterator[Services]:
     """The three AWS services of ``description``, on one botocore session, closed at the end."""
     config = AwsConfig(region=description["region"], endpoints=description["endpoints"],
@@ -102,8 +110,9 @@ async def _services(description: Mapping[str, Any],
     async with contextlib.AsyncExitStack() as stack:
         for service in (objects, messages, functions):
             await stack.enter_async_context(service)
-        yield Services(objects=objects, messages=messages, functions=functions, limits=limits,
-                       description=dict(description))
+        yield Services(objects=objects, messages=messages,
+                       control=QueueControlPlane(messages, names, limits), functions=functions,
+                       limits=limits, description=dict(description))
 
 
 __all__ = ["AwsBackend", "AwsSettings", "load_aws_settings"]

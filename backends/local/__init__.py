@@ -8,8 +8,9 @@ queues with visibility timeouts and size limits. The fault-injection knobs (``du
 ``shuffle``, ``kill``) exist so tests can prove that it does.
 
 >>> import asyncio
+>>> from fsdgraph.resources import RunNames
 >>> async def demo():
-...     async with LocalBackend().session("doc") as services:
+...     async with LocalBackend().session(RunNames("doc")) as services:
 ...         await services.objects.put("k", b"v")
 ...         return await services.objects.get("k")
 >>> asyncio.run(demo())
@@ -32,6 +33,9 @@ from fsdgraph.backend import Backend, Services
 from fsdgraph.backends.local.functions import ProcessFunctions, WarmPool, stop_workers
 from fsdgraph.backends.local.objectstore import DirectoryObjectStore
 from fsdgraph.backends.local.queues import SpoolMessageService
+from fsdgraph.control import QueueControlPlane
+from fsdgraph.cost.prices import Prices
+from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits
 
 
@@ -59,6 +63,9 @@ class LocalBackend(Backend):
     kill: tuple[int, int] | None = None
     #: Fork workers from a launcher that has the runtime imported (False: a cold process each).
     warm: bool = True
+    #: What runs are billed at (their report's bill, the auto channel's line): AWS list prices
+    #: by default, as if the same run were made on AWS.
+    price_table: Prices = field(default_factory=Prices)
     _pool: WarmPool | None = field(default=None, init=False, repr=False, compare=False)
 
     def prewarm(self) -> None:
@@ -73,9 +80,13 @@ class LocalBackend(Backend):
             self._pool.close()
             self._pool = None
 
+    def prices(self) -> Prices:
+        return self.price_table
+
     @asynccontextmanager
-    async def session(self, run_id: str) -> AsyncIterator[Services]:
-        run_dir = tempfile.mkdtemp(prefix=f"fsdgraph-{run_id}-", dir=self.root or _default_parent())
+    async def session(self, names: RunNames) -> AsyncIterator[Services]:
+        run_dir = tempfile.mkdtemp(prefix=f"fsdgraph-{names.run_id}-",
+                                   dir=self.root or _default_parent())
         description = {"root": run_dir, "limits": asdict(self.limits),
                        "duplicate_rate": self.duplicate_rate, "shuffle": self.shuffle,
                        "kill": list(self.kill) if self.kill else None, "launcher": None}
@@ -83,7 +94,7 @@ class LocalBackend(Backend):
             self.prewarm()
             assert self._pool is not None
             description["launcher"] = self._pool.socket
-        services = _services(description)
+        services = _services(description, names)
         if isinstance(services.functions, ProcessFunctions):
             services.functions.pool = self._pool
         try:
@@ -96,11 +107,12 @@ class LocalBackend(Backend):
 
     @classmethod
     @asynccontextmanager
-    async def attach(cls, description: Mapping[str, Any]) -> AsyncIterator[Services]:
-        yield _services(description)
+    async def attach(cls, description: Mapping[str, Any],
+                     names: RunNames) -> AsyncIterator[Services]:
+        yield _services(description, names)
 
 
-def _services(description: Mapping[str, Any]) -> Services:
+def _services(description: Mapping[str, Any], names: RunNames) -> Services:
     root = Path(description["root"])
     limits = Limits(**description["limits"])
     kill = description.get("kill")
@@ -109,11 +121,13 @@ def _services(description: Mapping[str, Any]) -> Services:
         if kill and [worker, layer] == list(kill):
             os.kill(os.getpid(), signal.SIGKILL)
 
+    messages = SpoolMessageService(root / "messaging", limits,
+                                   duplicate_rate=float(description.get("duplicate_rate", 0.0)),
+                                   shuffle=bool(description.get("shuffle", False)))
     return Services(
         objects=DirectoryObjectStore(root / "objects", limits=limits),
-        messages=SpoolMessageService(root / "messaging", limits,
-                                     duplicate_rate=float(description.get("duplicate_rate", 0.0)),
-                                     shuffle=bool(description.get("shuffle", False))),
+        messages=messages,
+        control=QueueControlPlane(messages, names, limits),
         functions=ProcessFunctions(limits.max_invoke_payload_bytes,
                                    launcher=description.get("launcher")),
         limits=limits,

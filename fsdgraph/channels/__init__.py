@@ -1,29 +1,35 @@
 """Channels: how activation chunks travel between workers (see :mod:`fsdgraph.channels.base`).
 
+Channels are plugins, found through the entry-point group ``fsdgraph.channels`` with the same
+rule as backends (:mod:`fsdgraph.plugins`); ``queue``, ``object`` and ``auto`` are built in.
+
 >>> get_channel("queue").name
 'queue'
+>>> "object" in channel_names()
+True
 """
 
 from __future__ import annotations
 
-from fsdgraph.channels.auto import AutoChannel
-from fsdgraph.channels.base import Channel, ChannelConfig, Inbox, OutChunk
-from fsdgraph.channels.object import ObjectChannel
-from fsdgraph.channels.queue import QueueChannel
-from fsdgraph.errors import ConfigError
+from fsdgraph.channels.base import Channel, ChannelConfig, Inbox, OutChunk, WorkerContext
+from fsdgraph.plugins import Registry
 
-CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (QueueChannel, ObjectChannel,
-                                                          AutoChannel)}
+CHANNELS: Registry[Channel] = Registry("fsdgraph.channels", Channel, {
+    "queue": "fsdgraph.channels.queue:QueueChannel",
+    "object": "fsdgraph.channels.object:ObjectChannel",
+    "auto": "fsdgraph.channels.auto:AutoChannel",
+})
+
+
+def channel_names() -> list[str]:
+    """Every known channel name."""
+    return CHANNELS.names()
 
 
 def get_channel(name: str) -> type[Channel]:
-    """The channel class called ``name``."""
-    try:
-        return CHANNELS[name]
-    except KeyError:
-        known = ", ".join(sorted(CHANNELS))
-        raise ConfigError(f"unknown channel {name!r}; known: {known}") from None
+    """The channel class registered as ``name``."""
+    return CHANNELS.load(name)
 
 
-__all__ = ["CHANNELS", "AutoChannel", "Channel", "ChannelConfig", "Inbox", "ObjectChannel",
-           "OutChunk", "QueueChannel", "get_channel"]
+__all__ = ["CHANNELS", "Channel", "ChannelConfig", "Inbox", "OutChunk", "WorkerContext",
+           "channel_names", "get_channel"]

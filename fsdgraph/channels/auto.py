@@ -8,26 +8,33 @@ of the object store, no listing. Completeness, deduplication and run isolation a
 channel's own (a duplicated pointer only makes the chunks arrive twice, and the inbox drops them).
 
 Why and where the line is: on the queue an edge costs a publish and an SQS receive for every
-64 KiB of payload; as an object it costs a PUT, a GET and one pointer message. With the AWS list
-prices (``fsdgraph.cost.Prices``) that is :func:`object_threshold` bytes, about 450 KB; below
-it the queue is also faster (no extra round trip). ``ChannelConfig.auto_object_above_bytes``
-overrides the line. Each layer's metrics count the edges sent each way.
+64 KiB of payload; as an object it costs a PUT, a GET and one pointer message. With the
+backend's price table (AWS list prices by default, ``fsdgraph.cost.Prices``) that is
+:func:`object_threshold` bytes, about 450 KB; below it the queue is also faster (no extra round
+trip). ``ChannelConfig.auto_object_above_bytes`` overrides the line. Each layer's metrics count
+the edges sent each way (the channel's counters ``edges_via_queue`` and ``edges_via_object``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from fsdgraph.channels.base import OutChunk
-from fsdgraph.channels.queue import QueueChannel
+from fsdgraph.channels.base import ChannelConfig, OutChunk
+from fsdgraph.channels.object import object_requests
+from fsdgraph.channels.queue import MODEL_RUN_ID, QueueChannel, chunk_attributes, queue_requests
 from fsdgraph.cost.prices import Prices
 from fsdgraph.errors import ProtocolError
-from fsdgraph.transport import Entry, Message
+from fsdgraph.resources import RunNames
+from fsdgraph.transport import CHUNK_BYTES, Entry, Message
 
-UNIT = 64 * 1024
+if TYPE_CHECKING:
+    from fsdgraph.cost.estimate import ExchangeEstimate
 
 
 def object_threshold(prices: Prices | None = None) -> int:
@@ -39,13 +46,54 @@ def object_threshold(prices: Prices | None = None) -> int:
     p = prices or Prices()
     per_unit = (p.sns_publish_per_m + p.sqs_requests_per_m) / 1e6  # publish + receive
     as_object = p.s3_put_per_k / 1e3 + p.s3_get_per_k / 1e3 + per_unit  # + the pointer
-    return math.floor(as_object / per_unit + 1e-9) * UNIT  # at equal cost the queue is faster
+    # At equal cost the queue is faster.
+    return math.floor(as_object / per_unit + 1e-9) * CHUNK_BYTES
 
 
 class AutoChannel(QueueChannel):
     """See the module docstring."""
 
     name = "auto"
+    counters = ("edges_via_queue", "edges_via_object")
+
+    @classmethod
+    def prepare(cls, config: ChannelConfig, prices: Prices | None) -> ChannelConfig:
+        """Fix the line from the backend's price table unless the user set one."""
+        if config.auto_object_above_bytes:
+            return config
+        return replace(config, auto_object_above_bytes=object_threshold(prices))
+
+    @classmethod
+    def describe(cls, config: ChannelConfig, prices: Prices | None,
+                 totals: Mapping[str, Any]) -> dict[str, Any]:
+        line = cls.prepare(config, prices).auto_object_above_bytes
+        why = ("set by ChannelConfig.auto_object_above_bytes" if config.auto_object_above_bytes
+               else "break-even of the backend's prices: above it a PUT + GET + one pointer "
+                    "message costs less than a publish and an SQS receive per 64 KiB")
+        return {"object_above_bytes": line, "why": why,
+                "edges_via_queue": totals.get("edges_via_queue", 0),
+                "edges_via_object": totals.get("edges_via_object", 0)}
+
+    @classmethod
+    def estimate_exchange(cls, exchange: ExchangeEstimate) -> None:
+        """Edges above the line as an object (PUT, GET) announced by a pointer message, the
+        others as on the queue channel."""
+        line = (exchange.object_above_bytes if exchange.object_above_bytes is not None
+                else object_threshold(exchange.prices))
+        as_objects = [(e, n) for e, n in exchange.edges if n > line]
+        as_messages = [(e, n) for e, n in exchange.edges if n <= line]
+        exchange.note(f"{len(as_objects)} of {len(exchange.edges)} edges as objects (above "
+                      f"{line} bytes)")
+        object_requests(exchange, as_objects, empty_polls=0.0)  # the pointer says when
+        names = RunNames(MODEL_RUN_ID)
+        pointers = [(e, Entry(names.exchange_key(e.layer, e.src, e.dst),
+                              {**chunk_attributes(MODEL_RUN_ID, OutChunk(e.layer, e.src, e.dst,
+                                                                          0, 1, b"")),
+                               "pointer": "1"})) for e, _ in as_objects]
+        queue_requests(exchange, as_messages, pointers)
+        sqs = exchange.prices.sqs_requests_per_m / 1e6
+        exchange.charge("SQS", "create queue", "requests", sqs, exchange.workers)
+        exchange.charge("SQS", "delete queue", "requests", sqs, exchange.workers)
 
     def threshold(self) -> int:
         return self.config.auto_object_above_bytes or object_threshold()
@@ -62,12 +110,12 @@ class AutoChannel(QueueChannel):
             payloads = [c.payload for c in edge if c.count]
             if sum(map(len, payloads)) <= self.threshold():
                 small.extend(edge)
-                m.edges_via_queue += 1
+                m.channel["edges_via_queue"] += 1
                 continue
             key = self.names.exchange_key(layer, self.worker, dst)
             body = msgpack.packb([self.names.run_id, payloads], use_bin_type=True)
             puts.append(self.services.objects.put(key, body))
-            m.edges_via_object += 1
+            m.channel["edges_via_object"] += 1
             m.bytes_sent += len(body)
             attributes = self._attributes(OutChunk(layer, self.worker, dst, 0, len(payloads),
                                                    b""))

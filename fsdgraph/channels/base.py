@@ -14,38 +14,45 @@ follows (docs/protocol.md):
 * a source that sends nothing new for ``peer_timeout_s`` fails the run with a
   :class:`~fsdgraph.errors.RunTimeout` naming the worker, the layer and the missing sources.
 
-Subclasses implement :meth:`Channel._send_chunks` and :meth:`Channel._fetch`.
+Subclasses implement :meth:`Channel.chunk_budget`, :meth:`Channel._send_chunks` and
+:meth:`Channel._fetch`; docs/plugins.md shows one.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from fsdgraph import defaults
 from fsdgraph.backend import Services
-from fsdgraph.codec import BlockCodec, Chunk
+from fsdgraph.codec import WIRE_DENSE_ABOVE, BlockCodec, Chunk
 from fsdgraph.errors import ConfigError, RunTimeout
 from fsdgraph.kernels import Block
 from fsdgraph.metrics import WorkerMetrics
 from fsdgraph.resources import RunNames
+
+if TYPE_CHECKING:
+    from fsdgraph.cost.estimate import ExchangeEstimate
+    from fsdgraph.cost.prices import Prices
 
 
 @dataclass(frozen=True)
 class ChannelConfig:
     """Tunables of the channels (all times in seconds)."""
 
-    topics: int = 10  #: SNS-style topics per run; worker w publishes on topic w mod topics
+    topics: int = defaults.TOPICS  #: SNS-style topics per run; worker w publishes on w mod topics
     #: Queue channels: send straight to each target's queue (SQS SendMessageBatch), no topics.
     direct: bool = False
-    peer_timeout_s: float = 60.0  #: fail if a source sends nothing new for this long
-    poll_wait_s: float = 1.0  #: long-poll wait of one receive call
-    visibility_timeout_s: float = 30.0
+    peer_timeout_s: float = defaults.PEER_TIMEOUT_S  #: fail if a source is silent this long
+    poll_wait_s: float = defaults.POLL_WAIT_S  #: long-poll wait of one receive call
+    visibility_timeout_s: float = defaults.VISIBILITY_TIMEOUT_S
     object_poll_min_s: float = 0.0005  #: object channel: first retry of a missing key...
     object_poll_max_s: float = 0.02  #: ...backing off to this
-    wire_dense_above: float = 0.4  #: send blocks dense above this density (fewer bytes, more CPU)
+    #: Send blocks dense above this density (fewer bytes, more CPU).
+    wire_dense_above: float = WIRE_DENSE_ABOVE
     auto_object_above_bytes: int = 0  #: auto channel: objects above this (0: by the prices)
 
     def __post_init__(self) -> None:
@@ -121,23 +128,77 @@ class Inbox:
             self._count.pop(key, None)
 
 
+@dataclass
+class WorkerContext:
+    """What one worker's channel works with: the run's services and names, who it is, its
+    settings, its metrics and its codec."""
+
+    services: Services
+    names: RunNames
+    worker: int
+    workers: int
+    config: ChannelConfig
+    metrics: WorkerMetrics
+    codec: BlockCodec
+
+
 class Channel(ABC):
-    """Moves one worker's chunks; see the module docstring for the protocol."""
+    """Moves one worker's chunks; see the module docstring for the protocol.
+
+    A channel is a plugin (entry-point group ``fsdgraph.channels``). Besides moving chunks it
+    says what it needs from a backend (:attr:`requires`), which counters it adds to the metrics
+    (:attr:`counters`), how it describes a run in the report (:meth:`describe`) and how many
+    requests it makes, for the cost estimate (:meth:`estimate_exchange`).
+    """
 
     name: ClassVar[str]
+    #: Optional ``Services`` fields (``"messages"``) or ``Services.extensions`` keys this channel
+    #: needs; a backend without them is refused before the run starts.
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: The per-layer counters this channel adds (``metrics.current.channel[name] += n``); the
+    #: report sums them like the core's own.
+    counters: ClassVar[tuple[str, ...]] = ()
+    #: The cost estimate's per-layer latency floor for this channel, seconds (a rough default;
+    #: ``estimate(runtime_s=...)`` takes a measured runtime instead).
+    estimate_layer_s: ClassVar[float] = 0.1
 
-    def __init__(self, services: Services, names: RunNames, worker: int, workers: int,
-                 config: ChannelConfig, metrics: WorkerMetrics, codec: BlockCodec) -> None:
-        self.services = services
-        self.names = names
-        self.worker = worker
-        self.workers = workers
-        self.config = config
-        self.metrics = metrics
-        self.codec = codec
+    def __init__(self, context: WorkerContext) -> None:
+        self.context = context
+        self.services = context.services
+        self.names = context.names
+        self.worker = context.worker
+        self.workers = context.workers
+        self.config = context.config
+        self.metrics = context.metrics
+        self.codec = context.codec
         self.inbox = Inbox()
 
-    # -- run resources (scheduler side) ---------------------------------------------------------
+    # -- the run (scheduler side) -------------------------------------------------------------
+    @classmethod
+    def missing_services(cls, services: Services) -> list[str]:
+        """What :attr:`requires` names that ``services`` lacks."""
+        return [r for r in cls.requires
+                if getattr(services, r, None) is None and r not in services.extensions]
+
+    @classmethod
+    def prepare(cls, config: ChannelConfig, prices: Prices | None) -> ChannelConfig:
+        """The settings the workers get, given the backend's price table (None: unbilled).
+        Default: ``config`` unchanged."""
+        return config
+
+    @classmethod
+    def describe(cls, config: ChannelConfig, prices: Prices | None,
+                 totals: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What the report says about this channel's choices in a run (``channel_details``);
+        ``totals`` are the run's summed counters. Default: nothing."""
+        return None
+
+    @classmethod
+    def estimate_exchange(cls, exchange: ExchangeEstimate) -> None:
+        """Charge the requests this channel makes for ``exchange.edges`` to ``exchange.ledger``
+        (see :mod:`fsdgraph.cost.estimate`). Default: the channel has no cost model."""
+        raise ConfigError(f"channel {cls.name!r} has no cost model; estimate cannot price it")
+
     @classmethod  # noqa: B027 - an optional hook: most channels need nothing
     async def create_resources(
         cls, services: Services, names: RunNames, workers: int,

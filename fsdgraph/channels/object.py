@@ -11,21 +11,35 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import msgpack
 
-from fsdgraph.channels.base import Channel, OutChunk
+from fsdgraph.channels.base import Channel, OutChunk, WorkerContext
 from fsdgraph.errors import NotFound, ProtocolError
+
+if TYPE_CHECKING:
+    from fsdgraph.cost.estimate import ExchangeEstimate
+    from fsdgraph.plan import Edge
+
+#: Bytes msgpack adds around an edge's payloads (``[run id, [payloads]]``).
+OBJECT_OVERHEAD = 24
 
 
 class ObjectChannel(Channel):
     """See the module docstring."""
 
     name = "object"
+    estimate_layer_s: ClassVar[float] = 0.15
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, context: WorkerContext) -> None:
+        super().__init__(context)
         self._delay = self.config.object_poll_min_s
+
+    @classmethod
+    def estimate_exchange(cls, exchange: ExchangeEstimate) -> None:
+        """One PUT per edge; a GET per edge plus ``empty_polls`` GETs of a key not yet there."""
+        object_requests(exchange, exchange.edges, empty_polls=exchange.empty_polls)
 
     def chunk_budget(self) -> int:
         return self.services.limits.max_object_bytes - 64
@@ -85,3 +99,15 @@ class ObjectChannel(Channel):
             return int(self.inbox.offer(layer, src, 0, 0, b""))
         return sum(self.inbox.offer(layer, src, i, len(payloads), p)
                    for i, p in enumerate(payloads))
+
+
+def object_requests(exchange: ExchangeEstimate, edges: Sequence[tuple[Edge, int]], *,
+                    empty_polls: float) -> None:
+    """PUTs and GETs of ``edges`` sent as one object each (the object and auto channels)."""
+    for e, n in edges:
+        exchange.wire_by[e.layer, e.src] += n + OBJECT_OVERHEAD
+    if not edges:
+        return
+    put, get = exchange.prices.s3_put_per_k / 1e3, exchange.prices.s3_get_per_k / 1e3
+    exchange.charge_edges("S3", "PUT exchange", put, edges, lambda e: (e.src, 1.0))
+    exchange.charge_edges("S3", "GET exchange", get, edges, lambda e: (e.dst, 1.0 + empty_polls))

@@ -17,23 +17,32 @@ one batch call can no longer carry chunks for several targets.
 from __future__ import annotations
 
 import asyncio
-import random
-import time
+import math
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 from fsdgraph.backend import Services
 from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk
 from fsdgraph.codec import TextCodec
 from fsdgraph.errors import ProtocolError, RunError
 from fsdgraph.resources import RunNames
+from fsdgraph.retry import Backoff
 from fsdgraph.transport import (
+    CHUNK_BYTES,
     BatchResult,
     Entry,
     Limits,
     Message,
+    MessageService,
+    billing_units,
     delete_received,
     entry_size,
 )
+
+if TYPE_CHECKING:
+    from fsdgraph.cost.estimate import ExchangeEstimate
+    from fsdgraph.plan import Edge
 
 _text = TextCodec()
 
@@ -77,11 +86,17 @@ class QueueChannel(Channel):
     """See the module docstring."""
 
     name = "queue"
+    requires = ("messages",)
+    estimate_layer_s: ClassVar[float] = 0.1
+
+    @property
+    def messages(self) -> MessageService:
+        return _messages_of(self.services)
 
     @classmethod
     async def create_resources(cls, services: Services, names: RunNames, workers: int,
                                config: ChannelConfig) -> None:
-        messages = services.messages
+        messages = _messages_of(services)
         topics = [] if config.direct else [await messages.create_topic(names.topic(t))
                                            for t in range(min(config.topics, workers))]
         for w in range(workers):
@@ -94,10 +109,11 @@ class QueueChannel(Channel):
     @classmethod
     async def delete_resources(cls, services: Services, names: RunNames, workers: int,
                                config: ChannelConfig) -> None:
+        messages = _messages_of(services)
         for t in range(0 if config.direct else min(config.topics, workers)):
-            await services.messages.delete_topic(names.topic(t))
+            await messages.delete_topic(names.topic(t))
         for w in range(workers):
-            await services.messages.delete_queue(names.queue(w))
+            await messages.delete_queue(names.queue(w))
 
     def _attributes(self, c: OutChunk) -> dict[str, str]:
         return chunk_attributes(self.names.run_id, c)
@@ -118,7 +134,7 @@ class QueueChannel(Channel):
         m.messages_sent += len(entries)
         m.bytes_sent += sum(entry_size(e) for e in entries)
         limits = self.services.limits
-        messages = self.services.messages
+        messages = self.messages
         calls: list[tuple[Callable[[str, Sequence[Entry]], Awaitable[BatchResult]], str,
                           list[Entry]]] = []
         if self.config.direct:
@@ -138,14 +154,13 @@ class QueueChannel(Channel):
     async def _deliver(self, call: Callable[[str, Sequence[Entry]], Awaitable[BatchResult]],
                        to: str, batch: list[Entry]) -> None:
         """One batch call; retry only the entries that failed retryably, with backoff."""
-        deadline = time.monotonic() + self.config.peer_timeout_s
-        delay = 0.01
+        backoff = Backoff(self.config.peer_timeout_s)
         while True:
             result = await call(to, batch)
             if result.ok:
                 return
             fatal = [f for f in result.failures if not f.retryable]
-            if fatal or time.monotonic() + delay > deadline:
+            if fatal or backoff.expired:
                 f = (fatal or list(result.failures))[0]
                 e = batch[f.index]
                 raise RunError(
@@ -153,12 +168,12 @@ class QueueChannel(Channel):
                     f"worker {e.attributes['target']} failed: {f.code}: {f.message}",
                     worker=self.worker, layer=int(e.attributes["layer"]))
             batch = [batch[f.index] for f in result.failures]
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 1.0)
+            await backoff.wait()
 
     async def _fetch(self, layer: int, pending: Sequence[int], wait_s: float) -> int:
         queue = self.names.queue(self.worker)
-        messages = await self.services.messages.receive(queue, max_messages=10, wait_s=wait_s)
+        messages = await self.messages.receive(
+            queue, max_messages=self.services.limits.max_batch_entries, wait_s=wait_s)
         kept, receipts = 0, []
         m = self.metrics.current
         for msg in messages:
@@ -173,7 +188,7 @@ class QueueChannel(Channel):
                 m.duplicates_dropped += 1
         if receipts:
             # What cannot be deleted comes back later and is dropped as a duplicate.
-            await delete_received(self.services.messages, queue, receipts)
+            await delete_received(self.messages, queue, receipts)
         return kept
 
     def _identity(self, msg: Message) -> tuple[int, int, int, int]:
@@ -193,3 +208,103 @@ class QueueChannel(Channel):
     async def _take(self, msg: Message, layer: int, src: int, index: int, count: int) -> bool:
         """Keep the chunk a message carries; False if it was a duplicate."""
         return self.inbox.offer(layer, src, index, count, _text.decode(msg.body))
+
+    # -- the cost model ---------------------------------------------------------------------------
+    @classmethod
+    def estimate_exchange(cls, exchange: ExchangeEstimate) -> None:
+        """Every edge as messages: publishes (direct: SQS sends), receives and deletes, packed as
+        the channel packs them, plus one queue per worker."""
+        queue_requests(exchange, exchange.edges, [])
+        sqs = exchange.prices.sqs_requests_per_m / 1e6
+        exchange.charge("SQS", "create queue", "requests", sqs, exchange.workers)
+        exchange.charge("SQS", "delete queue", "requests", sqs, exchange.workers)
+
+
+def _messages_of(services: Services) -> MessageService:
+    if services.messages is None:  # checked before a run starts (Channel.requires)
+        raise RunError("this channel needs a message service; the backend has none")
+    return services.messages
+
+
+#: As long as the scheduler's run ids (names and attributes count towards message sizes).
+MODEL_RUN_ID = "0" * 12
+
+
+def _edge_messages(e: Edge, size: int, budget: int, texts: dict[int, str]) -> list[Entry]:
+    """The messages of an edge of ``size`` raw bytes: chunks of at most ``budget`` bytes in
+    base64, each with the attributes of the edge's last chunk. ``texts`` keeps one body per length
+    (only the length counts)."""
+    count = max(1, math.ceil(size / budget))
+    pieces = [min(budget, size - i * budget) for i in range(count)] if size else [0]
+    attributes = chunk_attributes(MODEL_RUN_ID, OutChunk(e.layer, e.src, e.dst, count - 1,
+                                                          count if size else 0, b""))
+    entries = []
+    for piece in pieces:
+        n = TextCodec.encoded_size(piece)
+        if n not in texts:
+            texts[n] = "A" * n
+        entries.append(Entry(texts[n], attributes))
+    return entries
+
+
+def queue_requests(exchange: ExchangeEstimate, edges: Sequence[tuple[Edge, int]],
+                   pointers: Sequence[tuple[Edge, Entry]]) -> None:
+    """Publishes (direct: SQS sends), receives and deletes of ``edges`` sent as messages and of
+    the given single ``pointers`` messages, packed into calls as the channel packs them."""
+    prices = exchange.prices
+    sqs, sns = prices.sqs_requests_per_m / 1e6, prices.sns_publish_per_m / 1e6
+    limits = Limits()  # AWS's
+    budget = queue_chunk_budget(limits, MODEL_RUN_ID)
+    texts: dict[int, str] = {}
+    messages = [(e, _edge_messages(e, size, budget, texts)) for e, size in edges]
+    messages += [(e, [entry]) for e, entry in pointers]
+    # (layer, src, dst if direct else -1) -> the messages one packing covers
+    out: dict[tuple[int, int, int], list[Entry]] = defaultdict(list)
+    into: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for e, entries in messages:
+        size = sum(map(entry_size, entries))
+        out[e.layer, e.src, e.dst if exchange.direct else -1] += entries
+        acc = into[e.layer, e.dst]
+        acc[0] += len(entries)
+        acc[1] += size
+        acc[2] += 1
+        exchange.wire_by[e.layer, e.src] += size
+    units_w: dict[int, float] = defaultdict(float)
+    units_l: dict[int, float] = defaultdict(float)
+    calls = 0
+    for (l, s, _), entries in out.items():
+        for batch in pack_batches(entries, limits.max_batch_entries, limits.max_batch_bytes):
+            units = billing_units(batch)  # as a run's metrics count publish_units
+            units_w[s] += units
+            units_l[l] += units
+            calls += 1
+    if exchange.direct:
+        exchange.charge("SQS", "send (direct)", "64 KB units", sqs, sum(units_w.values()),
+                        workers=units_w, layers=units_l)
+        exchange.note(f"{calls} SQS send calls")
+    else:
+        exchange.charge("SNS", "publish", "64 KB units", sns, sum(units_w.values()),
+                        workers=units_w, layers=units_l)
+        exchange.note(f"{calls} publish calls")
+    recv_w: dict[int, float] = defaultdict(float)
+    recv_l: dict[int, float] = defaultdict(float)
+    extra_w: dict[int, float] = defaultdict(float)
+    extra_l: dict[int, float] = defaultdict(float)
+    data_w: dict[int, float] = defaultdict(float)
+    data_l: dict[int, float] = defaultdict(float)
+    for (l, d), (n_messages, nbytes, n_edges) in into.items():
+        data = math.ceil(n_messages / limits.max_batch_entries)  # receives that return messages
+        per_call = max(1, math.ceil(nbytes / data / CHUNK_BYTES))
+        recv_w[d] += data + exchange.empty_polls * n_edges
+        recv_l[l] += data + exchange.empty_polls * n_edges
+        extra_w[d] += data * (per_call - 1)
+        extra_l[l] += data * (per_call - 1)
+        data_w[d] += data
+        data_l[l] += data
+    exchange.charge("SQS", "receive", "requests", sqs, sum(recv_w.values()),
+                    workers=recv_w, layers=recv_l)
+    if sum(extra_w.values()):
+        exchange.charge("SQS", "receive: extra 64 KB units", "64 KB units", sqs,
+                        sum(extra_w.values()), workers=extra_w, layers=extra_l)
+    exchange.charge("SQS", "delete", "requests", sqs, sum(data_w.values()),
+                    workers=data_w, layers=data_l)

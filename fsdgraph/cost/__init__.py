@@ -95,14 +95,14 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from fsdgraph.control import CONTROL_POLL_S
 from fsdgraph.cost.bill import Bill, LineItem, bill
 from fsdgraph.cost.estimate import (
-    CONTROL_POLL_S,
     DEFAULT_BYTES_PER_NONZERO,
     DEFAULT_DENSITY,
     DEFAULT_EMPTY_POLLS,
-    DEFAULT_LAYER_S,
     DEFAULT_START_S,
+    ExchangeEstimate,
     estimate,
 )
 from fsdgraph.cost.paper import (
@@ -125,11 +125,33 @@ from fsdgraph.cost.prices import (
     Prices,
 )
 
-__all__ = ["CHUNK_BYTES", "CONTROL_POLL_S", "DEFAULT_BYTES_PER_NONZERO", "DEFAULT_DENSITY",
-           "DEFAULT_EMPTY_POLLS", "DEFAULT_LAYER_S", "DEFAULT_MEMORY_MB", "DEFAULT_START_S",
-           "GB_BYTES", "MEMORY_RANGE", "PAPER_CHUNK_BYTES", "PAPER_GB_BYTES", "PAPER_MEMORY_MB",
-           "PAPER_PRICES", "PAPER_TOTALS", "REGIONS", "Bill", "LineItem", "Prices", "bill",
-           "estimate", "paper_bill", "paper_comparison", "paper_data_dir", "paper_runs"]
+__all__ = [
+    "CHUNK_BYTES",
+    "CONTROL_POLL_S",
+    "DEFAULT_BYTES_PER_NONZERO",
+    "DEFAULT_DENSITY",
+    "DEFAULT_EMPTY_POLLS",
+    "DEFAULT_MEMORY_MB",
+    "DEFAULT_START_S",
+    "GB_BYTES",
+    "MEMORY_RANGE",
+    "PAPER_CHUNK_BYTES",
+    "PAPER_GB_BYTES",
+    "PAPER_MEMORY_MB",
+    "PAPER_PRICES",
+    "PAPER_TOTALS",
+    "REGIONS",
+    "Bill",
+    "ExchangeEstimate",
+    "LineItem",
+    "Prices",
+    "bill",
+    "estimate",
+    "paper_bill",
+    "paper_comparison",
+    "paper_data_dir",
+    "paper_runs",
+]
 
 
 def _examples() -> dict[str, Any]:

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fsdgraph.errors import ConfigError
+from fsdgraph.transport import CHUNK_BYTES as CHUNK_BYTES  # SNS/SQS bill per started 64 KiB
 
-#: AWS bills SNS and SQS payloads per started 64 KiB.
-CHUNK_BYTES = 64 * 1024
 #: Bytes in a billed GB of data transfer.
 GB_BYTES = 2**30
 #: Lambda's memory range, in MB.

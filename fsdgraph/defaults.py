@@ -1,0 +1,16 @@
+"""Default settings, written once: ``RunConfig``, ``ChannelConfig`` and the command line's
+``RunSettings`` all take their defaults from here."""
+
+from __future__ import annotations
+
+WORKERS = 4  #: workers P of a command-line run
+CHANNEL = "queue"
+BACKEND = "local"
+PARTITIONER = "hypergraph"
+BRANCHING = 4  #: children per node of the invocation tree
+TIMEOUT_S = 900.0  #: the whole run
+STALL_TIMEOUT_S = 120.0  #: a worker that reports nothing for this long failed
+TOPICS = 10  #: queue channels: topics per run
+PEER_TIMEOUT_S = 60.0  #: a source that sends nothing new for this long fails the run
+POLL_WAIT_S = 1.0  #: long-poll wait of one receive call
+VISIBILITY_TIMEOUT_S = 30.0
