@@ -20,9 +20,10 @@ from typing import Any
 import boto3
 import pytest
 
-from fsdgraph.backends.aws import load_aws_settings
+from fsdgraph.backends.aws import AwsBackend, load_aws_settings
 from fsdgraph.backends.aws.deploy import teardown
 from fsdgraph.cli import EXIT_INPUT, EXIT_PASSED, EXIT_RUN, main
+from fsdgraph.testing.conformance import BackendSuite, ChannelExchangeSuite, ControlPlaneSuite
 
 #: Put in the environment of the command line: it must never appear in what it prints.
 SECRET = "fsdgraph-test-secret-never-printed"
@@ -186,3 +187,14 @@ def test_deploy_with_a_missing_package_exits_2(tmp_path: Path,
     missing = tmp_path / "missing.zip"
     assert main(["deploy", "--config", str(config), "--package", str(missing)]) == EXIT_INPUT
     assert f"--package {missing}: no such file" in capsys.readouterr().err
+
+
+class TestAwsConformance(BackendSuite, ControlPlaneSuite, ChannelExchangeSuite):
+    """The conformance kit on the AWS backend: SNS/SQS and S3 on moto, functions run by the
+    local Lambda endpoint."""
+
+    channels = ("queue", "object", "auto")
+
+    @pytest.fixture
+    def backend(self, deployed: Path) -> AwsBackend:
+        return AwsBackend(load_aws_settings(deployed))
