@@ -228,11 +228,10 @@ class ChannelExchangeSuite(_Suite):
     """Every channel in ``channels``, driven directly between workers of one session."""
 
     def test_blocks_arrive_whole_and_once(self, backend: Backend) -> None:
+        sent = {(src, dst): block([src, dst + 3, 9], cols=4, seed=10 * src + dst)
+                for src in range(3) for dst in range(3) if src != dst}
+        sent[(2, 0)] = Block.empty(4)  # an empty edge: only the marker travels
         for name in self.channels:
-            sent = {(src, dst): block([src, dst + 3, 9], cols=4, seed=10 * src + dst)
-                    for src in range(3) for dst in range(3) if src != dst}
-            sent[(2, 0)] = Block.empty(4)  # an empty edge: only the marker travels
-
             async def main(name: str = name) -> list[dict[int, np.ndarray]]:
                 async with open_channels(backend, get_channel(name), 3) as chans:
                     for src, chan in enumerate(chans):
