@@ -4,8 +4,9 @@ A partitioner sees the whole network at once (a communication-minimising one nee
 layer's owners to place the next layer), and returns, per layer, an int array ``owners`` with
 ``owners[j]`` the worker computing output neuron ``j``. Every worker must get a balanced share.
 
-Partitioners are looked up by name in a registry, then in the entry-point group
-``fsdgraph.partitioners``, so a third party can add one without touching this package:
+Partitioners are plugins of the entry-point group ``fsdgraph.partitioners``, found with the same
+rule as backends and channels (:mod:`fsdgraph.plugins`: an installed entry point wins, the
+built-ins are the fallback), so a third party can add one without touching this package:
 
 >>> get_partitioner("contiguous").partition([4], workers=2)[0]
 array([0, 0, 1, 1], dtype=int32)
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
-from fsdgraph.errors import ConfigError
+from fsdgraph.plugins import Registry
 
 
 class Partitioner(ABC):
@@ -76,29 +76,20 @@ class Random(Partitioner):
         return owners
 
 
-def _builtin() -> dict[str, type[Partitioner]]:
-    from fsdgraph.partitioners.hypergraph import Hypergraph
-
-    return {p.name: p for p in (Contiguous, Random, Hypergraph)}
+PARTITIONERS: Registry[Partitioner] = Registry("fsdgraph.partitioners", Partitioner, {
+    "contiguous": "fsdgraph.partitioners:Contiguous",
+    "random": "fsdgraph.partitioners:Random",
+    "hypergraph": "fsdgraph.partitioners.hypergraph:Hypergraph",
+})
 
 
 def partitioner_names() -> list[str]:
     """Every known partitioner: built-ins and those registered through entry points."""
-    names = set(_builtin()) | {ep.name for ep in entry_points(group="fsdgraph.partitioners")}
-    return sorted(names)
+    return PARTITIONERS.names()
 
 
 def get_partitioner(name: str | Partitioner) -> Partitioner:
     """A partitioner instance by name (or the instance itself)."""
     if isinstance(name, Partitioner):
         return name
-    cls = _builtin().get(name)
-    if cls is None:
-        for ep in entry_points(group="fsdgraph.partitioners"):
-            if ep.name == name:
-                cls = ep.load()
-                break
-    if cls is None:
-        raise ConfigError(
-            f"unknown partitioner {name!r}; known: {', '.join(partitioner_names())}")
-    return cls()
+    return PARTITIONERS.load(name)()
