@@ -36,8 +36,9 @@ def compile(
 ) -> Plan:
     """Partition every layer of ``graph`` over ``workers`` and derive the exchange edges."""
     layers = graph.layers() if isinstance(graph, Graph) else graph
-    if not isinstance(workers, int) or workers < 1:
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    workers = int(workers)
     narrowest = min(layer.weight.shape[1] for layer in layers)
     if workers > narrowest:
         raise ConfigError(
@@ -47,6 +48,7 @@ def compile(
     weights = [layer.weight for layer in layers]
     owners = part.partition([w.shape[1] for w in weights], workers, weights)
     _check_owners(owners, weights, workers, part.name)
+    owners = [own.astype(np.int32, copy=False) for own in owners]
 
     specs = [LayerSpec(int(layer.weight.shape[1]), layer.relu, layer.cap, layer.bias_on_nonzero)
              for layer in layers]
@@ -101,7 +103,8 @@ def _check_owners(
         raise ConfigError(f"partitioner {name!r} returned {len(owners)} layers, "
                           f"expected {len(weights)}")
     for l, (own, w) in enumerate(zip(owners, weights, strict=True)):
-        if own.shape != (w.shape[1],) or own.min() < 0 or own.max() >= workers:
+        if (not isinstance(own, np.ndarray) or not np.issubdtype(own.dtype, np.integer)
+                or own.shape != (w.shape[1],) or own.min() < 0 or own.max() >= workers):
             raise ConfigError(f"partitioner {name!r}: layer {l} owners must be {w.shape[1]} "
                               f"worker ids in [0, {workers})")
         if np.bincount(own, minlength=workers).min() == 0:

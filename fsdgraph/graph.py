@@ -90,7 +90,7 @@ class Graph:
         """Declare the input: ``width`` features per row."""
         if any(isinstance(n, Input) for n in self.nodes):
             raise GraphError("graph already has an input; only one is supported")
-        if not isinstance(width, (int, np.integer)) or width <= 0:
+        if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width <= 0:
             raise GraphError(f"input {name!r}: width must be a positive integer, got {width!r}")
         node = Input(name=name, width=int(width))
         self._add(node)
@@ -179,7 +179,7 @@ class Graph:
 
 def sequential(
     weights: list[Weight],
-    bias: float | list[float] | list[np.ndarray] = 0.0,
+    bias: float | np.ndarray | list[float] | list[np.ndarray] = 0.0,
     *,
     cap: float | None = None,
     bias_on_nonzero: bool = True,

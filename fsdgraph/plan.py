@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 #: ``SourceRows.src`` of layer 0: the staged input features rather than a peer.
 INPUT = -1
 
+#: The layout of :meth:`WorkerShard.to_bytes`; a worker refuses a shard of another version.
+SHARD_VERSION = 1
+
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -95,7 +98,7 @@ class WorkerShard:
 
     def to_bytes(self) -> bytes:
         return pack({
-            "version": 1, "worker": self.worker, "workers": self.workers,
+            "version": SHARD_VERSION, "worker": self.worker, "workers": self.workers,
             "input_neurons": self.input_neurons,
             "specs": [[s.width, s.relu, s.cap, s.bias_on_nonzero] for s in self.specs],
             "layers": [
@@ -109,8 +112,13 @@ class WorkerShard:
     @staticmethod
     def from_bytes(data: bytes) -> WorkerShard:
         d = unpack(data)
-        if not isinstance(d, dict) or d.get("version") != 1:
-            raise ProtocolError("not a version-1 fsdgraph worker shard")
+        if not isinstance(d, dict) or "version" not in d:
+            raise ProtocolError(f"not an fsdgraph worker shard (a {type(d).__name__} without "
+                                "a version)")
+        if d["version"] != SHARD_VERSION:
+            raise ProtocolError(
+                f"worker shard version {d['version']!r} is not {SHARD_VERSION}, the version this "
+                "fsdgraph reads: the scheduler and the workers must run the same fsdgraph")
         return WorkerShard(
             worker=d["worker"], workers=d["workers"], input_neurons=d["input_neurons"],
             specs=[LayerSpec(*s) for s in d["specs"]],

@@ -110,8 +110,8 @@ class LayerInputs:
         pieces = self._merged()
         rows = np.arange(self.batch, dtype=np.int32) if self._all_rows else self._rows(pieces)
         n_in, width = self.weight.shape
-        if len(rows) == 0 and bias_on_nonzero:
-            return Block.empty(width)
+        if bias_on_nonzero and (len(rows) == 0 or not pieces):
+            return Block.empty(width)  # no input, no nonzero product: nothing gets a bias
         nnz = sum(b.nnz for _, b in pieces)
         if bias_on_nonzero and nnz < SPARSE_PRODUCT_BELOW * len(rows) * n_in:
             return self._sparse(pieces, bias, relu, cap)
