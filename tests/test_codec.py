@@ -367,12 +367,17 @@ def test_golden_csr_bytes() -> None:
 
 
 def test_encoding_is_deterministic_and_compact() -> None:
-    """Equal blocks encode to equal bytes, and saturated values compress far below raw size."""
+    """Equal blocks encode to equal bytes, and saturated values compress far below raw size:
+    they go plain (not shuffled), as one lz4 block of the column-major values."""
     values = np.full((200, 100), 32.0, np.float32)
+    values[::7, 3] = 1.5
     block = Block(np.arange(200, dtype=np.int32), dense_t=np.ascontiguousarray(values.T))
-    assert CODEC.encode(block) == CODEC.encode(block)
-    assert len(CODEC.encode(block)) < values.nbytes // 50
-    assert lz4.block  # the codec's compressor is importable here (used by the golden bytes)
+    encoded = CODEC.encode(block)
+    assert encoded == CODEC.encode(block)
+    assert len(encoded) < values.nbytes // 50
+    shuffled, size, data = msgpack.unpackb(encoded, raw=False)["x"]
+    assert (shuffled, size) == (False, values.nbytes)
+    assert lz4.block.decompress(data, uncompressed_size=size) == values.T.tobytes()
 
 
 # -- TextCodec ------------------------------------------------------------------------------------
