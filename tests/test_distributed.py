@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,9 @@ from fsdgraph.sources.radixnet import radixnet
 
 LAYERS = 36
 
+#: The graph, the images and the serial reference's activations.
+Network = tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_matrix]
+
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[LocalBackend]:
@@ -30,7 +34,7 @@ def backend() -> Iterator[LocalBackend]:
 
 
 @pytest.fixture(scope="module")
-def network() -> tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_matrix]:
+def network() -> Network:
     """A generated 1024-neuron RadiX-Net (36 layers: six blocks) on generated images."""
     graph = fsdgraph.sequential(radixnet(1024, LAYERS, seed=3), graphchallenge_bias(1024), cap=32)
     images = synthetic_images(1024, 300, seed=4)
@@ -46,13 +50,23 @@ def assert_same(result: fsdgraph.Result, reference: sp.csr_matrix) -> None:
     assert np.array_equal(got, want)
 
 
-@pytest.mark.parametrize("partitioner", ["contiguous", "random", "hypergraph"])
-@pytest.mark.parametrize("channel", ["queue", "object"])
-@pytest.mark.parametrize("workers", [1, 2, 3, 4, 7])
-def test_distributed_equals_serial(backend: LocalBackend, network: tuple, workers: int,
+#: One worker owns everything: every partitioner gives the same plan and nothing travels, so the
+#: channel is idle too; one such run. Above one worker, every (workers, channel, partitioner)
+#: is a different run: the partitioners give different owners (tests/test_partitioners.py), so
+#: different edges travel, and the channels carry them differently.
+RUNS = [pytest.param(1, "queue", "contiguous", id="1-single")] + [
+    pytest.param(workers, channel, partitioner, id=f"{workers}-{channel}-{partitioner}")
+    for workers in (2, 3, 4, 7)
+    for channel in ("queue", "object")
+    for partitioner in ("contiguous", "random", "hypergraph")
+]
+
+
+@pytest.mark.parametrize(("workers", "channel", "partitioner"), RUNS)
+def test_distributed_equals_serial(backend: LocalBackend, network: Network, workers: int,
                                    channel: str, partitioner: str) -> None:
-    """Categories identical and values within 1e-6 for P in {1,2,3,4,7}, both channels and both
-    partitioners; the run reports real traffic whenever there is more than one worker."""
+    """Categories identical and values within 1e-6 for P in {1,2,3,4,7}, both channels and the
+    three partitioners; the run reports real traffic whenever there is more than one worker."""
     graph, images, reference = network
     plan = fsdgraph.compile(graph, workers=workers, partitioner=partitioner)
     result = fsdgraph.Scheduler(backend, channel).run_sync(plan, images)
@@ -69,7 +83,7 @@ def test_distributed_equals_serial(backend: LocalBackend, network: tuple, worker
         assert report["bytes_sent"] == 0
 
 
-def test_where_bits_differ(backend: LocalBackend, network: tuple) -> None:
+def test_where_bits_differ(backend: LocalBackend, network: Network) -> None:
     """Bits differ only from scipy's non-canonical summation order: the plain loop (column ids
     left unsorted) differs from the canonical reference in the last bits, the distributed result
     never does."""
@@ -118,14 +132,14 @@ def test_all_rows_die(backend: LocalBackend) -> None:
     assert result.categories.size == 0 and result.activations.nnz == 0
 
 
-def test_input_width_mismatch_is_an_input_error(backend: LocalBackend, network: tuple) -> None:
+def test_input_width_mismatch_is_an_input_error(backend: LocalBackend, network: Network) -> None:
     graph, _, _ = network
     plan = fsdgraph.compile(graph, 2)
     with pytest.raises(fsdgraph.InputError, match="inputs have 10 features, the plan expects 1024"):
         fsdgraph.Scheduler(backend).run_sync(plan, sp.csr_matrix((3, 10), dtype=np.float32))
 
 
-def test_nothing_left_behind(backend: LocalBackend, network: tuple, tmp_path) -> None:
+def test_nothing_left_behind(backend: LocalBackend, network: Network, tmp_path: Path) -> None:
     """The run directory (objects, queues, logs) is removed when the run ends."""
     graph, images, _ = network
     local = LocalBackend(root=str(tmp_path))
@@ -140,7 +154,7 @@ def test_nothing_left_behind(backend: LocalBackend, network: tuple, tmp_path) ->
     (2.0, 30.0, "worker 2 stopped reporting (last heard at layer"),  # no heartbeat: dead
     (30.0, 2.0, "nothing new from [2]"),  # a peer waited for it in vain
 ])
-def test_a_killed_worker_is_named(network: tuple, stall_s: float, peer_s: float,
+def test_a_killed_worker_is_named(network: Network, stall_s: float, peer_s: float,
                                   says: str) -> None:
     """Whichever deadline fires first, the error is a RunTimeout that names the dead worker."""
     graph, images, _ = network
@@ -157,7 +171,7 @@ def test_a_killed_worker_is_named(network: tuple, stall_s: float, peer_s: float,
 
 
 @pytest.mark.parametrize("threshold", [0, 1, 2_000])
-def test_auto_channel_mixes_queue_and_objects(backend: LocalBackend, network: tuple,
+def test_auto_channel_mixes_queue_and_objects(backend: LocalBackend, network: Network,
                                               threshold: int) -> None:
     """The auto channel: same bits whichever way each edge goes; the report counts both ways
     (threshold 0: the price-derived line, 1: everything as objects, 2 kB: a mix)."""
@@ -169,7 +183,7 @@ def test_auto_channel_mixes_queue_and_objects(backend: LocalBackend, network: tu
     report = result.report
     edges = report["edges_via_queue"] + report["edges_via_object"]
     assert edges == len(plan.edges)
-    choice = report["channel_choice"]
+    choice = report["channel_details"]
     assert choice["object_above_bytes"] == (threshold or 458_752)
     assert choice["edges_via_object"] == report["edges_via_object"]
     assert ("auto_object_above_bytes" in choice["why"]) == bool(threshold)
@@ -180,7 +194,7 @@ def test_auto_channel_mixes_queue_and_objects(backend: LocalBackend, network: tu
 
 
 def test_a_launcher_that_cannot_start_fails_at_once(monkeypatch: pytest.MonkeyPatch,
-                                                    network: tuple) -> None:
+                                                    network: Network) -> None:
     """A broken local launcher is reported with its own error, not after the start-up timeout."""
     import time
 

@@ -3,6 +3,7 @@ networks; the hypergraph partitioner must send far fewer rows than contiguous an
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import fsdgraph
 from fsdgraph.errors import ConfigError
 from fsdgraph.partitioners import get_partitioner, partitioner_names
 from fsdgraph.partitioners.hypergraph import Hypergraph, connectivity
+from fsdgraph.plan import INPUT
 from fsdgraph.sources.graphchallenge import load_images, load_weights
 from fsdgraph.sources.radixnet import radixnet
 
@@ -109,3 +111,84 @@ def test_bad_settings_are_config_errors() -> None:
         Hypergraph(tolerance=1.5)
     with pytest.raises(ConfigError, match="needs a non-empty sample"):
         Hypergraph.activation_aware([], sp.csr_matrix((0, 4)))
+
+
+# -- plans, checked against the weights' structure (no processes) --------------------------------
+def irregular_network() -> list[sp.csr_matrix]:
+    """Layers of different widths, some output neurons without inputs, an input neuron feeding
+    nothing, and a dense layer."""
+    rng = np.random.default_rng(5)
+    widths = [50, 40, 64, 33, 20]
+    weights = [sp.random(a, b, density=0.08, random_state=rng, format="csr", dtype=np.float32)
+               for a, b in itertools.pairwise(widths)]
+    weights[1] = weights[1].tolil()
+    weights[1][:, 7] = 0  # an output neuron nobody feeds
+    weights[1][5, :] = 0  # an input neuron that feeds nothing
+    weights[1] = sp.csr_matrix(weights[1])
+    weights[2] = sp.csr_matrix(np.ones((64, 33), np.float32))
+    return weights
+
+
+NETWORKS = {"radixnet": lambda: radixnet(1024, 6, seed=2), "irregular": irregular_network}
+
+
+@pytest.mark.parametrize("network", sorted(NETWORKS))
+@pytest.mark.parametrize("workers", [2, 3, 7])
+@pytest.mark.parametrize("partitioner", ["contiguous", "random", "hypergraph"])
+def test_plan_matches_the_weight_structure(partitioner: str, workers: int,
+                                           network: str) -> None:
+    """Every output neuron is owned by exactly one worker; the exchange edges are exactly the
+    (input neuron, worker) pairs the weights require between different workers; each edge's
+    sender sends those neurons and its receiver reads them at the right positions."""
+    weights = NETWORKS[network]()
+    plan = fsdgraph.compile(fsdgraph.sequential(weights, -0.1), workers, partitioner)
+    assert plan.partitioner == partitioner and len(plan.owners) == len(weights)
+    check_balanced(plan, 0.03 if partitioner == "hypergraph" else 0.0)
+    for l, w in enumerate(weights):
+        own = plan.owners[l]
+        assert own.shape == (w.shape[1],) and own.dtype == np.int32
+        cols = [s.layers[l].out_cols for s in plan.shards]
+        assert sorted(np.concatenate(cols).tolist()) == list(range(w.shape[1]))  # exactly once
+        for k, c in enumerate(cols):
+            assert c.tolist() == np.flatnonzero(own == k).tolist()
+
+    required: list[tuple[int, int, int, int]] = []  # (layer, src, dst, input neuron)
+    for l, w in enumerate(weights):
+        coo = w.tocoo()  # input j feeds an output of worker d: d needs j
+        j, d = np.divmod(np.unique(coo.row.astype(np.int64) * workers
+                                   + plan.owners[l][coo.col]), workers)
+        for k, shard in enumerate(plan.shards):  # what each worker multiplies, and from whom
+            ls = shard.layers[l]
+            mine = j[d == k]
+            assert ls.inputs.tolist() == mine.tolist()
+            assert ls.weight.shape == (len(mine), len(ls.out_cols))
+            assert (ls.weight != w[mine][:, ls.out_cols]).nnz == 0
+            positions = np.concatenate([r.positions for r in ls.sources] or [np.zeros(0, int)])
+            assert sorted(positions.tolist()) == list(range(len(mine)))  # each input once
+            if l == 0:
+                assert shard.input_neurons.tolist() == mine.tolist()
+                assert [r.src for r in ls.sources] in ([INPUT], [])
+                continue
+            srcs = [r.src for r in ls.sources]
+            assert srcs == sorted(srcs, key=lambda s: (s != k, s))  # own rows first
+            for r in ls.sources:
+                assert set(plan.owners[l - 1][ls.inputs[r.positions]].tolist()) == {r.src}
+        if l:
+            src = plan.owners[l - 1][j]
+            remote = src != d
+            required += zip([l] * int(remote.sum()), src[remote].tolist(), d[remote].tolist(),
+                            j[remote].tolist(), strict=True)
+    travelled = [(e.layer, e.src, e.dst, n) for e in plan.edges for n in e.neurons.tolist()]
+    assert sorted(travelled) == sorted(required)  # nothing missing, nothing extra or twice
+    assert all(e.layer > 0 and len(e.neurons) for e in plan.edges)
+    assert sum(plan.rows_to_send()) == len(required)
+
+    for e in plan.edges:
+        (send,) = [s for s in plan.shards[e.src].layers[e.layer].sends if s.dst == e.dst]
+        sent = plan.shards[e.src].layers[e.layer - 1].out_cols[send.columns]
+        assert sent.tolist() == e.neurons.tolist()
+        receiver = plan.shards[e.dst].layers[e.layer]
+        (rows,) = [r for r in receiver.sources if r.src == e.src]
+        assert receiver.inputs[rows.positions].tolist() == e.neurons.tolist()
+    sends = sum(len(ls.sends) for s in plan.shards for ls in s.layers)
+    assert sends == len(plan.edges)
