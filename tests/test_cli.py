@@ -138,3 +138,33 @@ def test_report_command_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["report", str(bad)]) == 2
     assert "not a run report: missing layers, per_layer, per_worker, requests" in \
         capsys.readouterr().err
+
+
+def test_prices_file_sets_the_bill_and_a_bad_one_exits_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text("[prices]\ns3_get_per_k = 4.0\n")  # 10 000 times the list price
+    reports = {}
+    for name, extra in (("list", []), ("dear", ["--prices", str(prices)])):
+        reports[name] = tmp_path / f"{name}.json"
+        code = main(["graphchallenge", *SMALL, "--channel", "object", "--no-progress",
+                     "--report", str(reports[name]), *extra])
+        assert code == 0, capsys.readouterr().out
+    bills = {k: json.loads(p.read_text())["bill"] for k, p in reports.items()}
+    assert bills["dear"]["prices"]["s3_get_per_k"] == 4.0
+    assert bills["dear"]["total"] > 100 * bills["list"]["total"]
+    monkeypatch.setenv("FSDGRAPH_PRICES", str(tmp_path / "missing.toml"))
+    assert main(["graphchallenge", *SMALL, "--no-progress"]) == 2
+    assert "missing.toml" in capsys.readouterr().err
+
+
+def test_inproc_backend_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["graphchallenge", *SMALL, "--backend", "inproc", "--channel", "object",
+                 "--no-progress"]) == 0
+    assert "inproc backend" in capsys.readouterr().out
+    code = main(["graphchallenge", *SMALL, "--backend", "inproc", "--channel", "queue",
+                 "--no-progress"])
+    assert code == 2
+    assert ("channel 'queue' needs messages, which backend 'inproc' does not provide"
+            in capsys.readouterr().err)
