@@ -12,20 +12,64 @@ Three steps — define, compile, submit::
     >>> ref = fsdgraph.reference_inference(y, graph.layers())
     >>> bool(np.allclose(result.activations.toarray(), ref.toarray(), rtol=1e-6))
     True
+
+The names below are imported on first use (PEP 562), so a worker that imports
+``fsdgraph.worker`` does not load the scheduler, the compiler or their dependencies.
 """
 
-from fsdgraph.channels import ChannelConfig
-from fsdgraph.compiler import compile
-from fsdgraph.errors import FsdError, GraphError, InputError, RunError, RunTimeout
-from fsdgraph.graph import Graph, Layer, sequential
-from fsdgraph.kernels import categories, reference_inference
-from fsdgraph.plan import Plan
-from fsdgraph.scheduler import Result, RunConfig, Scheduler
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fsdgraph.channels import ChannelConfig
+    from fsdgraph.compiler import compile
+    from fsdgraph.errors import FsdError, GraphError, InputError, RunError, RunTimeout
+    from fsdgraph.graph import Graph, Layer, sequential
+    from fsdgraph.kernels import categories, reference_inference
+    from fsdgraph.plan import Plan
+    from fsdgraph.scheduler import Result, RunConfig, Scheduler
 
 __version__ = "0.1.0"
+
+#: Each public name and the module it comes from.
+_LAZY: dict[str, str] = {
+    "ChannelConfig": "fsdgraph.channels",
+    "compile": "fsdgraph.compiler",
+    "FsdError": "fsdgraph.errors",
+    "GraphError": "fsdgraph.errors",
+    "InputError": "fsdgraph.errors",
+    "RunError": "fsdgraph.errors",
+    "RunTimeout": "fsdgraph.errors",
+    "Graph": "fsdgraph.graph",
+    "Layer": "fsdgraph.graph",
+    "sequential": "fsdgraph.graph",
+    "categories": "fsdgraph.kernels",
+    "reference_inference": "fsdgraph.kernels",
+    "Plan": "fsdgraph.plan",
+    "Result": "fsdgraph.scheduler",
+    "RunConfig": "fsdgraph.scheduler",
+    "Scheduler": "fsdgraph.scheduler",
+}
 
 __all__ = [
     "ChannelConfig", "FsdError", "Graph", "GraphError", "InputError", "Layer", "Plan", "Result",
     "RunConfig", "RunError", "RunTimeout", "Scheduler", "categories", "compile",
     "reference_inference", "sequential",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name's module on first access, and keep the name here."""
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -59,14 +59,15 @@ __all__ = [
 HANDLER = "fsdgraph.worker.handler"
 
 #: What the worker imports, with the lower bounds of setup.cfg (``install_requires`` and the
-#: ``aws`` extra). networkx is left out: only ``Plan.dag`` uses it, on the scheduler's side, and
-#: imports it there lazily. tqdm stays: ``import fsdgraph`` imports the scheduler, which imports it.
+#: ``aws`` extra). networkx and tqdm are left out: only the client uses them (``Plan.dag``, which
+#: imports networkx lazily, and the scheduler's progress bar), and ``import fsdgraph`` imports
+#: neither the scheduler nor the compiler until one of their names is used
+#: (tests/test_hygiene.py checks what a worker loads).
 DEFAULT_DEPENDENCIES: tuple[str, ...] = (
     "numpy>=1.24",
     "scipy>=1.10",
     "msgpack>=1.0",
     "lz4>=4.0",
-    "tqdm>=4.60",
     "aiobotocore>=2.5",
 )
 
