@@ -39,6 +39,7 @@ import scipy.sparse as sp
 
 from fsdgraph.errors import ProtocolError
 from fsdgraph.kernels import Block
+from fsdgraph.kernels.block import DENSE_ABOVE
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,10 @@ class _Arrays:
         return np.frombuffer(raw, dtype=dtype).copy()
 
 
-#: By default a block travels as CSR up to this density: below it the CSR form is the smaller one
-#: on Graph Challenge activations (bench/kernels.py), whatever the layout in memory.
-WIRE_DENSE_ABOVE = 0.4
+#: By default a block travels as CSR up to this density, whatever its layout in memory: the one
+#: density threshold of fsdgraph, :data:`fsdgraph.kernels.block.DENSE_ABOVE` (documented there).
+#: Kept under this name for ``ChannelConfig.wire_dense_above``'s default.
+WIRE_DENSE_ABOVE = DENSE_ABOVE
 
 
 class BlockCodec:
@@ -122,7 +124,7 @@ class BlockCodec:
 
     codec_id = "fsd-block-1"
 
-    def __init__(self, acceleration: int = 1, dense_above: float = WIRE_DENSE_ABOVE) -> None:
+    def __init__(self, acceleration: int = 1, dense_above: float = DENSE_ABOVE) -> None:
         if acceleration < 1:
             raise ValueError(f"acceleration must be >= 1, got {acceleration}")
         if not 0.0 <= dense_above <= 1.0:

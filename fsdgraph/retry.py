@@ -37,7 +37,16 @@ MAX_DELAY_S = 1.0
 
 class Backoff:
     """Waits that double from ``first_delay_s`` up to ``max_delay_s``, each with full jitter in
-    [0.5, 1.5) of its nominal value, until ``deadline_s`` from creation has passed."""
+    [0.5, 1.5) of its nominal value, until ``deadline_s`` from creation has passed (no wait
+    ends after it).
+
+    For loops that retry part of a result rather than an exception (a batch call's failed
+    entries)::
+
+        backoff = Backoff(deadline_s)
+        while (failed := await attempt()) and not backoff.expired:
+            await backoff.wait()
+    """
 
     def __init__(self, deadline_s: float, first_delay_s: float = FIRST_DELAY_S,
                  max_delay_s: float = MAX_DELAY_S) -> None:
@@ -51,7 +60,8 @@ class Backoff:
         return time.monotonic() + self.delay > self.deadline
 
     async def wait(self) -> None:
-        await asyncio.sleep(self.delay * (0.5 + random.random()))
+        left = self.deadline - time.monotonic()
+        await asyncio.sleep(max(0.0, min(self.delay * (0.5 + random.random()), left)))
         self.delay = min(self.delay * 2, self.max_delay)
 
 

@@ -27,8 +27,14 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
-#: Store a block dense when more than this fraction of its cells is nonzero: below it CSR is the
-#: smaller form (on the wire too) and the layer kernel multiplies it as CSR (docs/benchmarks.md).
+#: The one density threshold of fsdgraph: a block with more than this fraction of its cells
+#: nonzero is stored dense, the layer kernel multiplies inputs of at least this density dense
+#: (:mod:`fsdgraph.kernels.layer`), and the codec sends a CSR block dense above it by default
+#: (``fsdgraph.codec.BlockCodec``'s ``dense_above``). Why 0.4, as measured by bench/kernels.py on
+#: the official Graph Challenge layers (docs/benchmarks.md): below it the CSR form is 2-5x smaller
+#: on the wire and keeps memory proportional to the nonzeros; the dense product alone is faster
+#: at every density, but the inputs arrive as CSR pieces and converting them to dense below 0.4
+#: cost as much as the faster product saved, end to end.
 DENSE_ABOVE = 0.4
 
 

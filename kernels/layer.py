@@ -10,8 +10,9 @@ fused: bias where the sum is nonzero (the Graph Challenge rule), ReLU, cap, and 
 died are dropped.
 
 The representation is chosen by the measured density of the assembled inputs: CSR x CSR below
-:data:`SPARSE_PRODUCT_BELOW`, else a feature-major dense block times the transposed weight
-(scipy's ``csr_matvecs``). Rows that no piece carries cost nothing in either.
+:data:`~fsdgraph.kernels.block.DENSE_ABOVE` (the density threshold, and why it is 0.4, are
+written once there), else a feature-major dense block times the transposed weight (scipy's
+``csr_matvecs``). Rows that no piece carries cost nothing in either.
 
 >>> import numpy as np, scipy.sparse as sp
 >>> layer = LayerInputs(batch=4, weight=WeightRows(sp.csr_matrix(np.eye(2, dtype=np.float32))))
@@ -27,13 +28,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from fsdgraph.kernels.block import Block
-
-#: Multiply CSR x CSR below this input density, dense above. The dense product alone wins at
-#: every density once the inputs are dense, but they arrive as CSR pieces, and converting them
-#: ate the gain end to end; below 0.4 the CSR path also keeps memory proportional to the
-#: nonzeros, which matters for wide layers (docs/benchmarks.md).
-SPARSE_PRODUCT_BELOW = 0.4
+from fsdgraph.kernels.block import DENSE_ABOVE, Block
 
 
 class WeightRows:
@@ -113,7 +108,7 @@ class LayerInputs:
         if bias_on_nonzero and (len(rows) == 0 or not pieces):
             return Block.empty(width)  # no input, no nonzero product: nothing gets a bias
         nnz = sum(b.nnz for _, b in pieces)
-        if bias_on_nonzero and nnz < SPARSE_PRODUCT_BELOW * len(rows) * n_in:
+        if bias_on_nonzero and nnz < DENSE_ABOVE * len(rows) * n_in:
             return self._sparse(pieces, bias, relu, cap)
         z_t = np.asarray(self.weight.transposed @ self._dense_inputs(pieces, rows))
         if bias_on_nonzero:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 pytest.importorskip("aiobotocore", reason="pip install 'fsdgraph[aws]'")
 pytest.importorskip("boto3", reason="pip install 'fsdgraph[aws]'")
@@ -26,6 +28,7 @@ pytest.importorskip("boto3", reason="pip install 'fsdgraph[aws]'")
 import boto3
 from aiobotocore.session import AioSession
 
+import fsdgraph
 from fsdgraph.backend import Services
 from fsdgraph.backends.aws import AwsBackend
 from fsdgraph.backends.aws.config import AWS_LIMITS, AwsSettings, load_aws_settings
@@ -39,11 +42,12 @@ from fsdgraph.backends.aws.transports import (
 from fsdgraph.channels import Channel, ChannelConfig, WorkerContext
 from fsdgraph.channels.queue import QueueChannel
 from fsdgraph.codec import BlockCodec
+from fsdgraph.control import QueueControlPlane
 from fsdgraph.errors import ConfigError, MessageTooLarge, RunError
 from fsdgraph.kernels import Block
 from fsdgraph.metrics import WorkerMetrics
-from fsdgraph.control import QueueControlPlane
 from fsdgraph.resources import RunNames
+from fsdgraph.scheduler import Scheduler
 from fsdgraph.transport import Entry, Limits, Message, delete_received
 
 ACCOUNT = "123456789012"  # moto's default account
@@ -236,12 +240,21 @@ def test_a_runs_queues_and_topics_are_tagged_with_the_run_id(moto_server: Any) -
 
 
 # -- Lambda invocation ----------------------------------------------------------------------------
-def test_invocation_event_over_the_payload_limit_is_refused_before_any_request() -> None:
-    functions = LambdaFunctions(AwsConfig("us-east-1", {"lambda": "http://127.0.0.1:9"}),
-                                "demo-worker", max_payload_bytes=1000)
-    with pytest.raises(MessageTooLarge, match=r"event of \d+ bytes for function 'demo-worker' "
-                                              r"exceeds the limit of 1000 bytes"):
-        asyncio.run(functions.invoke({"x": "y" * 2000}))
+def test_invocation_event_over_the_payload_limit_is_refused_before_any_request(
+        moto_server: Any) -> None:
+    """The scheduler checks every event against Limits.max_invoke_payload_bytes before it
+    invokes (fsdgraph.transport.check_invoke_payload, for every backend). The function was
+    never deployed, so an invocation that reached Lambda would fail with NotFound instead."""
+    limits = dataclasses.replace(AWS_LIMITS, max_invoke_payload_bytes=300)
+    backend = AwsBackend(settings_for(moto_server, "payload", bucket=moto_server.bucket,
+                                      account=ACCOUNT, limits=limits))
+    rng = np.random.default_rng(0)
+    weights = [sp.csr_matrix(rng.random((8, 8)).astype(np.float32)) for _ in range(2)]
+    plan = fsdgraph.compile(fsdgraph.sequential(weights, bias=-0.5), workers=2,
+                            partitioner="contiguous")
+    with pytest.raises(MessageTooLarge, match=r"^invocation event of \d+ bytes exceeds the "
+                                              r"limit of 300 bytes \(Limits\.max_invoke_"):
+        Scheduler(backend, channel="object").run_sync(plan, np.ones((3, 8), np.float32))
 
 
 # -- the queue channel over SNS/SQS ---------------------------------------------------------------
@@ -285,8 +298,6 @@ async def aws_channels(server: Any, workers: int, config: ChannelConfig,
 
 def random_block(seed: int, batch: int, cols: int, density: float) -> tuple[Block, np.ndarray]:
     """A block of ``cols`` columns over ``batch`` rows, and the same as a dense array."""
-    import scipy.sparse as sp
-
     rng = np.random.default_rng(seed)
     dense = np.where(rng.random((batch, cols)) < density,
                      rng.standard_normal((batch, cols)), 0).astype(np.float32)

@@ -5,11 +5,14 @@
 function has Lambda's own retries turned off (see :mod:`fsdgraph.backends.aws.deploy`): a worker
 that fails reports it, and one that never starts is found by the scheduler's stall timeout, so a
 silent second attempt could only duplicate work.
+
+The event's size is checked by the callers, for every backend alike, before ``invoke``
+(:func:`fsdgraph.transport.check_invoke_payload`); it travels as they measured it
+(:func:`fsdgraph.transport.invoke_payload`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,11 +20,13 @@ from aiobotocore.session import AioSession
 
 from fsdgraph.backend import Functions
 from fsdgraph.backends.aws.transports import AwsConfig, _AwsService
-from fsdgraph.errors import MessageTooLarge, NotFound, TransportError
+from fsdgraph.errors import NotFound, TransportError
+from fsdgraph.transport import invoke_payload
 
 
 class LambdaFunctions(_AwsService, Functions):
-    """Invokes ``function`` asynchronously with a JSON event of at most ``max_payload_bytes``."""
+    """Invokes ``function`` asynchronously with a JSON event; ``max_payload_bytes`` is the limit
+    the callers check events against (it is not checked again here)."""
 
     _services = ("lambda",)
 
@@ -32,11 +37,7 @@ class LambdaFunctions(_AwsService, Functions):
         self.max_payload_bytes = max_payload_bytes
 
     async def invoke(self, event: Mapping[str, Any]) -> None:
-        payload = json.dumps(event, separators=(",", ":")).encode()
-        if len(payload) > self.max_payload_bytes:
-            raise MessageTooLarge(
-                f"invocation event of {len(payload)} bytes for function {self.function!r} "
-                f"exceeds the limit of {self.max_payload_bytes} bytes")
+        payload = invoke_payload(event)
         try:
             response = await self._call("lambda", "invoke", f"function {self.function!r}",
                                         FunctionName=self.function, InvocationType="Event",

@@ -12,14 +12,19 @@ Errors are translated at the boundary: a botocore ``ClientError`` becomes
 :class:`~fsdgraph.errors.TransportError` otherwise (``raise ... from exc``); a botocore
 connection or timeout error becomes :class:`~fsdgraph.errors.TransportError`; anything else
 propagates. Transient request failures are retried by botocore's ``standard`` retry mode
-(exponential backoff with jitter, bounded attempts, never a client error); batch calls report
-per-entry failures as :class:`~fsdgraph.transport.Failure` with ``retryable`` set as AWS says.
+(exponential backoff with jitter, bounded attempts, never a client error); one that is still
+failing after those attempts (throttling, an HTTP 5xx answer, a connection dropped or timed out
+mid-request) is raised with ``retryable=True``, for the callers' deadline-bounded retries
+(:mod:`fsdgraph.retry`). Batch calls report per-entry failures as
+:class:`~fsdgraph.transport.Failure` with ``retryable`` set as AWS says.
 
-:class:`~fsdgraph.transport.Limits` are enforced here before any request (moto does not): an
-entry above ``max_message_bytes`` (or the queue's ``MaximumMessageSize``) fails alone with code
-``MessageTooLong``; a batch over the entry or byte limit raises
-:class:`~fsdgraph.errors.MessageTooLarge`. On ``publish_batch`` only ``Limits`` apply: SNS does not
-report a message too long for one subscribed queue (its delivery fails later), so neither can we.
+:class:`~fsdgraph.transport.Limits` are enforced before any request (moto does not): the batch,
+``receive`` and object-size rules by :mod:`fsdgraph.transport` for every backend; here, an entry
+above ``max_message_bytes`` (or the queue's ``MaximumMessageSize``) fails alone with code
+``MessageTooLong``. On ``publish_batch`` only ``Limits`` apply: SNS does not report a message too
+long for one subscribed queue (its delivery fails later), so neither can we. SQS takes at most
+10 entries per batch call, so a ``Limits.max_batch_entries`` above that is refused when the
+service is made.
 
 Queue names resolve to URLs (``GetQueueUrl``) and topic names to ARNs (built from the account
 id, which ``sts:GetCallerIdentity`` gives once) and stay cached per service.
@@ -40,10 +45,10 @@ from typing import Any, Protocol
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 
 from fsdgraph.backends.aws.config import partition
-from fsdgraph.errors import MessageTooLarge, NotFound, TransportError
+from fsdgraph.errors import ConfigError, NotFound, TransportError
 from fsdgraph.transport import (
     BatchResult,
     Entry,
@@ -52,7 +57,7 @@ from fsdgraph.transport import (
     Message,
     MessageService,
     ObjectStore,
-    entry_size,
+    entry_failure,
 )
 
 __all__ = ["AwsConfig", "S3ObjectStore", "SnsSqsMessageService", "caller_account"]
@@ -69,9 +74,9 @@ THROTTLING_CODES = frozenset({
     "RequestThrottledException", "TooManyRequestsException", "SlowDown", "RequestLimitExceeded",
     "KMSThrottlingException", "ServiceUnavailable", "InternalError", "InternalFailure",
 })
-#: SQS caps one long poll at 20 s and one receive at 10 messages.
+#: SQS caps one long poll at 20 s, and one receive or batch call at 10 entries.
 MAX_WAIT_S = 20
-MAX_RECEIVE = 10
+MAX_BATCH_ENTRIES = 10
 #: S3 DeleteObjects takes at most 1000 keys.
 DELETE_BATCH = 1000
 
@@ -112,14 +117,18 @@ def _code(exc: ClientError) -> str:
 
 
 def _translate(exc: Exception, what: str) -> TransportError:
-    """The fsdgraph error for a botocore error raised while doing ``what``."""
+    """The fsdgraph error for a botocore error raised while doing ``what``; ``retryable`` for
+    throttling, a service fault (HTTP 5xx) or a connection lost mid-request."""
     if isinstance(exc, ClientError):
         code = _code(exc)
         if code in NOT_FOUND_CODES:
             return NotFound(f"{what}: does not exist ({code})")
         message = exc.response.get("Error", {}).get("Message", "")
-        return TransportError(f"{what}: {code}: {message}")
-    return TransportError(f"{what}: {type(exc).__name__}: {exc}")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return TransportError(f"{what}: {code}: {message}",
+                              retryable=code in THROTTLING_CODES or status >= 500)
+    return TransportError(f"{what}: {type(exc).__name__}: {exc}",
+                          retryable=isinstance(exc, HTTPClientError))
 
 
 class _AwsService:
@@ -221,7 +230,8 @@ async def caller_account(config: AwsConfig) -> str:
 # S3
 # ================================================================================================
 class S3ObjectStore(_AwsService, ObjectStore):
-    """Objects in ``config.bucket`` under ``config.prefix``."""
+    """Objects in ``config.bucket`` under ``config.prefix``. An empty key is refused with a
+    TransportError before any request, as S3 has no object without a key."""
 
     _services = ("s3",)
 
@@ -229,21 +239,17 @@ class S3ObjectStore(_AwsService, ObjectStore):
         self, config: AwsConfig, *, limits: Limits | None = None, session: AioSession | None = None
     ) -> None:
         if not config.bucket:
-            raise ValueError("S3ObjectStore needs AwsConfig.bucket")
+            raise ConfigError("S3ObjectStore needs AwsConfig.bucket (the bucket holding the "
+                              "objects)")
         super().__init__(config, session=session)
         self.limits = limits
 
     def _key(self, key: str) -> str:
         if not key:
-            raise ValueError("object key must not be empty")
+            raise TransportError("object key must not be empty")
         return self.config.prefix + key
 
-    async def put(self, key: str, data: bytes) -> None:
-        if self.limits is not None and len(data) > self.limits.max_object_bytes:
-            raise MessageTooLarge(
-                f"object {key!r} of {len(data)} bytes exceeds the limit of "
-                f"{self.limits.max_object_bytes} bytes"
-            )
+    async def _put(self, key: str, data: bytes) -> None:
         await self._call("s3", "put_object", f"put of key {key!r}",
                          Bucket=self.config.bucket, Key=self._key(key), Body=data)
 
@@ -333,6 +339,10 @@ class SnsSqsMessageService(_AwsService, MessageService):
     ) -> None:
         super().__init__(config, session=session)
         self.limits = limits or Limits()
+        if self.limits.max_batch_entries > MAX_BATCH_ENTRIES:
+            raise ConfigError(
+                f"Limits.max_batch_entries is {self.limits.max_batch_entries}, but SNS and SQS "
+                f"take at most {MAX_BATCH_ENTRIES} entries per batch call")
         #: Put on every queue and topic this service creates (e.g. the run id).
         self.tags = dict(tags or {})
         self._queues: dict[str, _Queue] = {}
@@ -432,40 +442,24 @@ class SnsSqsMessageService(_AwsService, MessageService):
             await self._call("sns", "delete_topic", f"topic {topic!r}",
                              TopicArn=await self._topic_arn(topic))
 
-    # -- data plane -----------------------------------------------------------------------------
-    def _check_batch(self, entries: Sequence[Entry], max_message_bytes: int
-                     ) -> tuple[list[Failure], list[int]]:
-        """Raise if the batch is over a limit; return the too-long entries' failures and the
-        indices of the entries to send."""
-        limits = self.limits
-        if len(entries) > limits.max_batch_entries:
-            raise MessageTooLarge(
-                f"batch of {len(entries)} entries exceeds the limit of "
-                f"{limits.max_batch_entries} entries per batch"
-            )
-        sizes = [entry_size(e) for e in entries]
-        total = sum(sizes)
-        if total > limits.max_batch_bytes:
-            raise MessageTooLarge(
-                f"batch of {len(entries)} entries totalling {total} bytes exceeds the limit of "
-                f"{limits.max_batch_bytes} bytes per batch"
-            )
-        limit = min(limits.max_message_bytes, max_message_bytes)
+    # -- data plane (the batch and receive rules are checked by MessageService) ----------------
+    @staticmethod
+    def _entries(sizes: Sequence[int | None], limit: int) -> tuple[list[Failure], list[int]]:
+        """The failures of the entries that do not fit alone, and the indices of the others."""
         failures: list[Failure] = []
         send: list[int] = []
         for index, size in enumerate(sizes):
-            if size > limit:
-                failures.append(Failure(
-                    index, "MessageTooLong",
-                    f"entry {index} of {size} bytes exceeds the limit of {limit} bytes",
-                    retryable=False))
-            else:
+            failure = entry_failure(index, size, limit)
+            if failure is None:
                 send.append(index)
+            else:
+                failures.append(failure)
         return failures, send
 
-    async def publish_batch(self, topic: str, entries: Sequence[Entry]) -> BatchResult:
+    async def _publish_batch(self, topic: str, entries: Sequence[Entry],
+                             sizes: Sequence[int | None]) -> BatchResult:
         topic_arn = await self._topic_arn(topic)
-        failures, send = self._check_batch(entries, self.limits.max_message_bytes)
+        failures, send = self._entries(sizes, self.limits.max_message_bytes)
         if send:
             response = await self._call(
                 "sns", "publish_batch", f"topic {topic!r}", TopicArn=topic_arn,
@@ -481,9 +475,11 @@ class SnsSqsMessageService(_AwsService, MessageService):
                              TopicArn=topic_arn)
         return BatchResult(tuple(sorted(failures, key=lambda f: f.index)))
 
-    async def send_batch(self, queue: str, entries: Sequence[Entry]) -> BatchResult:
+    async def _send_batch(self, queue: str, entries: Sequence[Entry],
+                          sizes: Sequence[int | None]) -> BatchResult:
         q = await self._queue(queue)
-        failures, send = self._check_batch(entries, q.max_message_bytes)
+        failures, send = self._entries(sizes, min(self.limits.max_message_bytes,
+                                                  q.max_message_bytes))
         if send:
             response = await self._queue_call(
                 queue, "send_message_batch",
@@ -496,18 +492,14 @@ class SnsSqsMessageService(_AwsService, MessageService):
             failures.extend(_failures(response.get("Failed", ())))
         return BatchResult(tuple(sorted(failures, key=lambda f: f.index)))
 
-    async def receive(
-        self, queue: str, *, max_messages: int = 10, wait_s: float = 1.0
-    ) -> list[Message]:
-        if max_messages < 1:
-            raise ValueError(f"max_messages must be at least 1, got {max_messages}")
+    async def _receive(self, queue: str, max_messages: int, wait_s: float) -> list[Message]:
         deadline = time.monotonic() + wait_s
         while True:
             remaining = deadline - time.monotonic()
             wait = min(MAX_WAIT_S, max(0, math.ceil(remaining)))
             response = await self._queue_call(
                 queue, "receive_message",
-                MaxNumberOfMessages=min(max_messages, MAX_RECEIVE),
+                MaxNumberOfMessages=max_messages,
                 WaitTimeSeconds=wait,
                 MessageAttributeNames=["All"],
                 AttributeNames=["ApproximateReceiveCount"],
@@ -527,12 +519,7 @@ class SnsSqsMessageService(_AwsService, MessageService):
                     for m in raw
                 ]
 
-    async def delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
-        if len(receipts) > self.limits.max_batch_entries:
-            raise MessageTooLarge(
-                f"batch of {len(receipts)} entries exceeds the limit of "
-                f"{self.limits.max_batch_entries} entries per batch"
-            )
+    async def _delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
         if not receipts:
             await self._queue(queue)
             return BatchResult()

@@ -3,8 +3,10 @@
 ``invoke`` returns once the process exists, as Lambda's ``InvocationType=Event`` returns once the
 event is queued. With a warm launcher (:mod:`fsdgraph.backends.local.launcher`, the default) the
 process is forked from a parent that has already imported the runtime; without one, a cold
-``python -m fsdgraph.backends.local run`` is started. Either way the event travels as
-JSON (never pickled), bounded by the same payload limit as an asynchronous Lambda invoke.
+``python -m fsdgraph.backends.local run`` is started. Either way the event travels as compact
+JSON (never pickled, :func:`fsdgraph.transport.invoke_payload`); the callers have checked it
+against the same payload limit as an asynchronous Lambda invoke
+(:func:`fsdgraph.transport.check_invoke_payload`).
 Each worker records its pid under ``<run dir>/pids`` so the session can stop stragglers of a failed
 run, and writes its output to ``<run dir>/logs/worker-<w>.log``.
 """
@@ -12,26 +14,34 @@ run, and writes its output to ``<run dir>/logs/worker-<w>.log``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fsdgraph.backend import Functions
-from fsdgraph.errors import MessageTooLarge, TransportError
+from fsdgraph.errors import TransportError
+from fsdgraph.retry import Backoff
+from fsdgraph.transport import invoke_payload
 
 _MODULE = "fsdgraph.backends.local"
 
 
+#: The launcher's socket is looked for at these intervals (doubling) while it starts.
+_STARTUP_POLL_S = (0.005, 0.05)
+
+
 class ProcessFunctions(Functions):
-    """Invoke workers as local processes (see the module docstring)."""
+    """Invoke workers as local processes (see the module docstring).
+
+    ``max_payload_bytes`` is the limit the callers check events against (it is not checked
+    again here).
+    """
 
     def __init__(self, max_payload_bytes: int, *, launcher: str | None = None,
                  startup_timeout_s: float = 60.0) -> None:
@@ -44,24 +54,21 @@ class ProcessFunctions(Functions):
         self.pool: WarmPool | None = None
 
     async def invoke(self, event: Mapping[str, Any]) -> None:
-        payload = json.dumps(event).encode()
-        if len(payload) > self.max_payload_bytes:
-            raise MessageTooLarge(f"invoke payload of {len(payload)} bytes exceeds the limit of "
-                                  f"{self.max_payload_bytes} bytes")
+        payload = invoke_payload(event)
         if self.launcher:
             await self._invoke_warm(Path(self.launcher), payload)
         else:
             self._invoke_cold(payload)
 
     async def _invoke_warm(self, path: Path, payload: bytes) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
+        backoff = Backoff(self.startup_timeout_s, *_STARTUP_POLL_S)
         while not path.exists():
             if self.pool is not None and not self.pool.alive:
                 raise TransportError(f"local launcher exited while starting: {self.pool.log()}")
-            if time.monotonic() > deadline:
+            if backoff.expired:
                 raise TransportError(f"local launcher did not start within "
                                      f"{self.startup_timeout_s:g} s (no {path})")
-            await asyncio.sleep(0.005)
+            await backoff.wait()
         try:
             reader, writer = await asyncio.open_unix_connection(str(path))
             writer.write(payload)

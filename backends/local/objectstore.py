@@ -10,15 +10,18 @@ On-disk layout under ``root``::
 
 A key is a ``/``-separated string; each segment becomes a directory level and the last one the
 file holding the object's bytes. Keys that could escape ``root`` or alias another key are refused
-with :class:`ValueError`: empty keys, absolute keys (leading ``/``), empty segments (``a//b``, a
-trailing ``/``), ``.`` or ``..`` segments, NUL characters, segments longer than the file system
-allows, and keys under the reserved ``.tmp`` directory.
+with a (not retryable) :class:`~fsdgraph.errors.TransportError` saying what is wrong, as S3
+refuses a request with a key it cannot take: empty keys, absolute keys (leading ``/``), empty
+segments (``a//b``, a trailing ``/``), ``.`` or ``..`` segments, NUL characters, segments longer
+than the file system allows, and keys under the reserved ``.tmp`` directory.
 
 Semantics, safe for several OS processes sharing one ``root``:
 
-* ``put`` writes a uniquely named temporary file in ``root/.tmp`` (the same file system) and then
-  ``os.replace``-s it over the key's path, so a concurrent ``get`` sees the old object or the new
-  one, never a partial file; concurrent puts of one key leave one of them whole (last rename wins).
+* ``put`` refuses an object above ``limits.max_object_bytes`` when ``limits`` is given (the rule
+  is :class:`~fsdgraph.transport.ObjectStore`'s), then writes a uniquely named temporary file in
+  ``root/.tmp`` (the same file system) and ``os.replace``-s it over the key's path, so a
+  concurrent ``get`` sees the old object or the new one, never a partial file; concurrent puts of
+  one key leave one of them whole (last rename wins).
 * ``get`` of a missing key raises :class:`~fsdgraph.errors.NotFound`.
 * ``list(prefix)`` matches by plain string prefix (``"run-1/lay"`` matches ``"run-1/layer3/x"``)
   and returns the keys sorted.
@@ -45,7 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fsdgraph.backends.local.files import write_new
-from fsdgraph.errors import MessageTooLarge, NotFound, TransportError
+from fsdgraph.errors import NotFound, TransportError
 from fsdgraph.transport import Limits, ObjectStore
 
 __all__ = ["DirectoryObjectStore"]
@@ -58,25 +61,27 @@ _NAME_MAX = 255
 
 
 def _check_key(key: str) -> list[str]:
-    """Return the key's segments, or raise ValueError saying what is wrong with it."""
+    """Return the key's segments, or raise TransportError saying what is wrong with it."""
     if not isinstance(key, str):
-        raise ValueError(f"object key must be a str, got {type(key).__name__}")
+        raise TransportError(f"object key must be a str, got {type(key).__name__}")
     if not key:
-        raise ValueError("object key must not be empty")
+        raise TransportError("object key must not be empty")
     if key.startswith("/"):
-        raise ValueError(f"object key {key!r} must be relative (no leading '/')")
+        raise TransportError(f"object key {key!r} must be relative (no leading '/')")
     if "\x00" in key:
-        raise ValueError(f"object key {key!r} must not contain NUL characters")
+        raise TransportError(f"object key {key!r} must not contain NUL characters")
     parts = key.split("/")
     for part in parts:
         if not part:
-            raise ValueError(f"object key {key!r} has an empty segment ('//' or a trailing '/')")
+            raise TransportError(
+                f"object key {key!r} has an empty segment ('//' or a trailing '/')")
         if part in (".", ".."):
-            raise ValueError(f"object key {key!r} must not contain '.' or '..' segments")
+            raise TransportError(f"object key {key!r} must not contain '.' or '..' segments")
         if len(part.encode("utf-8", "surrogateescape")) > _NAME_MAX:
-            raise ValueError(f"object key {key!r} has a segment longer than {_NAME_MAX} bytes")
+            raise TransportError(
+                f"object key {key!r} has a segment longer than {_NAME_MAX} bytes")
     if parts[0] == TMP_DIR:
-        raise ValueError(f"object key {key!r} is under the reserved directory {TMP_DIR!r}")
+        raise TransportError(f"object key {key!r} is under the reserved directory {TMP_DIR!r}")
     return parts
 
 
@@ -103,13 +108,8 @@ class DirectoryObjectStore(ObjectStore):
         return self.root.joinpath(*_check_key(key))
 
     # -- ObjectStore --------------------------------------------------------------------------
-    async def put(self, key: str, data: bytes) -> None:
+    async def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        if self.limits is not None and len(data) > self.limits.max_object_bytes:
-            raise MessageTooLarge(
-                f"object {key!r} of {len(data)} bytes exceeds the limit of "
-                f"{self.limits.max_object_bytes} bytes"
-            )
         if len(data) >= self.thread_threshold:
             await asyncio.to_thread(self._put_sync, key, path, data)
         else:
@@ -247,7 +247,7 @@ class DirectoryObjectStore(ObjectStore):
 def _find_keys(root: Path, prefix: str) -> list[str]:
     """Every key starting with ``prefix`` (unsorted). No key matches an invalid prefix."""
     if not isinstance(prefix, str):
-        raise ValueError(f"prefix must be a str, got {type(prefix).__name__}")
+        raise TransportError(f"prefix must be a str, got {type(prefix).__name__}")
     head, _, tail = prefix.rpartition("/")
     if head:
         dir_parts = head.split("/")

@@ -49,16 +49,16 @@ Semantics (those of SNS + SQS standard queues):
   Subscriptions are cached per process and re-read when the ``subs/`` directory changes (its
   inode or mtime; a listing made less than ``_RACY_NS`` after the mtime is never trusted, since
   directory timestamps are coarser than the clock).
-* **limits**: an entry larger than the queue's ``max_message_bytes`` (or, when published, than
+* **limits**: the batch rules (entries and bytes per batch, ``receive`` arguments, empty
+  batches) are :class:`~fsdgraph.transport.MessageService`'s, checked before any of this runs.
+  Here an entry larger than the queue's ``max_message_bytes`` (or, when published, than
   ``Limits.max_message_bytes`` or than any matching queue's limit) fails alone with code
-  ``MessageTooLong``, measured with :func:`~fsdgraph.transport.entry_size`; a batch with more than
-  ``Limits.max_batch_entries`` entries or ``Limits.max_batch_bytes`` bytes in total raises
-  :class:`~fsdgraph.errors.MessageTooLarge`, as AWS rejects the whole call. An empty batch does
-  nothing.
+  ``MessageTooLong``, measured with :func:`~fsdgraph.transport.entry_size`.
 * **names**: queue names match ``[A-Za-z0-9_-]{1,80}`` and topic names ``[A-Za-z0-9_-]{1,255}``
   (AWS's rules), so a name is always one safe path segment. A create call with another name
-  raises :class:`ValueError`; any other call with an unknown (or impossible) name raises
-  :class:`~fsdgraph.errors.NotFound` naming it, except the deletes, which do nothing.
+  (or a malformed filter policy) raises :class:`~fsdgraph.errors.ConfigError`; any other call
+  with an unknown (or impossible) name raises :class:`~fsdgraph.errors.NotFound` naming it,
+  except the deletes, which do nothing.
 * Messages are not fsync-ed: the service is for runs on one machine, not for durability.
 
 Cost: a send is a create, a write and a rename per message plus one doorbell write per batch; a
@@ -94,7 +94,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fsdgraph.backends.local.files import write_new
-from fsdgraph.errors import ConfigError, MessageTooLarge, NotFound
+from fsdgraph.errors import ConfigError, NotFound
 from fsdgraph.transport import (
     BatchResult,
     Entry,
@@ -102,7 +102,7 @@ from fsdgraph.transport import (
     Limits,
     Message,
     MessageService,
-    entry_size,
+    entry_failure,
 )
 
 __all__ = ["QueueConfig", "SpoolMessageService"]
@@ -151,18 +151,18 @@ def _normalise_policy(policy: Mapping[str, Sequence[str]]) -> dict[str, list[str
     out: dict[str, list[str]] = {}
     for key, values in policy.items():
         if not isinstance(key, str):
-            raise ValueError(f"filter policy keys must be str, got {key!r}")
+            raise ConfigError(f"filter policy keys must be str, got {key!r}")
         if isinstance(values, (str, bytes)):
-            raise ValueError(
+            raise ConfigError(
                 f"filter policy value for {key!r} must be a list of strings, got the string "
                 f"{values!r} (write [{values!r}])"
             )
         listed = list(values)
         if not listed:
-            raise ValueError(f"filter policy value for {key!r} must list at least one string")
+            raise ConfigError(f"filter policy value for {key!r} must list at least one string")
         for value in listed:
             if not isinstance(value, str):
-                raise ValueError(f"filter policy values for {key!r} must be str, got {value!r}")
+                raise ConfigError(f"filter policy values for {key!r} must be str, got {value!r}")
         out[key] = listed
     return out
 
@@ -273,7 +273,7 @@ class SpoolMessageService(MessageService):
         seed: int | None = None,
     ) -> None:
         if not 0.0 <= duplicate_rate <= 1.0:
-            raise ValueError(f"duplicate_rate must be between 0 and 1, got {duplicate_rate!r}")
+            raise ConfigError(f"duplicate_rate must be between 0 and 1, got {duplicate_rate!r}")
         self.root = Path(root)
         self.limits = limits
         self.duplicate_rate = duplicate_rate
@@ -304,7 +304,7 @@ class SpoolMessageService(MessageService):
         self, name: str, *, visibility_timeout_s: float, max_message_bytes: int
     ) -> str:
         if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
-            raise ValueError(f"queue name {name!r} must be 1 to 80 of [A-Za-z0-9_-]")
+            raise ConfigError(f"queue name {name!r} must be 1 to 80 of [A-Za-z0-9_-]")
         if not math.isfinite(visibility_timeout_s) or visibility_timeout_s < 0:
             raise ConfigError(
                 f"visibility_timeout_s must be a finite number >= 0, got {visibility_timeout_s!r}"
@@ -354,7 +354,7 @@ class SpoolMessageService(MessageService):
 
     async def create_topic(self, name: str) -> str:
         if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name):
-            raise ValueError(f"topic name {name!r} must be 1 to 255 of [A-Za-z0-9_-]")
+            raise ConfigError(f"topic name {name!r} must be 1 to 255 of [A-Za-z0-9_-]")
         tdir = os.path.join(self._topics, name)
         if os.path.isdir(tdir):
             return name
@@ -420,14 +420,14 @@ class SpoolMessageService(MessageService):
         return trash
 
     # -- data plane -----------------------------------------------------------------------------
-    async def publish_batch(self, topic: str, entries: Sequence[Entry]) -> BatchResult:
+    async def _publish_batch(self, topic: str, entries: Sequence[Entry],
+                             sizes: Sequence[int | None]) -> BatchResult:
         subs = self._subs(topic)
-        sizes = self._check_batch(entries)
         failures: list[Failure] = []
         deliveries: dict[str, list[bytes]] = {}
         configs: dict[str, QueueConfig | None] = {}
         for index, (entry, size) in enumerate(zip(entries, sizes, strict=True)):
-            failure = self._entry_failure(index, size, self.limits.max_message_bytes)
+            failure = entry_failure(index, size, self.limits.max_message_bytes)
             if failure is not None:
                 failures.append(failure)
                 continue
@@ -467,13 +467,13 @@ class SpoolMessageService(MessageService):
                 self._deliver(queue, payloads)
         return BatchResult(tuple(failures))
 
-    async def send_batch(self, queue: str, entries: Sequence[Entry]) -> BatchResult:
+    async def _send_batch(self, queue: str, entries: Sequence[Entry],
+                          sizes: Sequence[int | None]) -> BatchResult:
         config = self._config(queue)
-        sizes = self._check_batch(entries)
         failures: list[Failure] = []
         payloads: list[bytes] = []
         for index, (entry, size) in enumerate(zip(entries, sizes, strict=True)):
-            failure = self._entry_failure(index, size, config.max_message_bytes)
+            failure = entry_failure(index, size, config.max_message_bytes)
             if failure is not None:
                 failures.append(failure)
             else:
@@ -482,14 +482,7 @@ class SpoolMessageService(MessageService):
             self._deliver(queue, payloads)
         return BatchResult(tuple(failures))
 
-    async def receive(
-        self, queue: str, *, max_messages: int = 10, wait_s: float = 1.0
-    ) -> list[Message]:
-        if not 1 <= max_messages <= self.limits.max_batch_entries:
-            raise ValueError(
-                f"max_messages must be from 1 to {self.limits.max_batch_entries} "
-                f"(Limits.max_batch_entries), got {max_messages!r}"
-            )
+    async def _receive(self, queue: str, max_messages: int, wait_s: float) -> list[Message]:
         config = self._config(queue)
         qdir = f"{self._queues}/{queue}"
         messages, _ = self._claim(queue, qdir, config, max_messages)
@@ -512,13 +505,8 @@ class SpoolMessageService(MessageService):
                 timeout = min(timeout, max(0.0, (next_visible_ns - time.time_ns()) / 1e9) + 1e-3)
             await bell.wait(timeout)
 
-    async def delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
+    async def _delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
         self._config(queue)
-        if len(receipts) > self.limits.max_batch_entries:
-            raise MessageTooLarge(
-                f"batch of {len(receipts)} entries exceeds the limit of "
-                f"{self.limits.max_batch_entries} entries per batch"
-            )
         qdir = f"{self._queues}/{queue}"
         failures: list[Failure] = []
         for index, receipt in enumerate(receipts):
@@ -601,46 +589,6 @@ class SpoolMessageService(MessageService):
             subs.append((raw["queue"], policy))
         self._subscriptions[topic] = _Subscriptions(st.st_ino, st.st_mtime_ns, read_at_ns, subs)
         return subs
-
-    def _check_batch(self, entries: Sequence[Entry]) -> list[int | None]:
-        """Each entry's size (None if it cannot be encoded); raise if the batch is too big."""
-        limits = self.limits
-        if len(entries) > limits.max_batch_entries:
-            raise MessageTooLarge(
-                f"batch of {len(entries)} entries exceeds the limit of "
-                f"{limits.max_batch_entries} entries per batch"
-            )
-        sizes: list[int | None] = []
-        for entry in entries:
-            try:
-                sizes.append(entry_size(entry))
-            except (UnicodeEncodeError, AttributeError, TypeError):
-                sizes.append(None)
-        total = sum(s for s in sizes if s is not None)
-        if total > limits.max_batch_bytes:
-            raise MessageTooLarge(
-                f"batch of {len(entries)} entries totalling {total} bytes exceeds the limit of "
-                f"{limits.max_batch_bytes} bytes per batch"
-            )
-        return sizes
-
-    @staticmethod
-    def _entry_failure(index: int, size: int | None, limit: int) -> Failure | None:
-        if size is None:
-            return Failure(
-                index,
-                "InvalidMessageContents",
-                f"entry {index} is not text with string attributes encodable as UTF-8",
-                retryable=False,
-            )
-        if size > limit:
-            return Failure(
-                index,
-                "MessageTooLong",
-                f"entry {index} of {size} bytes exceeds the limit of {limit} bytes",
-                retryable=False,
-            )
-        return None
 
     @staticmethod
     def _encode(entry: Entry) -> bytes:
