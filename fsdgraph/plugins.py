@@ -15,13 +15,13 @@ finds the plugins fsdgraph ships. Names are compared exactly.
 
 >>> from fsdgraph.backend import Backend
 >>> builtin = {"local": "fsdgraph.backends.local:LocalBackend"}
->>> registry = Registry("fsdgraph.backends", Backend, builtin)
+>>> registry = Registry("fsdgraph.example_backends", Backend, builtin)  # a group nobody uses
 >>> registry.load("local").__name__
 'LocalBackend'
 >>> registry.load("nope")
 Traceback (most recent call last):
 ...
-fsdgraph.errors.ConfigError: unknown backend 'nope'; known: local
+fsdgraph.errors.ConfigError: unknown example_backend 'nope'; known: local
 """
 
 from __future__ import annotations
