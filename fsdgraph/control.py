@@ -147,7 +147,8 @@ class QueueControlPlane(ControlPlane):
         return status
 
     async def poll(self, wait_s: float) -> list[Status]:
-        messages = await self.messages.receive(self.queue, max_messages=10, wait_s=wait_s)
+        messages = await self.messages.receive(
+            self.queue, max_messages=self.limits.max_batch_entries, wait_s=wait_s)
         ours = [m for m in messages if m.attributes.get("run") == self.names.run_id]
         if ours:  # what stays undeleted comes back later and is folded in again, harmlessly
             await delete_received(self.messages, self.queue, [m.receipt for m in ours])

@@ -123,10 +123,11 @@ def peak_rss_bytes() -> int:
 
 
 class _CountingStore(ObjectStore):
+    # No ``limits`` of its own: the inner store checks sizes.
     def __init__(self, inner: ObjectStore, metrics: WorkerMetrics) -> None:
         self.inner, self.metrics = inner, metrics
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def _put(self, key: str, data: bytes) -> None:
         self.metrics.request("put")
         await self.inner.put(key, data)
 
@@ -149,6 +150,7 @@ class _CountingStore(ObjectStore):
 class _CountingMessages(MessageService):
     def __init__(self, inner: MessageService, metrics: WorkerMetrics) -> None:
         self.inner, self.metrics = inner, metrics
+        self.limits = inner.limits  # a request the rules refuse is not made, so not counted
 
     async def create_queue(
         self, name: str, *, visibility_timeout_s: float, max_message_bytes: int
@@ -175,23 +177,23 @@ class _CountingMessages(MessageService):
         self.metrics.request("delete_topic")
         await self.inner.delete_topic(topic)
 
-    async def publish_batch(self, topic: str, entries: Sequence[Entry]) -> BatchResult:
+    async def _publish_batch(self, topic: str, entries: Sequence[Entry],
+                             sizes: Sequence[int | None]) -> BatchResult:
         self.metrics.request("publish")
         self.metrics.request("publish_units", billing_units(entries))
         return await self.inner.publish_batch(topic, entries)
 
-    async def send_batch(self, queue: str, entries: Sequence[Entry]) -> BatchResult:
+    async def _send_batch(self, queue: str, entries: Sequence[Entry],
+                          sizes: Sequence[int | None]) -> BatchResult:
         self.metrics.request("send")
         self.metrics.request("send_units", billing_units(entries))
         return await self.inner.send_batch(queue, entries)
 
-    async def receive(
-        self, queue: str, *, max_messages: int = 10, wait_s: float = 1.0
-    ) -> list[Message]:
+    async def _receive(self, queue: str, max_messages: int, wait_s: float) -> list[Message]:
         self.metrics.request("receive")
         return await self.inner.receive(queue, max_messages=max_messages, wait_s=wait_s)
 
-    async def delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
+    async def _delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
         self.metrics.request("delete")
         return await self.inner.delete_batch(queue, receipts)
 

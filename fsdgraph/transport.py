@@ -65,9 +65,8 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
 
 from fsdgraph.errors import ConfigError, MessageTooLarge
 from fsdgraph.retry import Backoff
@@ -272,33 +271,6 @@ def billing_units(entries: Sequence[Entry]) -> int:
     return max(1, -(-total // CHUNK_BYTES))
 
 
-def _mark_unwritten_hooks(cls: type, base: type, hooks: Mapping[str, str]) -> None:
-    """Make each protected method of ``hooks`` (public name -> protected name) abstract in
-    ``cls`` while ``cls`` writes neither it nor the public method, so that such a class cannot be
-    instantiated (as with ``@abstractmethod``). A class that overrides the public method itself,
-    a wrapper forwarding to another service, needs no protected one. (The base's protected
-    methods are plain methods, not ``@abstractmethod``, so that type checkers accept wrappers.)
-    """
-    for public, hook in hooks.items():
-        current = getattr(cls, hook)
-        if current is not getattr(base, hook) and not getattr(current, "__isabstractmethod__",
-                                                              False):
-            continue  # written (here or in a parent class)
-        if getattr(cls, public) is getattr(base, public):
-            setattr(cls, hook, _unwritten(cls.__name__, hook))
-        else:
-            setattr(cls, hook, getattr(base, hook))
-
-
-def _unwritten(owner: str, hook: str) -> Callable[..., Any]:
-    async def unwritten(self: object, *args: object, **kwargs: object) -> Any:
-        raise NotImplementedError(f"{owner} does not implement {hook}()")
-
-    unwritten.__name__ = unwritten.__qualname__ = hook
-    setattr(unwritten, "__isabstractmethod__", True)  # noqa: B010 - a function attribute
-    return unwritten
-
-
 class ObjectStore(ABC):
     """Whole objects by key, as S3.
 
@@ -308,21 +280,15 @@ class ObjectStore(ABC):
     :meth:`delete_prefix`.
     """
 
-    _HOOKS: ClassVar[Mapping[str, str]] = {"put": "_put"}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        _mark_unwritten_hooks(cls, ObjectStore, ObjectStore._HOOKS)
-
     async def put(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key`` atomically (readers see all of it or nothing);
         MessageTooLarge above ``limits.max_object_bytes``."""
         check_object_size(key, len(data), getattr(self, "limits", None))
         await self._put(key, data)
 
+    @abstractmethod
     async def _put(self, key: str, data: bytes) -> None:
-        """:meth:`put`, its size checked already (to be written by every implementation)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _put()")
+        """:meth:`put`, its size checked already."""
 
     @abstractmethod
     async def get(self, key: str) -> bytes:
@@ -356,15 +322,6 @@ class MessageService(ABC):
     """
 
     limits: Limits
-
-    _HOOKS: ClassVar[Mapping[str, str]] = {
-        "publish_batch": "_publish_batch", "send_batch": "_send_batch",
-        "receive": "_receive", "delete_batch": "_delete_batch",
-    }
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        _mark_unwritten_hooks(cls, MessageService, MessageService._HOOKS)
 
     # -- provisioning ---------------------------------------------------------------------------
     @abstractmethod
@@ -419,27 +376,27 @@ class MessageService(ABC):
         result = await self._delete_batch(queue, receipts)
         return result if receipts else BatchResult()
 
-    # Every implementation writes these four (see _mark_unwritten_hooks).
+    # What every implementation writes.
+    @abstractmethod
     async def _publish_batch(self, topic: str, entries: Sequence[Entry],
                              sizes: Sequence[int | None]) -> BatchResult:
         """:meth:`publish_batch`, the batch checked already; ``sizes[i]`` is
         :func:`measured_size` of ``entries[i]``. Entries that do not fit alone fail alone
         (:func:`entry_failure`); an empty batch only checks that the topic exists."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _publish_batch()")
 
+    @abstractmethod
     async def _send_batch(self, queue: str, entries: Sequence[Entry],
                           sizes: Sequence[int | None]) -> BatchResult:
         """:meth:`send_batch`, as :meth:`_publish_batch`."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _send_batch()")
 
+    @abstractmethod
     async def _receive(self, queue: str, max_messages: int, wait_s: float) -> list[Message]:
         """:meth:`receive`, its arguments checked already."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _receive()")
 
+    @abstractmethod
     async def _delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
         """:meth:`delete_batch`, its length checked already; an empty batch only checks that
         the queue exists."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _delete_batch()")
 
 
 async def delete_received(messages: MessageService, queue: str, receipts: Sequence[str], *,

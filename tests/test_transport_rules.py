@@ -296,58 +296,6 @@ def test_a_message_service_must_write_the_protected_methods() -> None:
     Completed()
 
 
-def test_a_wrapper_that_overrides_the_public_methods_needs_no_protected_ones() -> None:
-    class Forwarding(MessageService):
-        def __init__(self, inner: MessageService) -> None:
-            self.inner = inner
-
-        create_queue = Recorder.create_queue
-        create_topic = Recorder.create_topic
-        subscribe = Recorder.subscribe
-        delete_queue = Recorder.delete_queue
-        delete_topic = Recorder.delete_topic
-
-        async def publish_batch(self, topic: str, entries: Sequence[Entry]) -> BatchResult:
-            return await self.inner.publish_batch(topic, entries)
-
-        async def send_batch(self, queue: str, entries: Sequence[Entry]) -> BatchResult:
-            return await self.inner.send_batch(queue, entries)
-
-        async def receive(self, queue: str, *, max_messages: int = 10,
-                          wait_s: float = 1.0) -> list[Message]:
-            return await self.inner.receive(queue, max_messages=max_messages, wait_s=wait_s)
-
-        async def delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
-            return await self.inner.delete_batch(queue, receipts)
-
-    inner = Recorder()
-    wrapper = Forwarding(inner)
-    with pytest.raises(MessageTooLarge):  # the inner service applies the rules
-        asyncio.run(wrapper.send_batch("q", [Entry("x")] * 4))
-    asyncio.run(wrapper.send_batch("q", [Entry("x")]))
-    assert inner.calls == [("send", "q", [Entry("x")], [1])]
-
-    class ForwardingStore(ObjectStore):
-        def __init__(self, inner: ObjectStore) -> None:
-            self.inner = inner
-
-        async def put(self, key: str, data: bytes) -> None:
-            await self.inner.put(key, data)
-
-        async def get(self, key: str) -> bytes:
-            return await self.inner.get(key)
-
-        async def list(self, prefix: str) -> list[str]:
-            return await self.inner.list(prefix)
-
-        async def delete_prefix(self, prefix: str) -> int:
-            return await self.inner.delete_prefix(prefix)
-
-    store = ForwardingStore(Store(LIMITS))
-    with pytest.raises(MessageTooLarge):
-        asyncio.run(store.put("k", b"x" * 11))
-
-
 # -- delete_received and Backoff -------------------------------------------------------------------
 THROTTLED = ("RequestThrottled", "Rate exceeded")
 

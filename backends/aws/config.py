@@ -156,7 +156,7 @@ def load_aws_settings(path: str | Path | None = None,
                                  f"environment variable {env}")
     try:
         limits_obj = dataclasses.replace(AWS_LIMITS, **limits)
-    except ValueError as exc:
+    except ConfigError as exc:
         raise ConfigError(f"{where} [aws.limits]: {exc}") from exc
     return AwsSettings(**values, endpoints=endpoints, limits=limits_obj)
 

@@ -27,13 +27,13 @@ import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from fsdgraph.backend import Backend, Functions, Services
 from fsdgraph.control import ControlPlane, Status
-from fsdgraph.errors import MessageTooLarge, NotFound, RunError, TransportError
+from fsdgraph.errors import NotFound, RunError, TransportError
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits, ObjectStore
 
@@ -42,14 +42,11 @@ class MemoryObjectStore(ObjectStore):
     """Objects in a dict; a reader waiting for a key wakes as soon as anything is written."""
 
     def __init__(self, limits: Limits) -> None:
-        self.limits = limits
+        self.limits = limits  # the core refuses an object over limits.max_object_bytes
         self._objects: dict[str, bytes] = {}
         self._written = asyncio.Event()
 
-    async def put(self, key: str, data: bytes) -> None:
-        if len(data) > self.limits.max_object_bytes:
-            raise MessageTooLarge(f"object {key} of {len(data)} bytes exceeds the limit of "
-                                  f"{self.limits.max_object_bytes} bytes")
+    async def _put(self, key: str, data: bytes) -> None:
         self._objects[key] = bytes(data)
         self._written.set()  # wake every waiting reader, then re-arm
         self._written = asyncio.Event()
@@ -72,10 +69,8 @@ class MemoryObjectStore(ObjectStore):
     async def wait_for(self, keys: Sequence[str], timeout_s: float) -> None:
         if any(k in self._objects for k in keys):
             return
-        try:
+        with suppress(TimeoutError):
             await asyncio.wait_for(self._written.wait(), timeout_s)
-        except TimeoutError:
-            pass
 
 
 class MemoryControlPlane(ControlPlane):
