@@ -4,7 +4,8 @@ For the official 1024-neuron layers and activations of increasing density (the f
 the network on the shipped images, then saturated rows), times one worker-sized product (a
 quarter of the outputs) both ways — CSR x CSR, and feature-major dense x transposed CSR — and
 encodes the block both ways (CSR and dense wire forms). Prints JSON, one row per density. This is
-where ``SPARSE_PRODUCT_BELOW``, ``DENSE_ABOVE`` and the codec's ``dense_above`` come from.
+where the one density threshold, ``fsdgraph.kernels.block.DENSE_ABOVE`` (the layer kernel's
+product choice, the blocks' storage and the codec's wire form), comes from.
 
     python bench/kernels.py [--data ../shared/data/graphchallenge]
 """

@@ -7,7 +7,8 @@
    each package is found through its ``__path__`` and written under ``fsdgraph/...``. Only
    ``.py`` files and ``py.typed`` go in; tests, benchmarks and docs are not packages and stay out,
    and so does the code a worker never imports (:data:`EXCLUDED_CODE`: the test tools of
-   :mod:`fsdgraph.testing`, the command line and its plots).
+   :mod:`fsdgraph.testing`, the command line and its plots, the backends that never run on
+   Lambda).
 2. the worker's third-party dependencies, installed by pip for Lambda's platform (manylinux,
    CPython ``python_version``, the function's architecture; binary wheels only, so what is
    zipped is what runs there, whatever the build host is) and then :func:`pruned <prune>`.
@@ -82,7 +83,8 @@ CODE_PACKAGES: tuple[str, ...] = ("fsdgraph", "fsdgraph.backends", "fsdgraph.ker
 #: fsdgraph's own modules and subpackages (a trailing ``/``) left out of the function, as arcnames:
 #: no worker imports them. The local AWS-API servers are test tools, and the command line and its
 #: plots run on the client.
-EXCLUDED_CODE: tuple[str, ...] = ("fsdgraph/testing/", "fsdgraph/cli.py", "fsdgraph/plots.py")
+EXCLUDED_CODE: tuple[str, ...] = ("fsdgraph/testing/", "fsdgraph/cli.py", "fsdgraph/plots.py",
+                                   "fsdgraph/backends/inproc/", "fsdgraph/backends/ray/")
 
 #: Folders never shipped from fsdgraph's own code.
 _SKIP_CODE_DIRS = frozenset({"__pycache__", "tests", "test"})
