@@ -118,6 +118,8 @@ class RunState:
     def check(self, now: float, config: RunConfig) -> None:
         """Raise RunTimeout if the run or a worker is past its deadline."""
         waiting = [w for w in range(len(self.done_layers)) if w not in self.finished]
+        if not waiting:  # the last "done" came in time for this check: the run finished
+            return
         if now - self.started > config.timeout_s:
             raise RunTimeout(f"run timed out after {config.timeout_s:g} s; "
                              f"{self._describe(waiting)}", worker=waiting[0] if waiting else None)

@@ -469,6 +469,13 @@ def test_nothing_is_late_at_the_deadlines(state: RunState) -> None:
     state.check(T0 + 100, CONFIG)  # exactly timeout_s: not yet
 
 
+def test_a_run_whose_last_done_arrives_past_the_deadline_finished(state: RunState) -> None:
+    for w in range(3):
+        state.apply(status("done", w, 5), now=T0 + 100 + w)
+    state.check(T0 + 103, CONFIG)  # every worker is done: no timeout, whatever the clock says
+    assert state.finished == {0, 1, 2}
+
+
 def test_whole_run_timeout(state: RunState) -> None:
     for w in range(3):
         state.apply(status("progress", w, w + 1), now=T0 + 95)
