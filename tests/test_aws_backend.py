@@ -279,7 +279,7 @@ async def aws_channels(server: Any, workers: int, config: ChannelConfig,
         messages = SnsSqsMessageService(cfg, limits, session=session)
         return Services(objects=S3ObjectStore(cfg, session=session), messages=messages,
                         control=QueueControlPlane(messages, names, limits),
-                        functions=LambdaFunctions(cfg, "none", 1),
+                        functions=LambdaFunctions(cfg, "none"),
                         limits=limits, description={})
 
     async with AsyncExitStack() as stack:

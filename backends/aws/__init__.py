@@ -105,8 +105,7 @@ async def _services(description: Mapping[str, Any], names: RunNames,
     objects = S3ObjectStore(config, limits=limits, session=session)
     messages = SnsSqsMessageService(config, limits, session=session,
                                     tags=description.get("tags"))
-    functions = LambdaFunctions(config, description["function"],
-                                limits.max_invoke_payload_bytes, session=session)
+    functions = LambdaFunctions(config, description["function"], session=session)
     async with contextlib.AsyncExitStack() as stack:
         for service in (objects, messages, functions):
             await stack.enter_async_context(service)

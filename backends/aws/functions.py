@@ -25,16 +25,15 @@ from fsdgraph.transport import invoke_payload
 
 
 class LambdaFunctions(_AwsService, Functions):
-    """Invokes ``function`` asynchronously with a JSON event; ``max_payload_bytes`` is the limit
-    the callers check events against (it is not checked again here)."""
+    """Invokes ``function`` asynchronously with a JSON event (its size is checked by the caller
+    against ``Limits.max_invoke_payload_bytes``, once, in the core)."""
 
     _services = ("lambda",)
 
-    def __init__(self, config: AwsConfig, function: str, max_payload_bytes: int, *,
+    def __init__(self, config: AwsConfig, function: str, *,
                  session: AioSession | None = None) -> None:
         super().__init__(config, session=session)
         self.function = function
-        self.max_payload_bytes = max_payload_bytes
 
     async def invoke(self, event: Mapping[str, Any]) -> None:
         payload = invoke_payload(event)

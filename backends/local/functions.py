@@ -37,15 +37,10 @@ _STARTUP_POLL_S = (0.005, 0.05)
 
 
 class ProcessFunctions(Functions):
-    """Invoke workers as local processes (see the module docstring).
+    """Invoke workers as local processes (see the module docstring). The event's size is
+    checked by the caller against ``Limits.max_invoke_payload_bytes``, once, in the core."""
 
-    ``max_payload_bytes`` is the limit the callers check events against (it is not checked
-    again here).
-    """
-
-    def __init__(self, max_payload_bytes: int, *, launcher: str | None = None,
-                 startup_timeout_s: float = 60.0) -> None:
-        self.max_payload_bytes = max_payload_bytes
+    def __init__(self, *, launcher: str | None = None, startup_timeout_s: float = 60.0) -> None:
         self.launcher = launcher
         self.startup_timeout_s = startup_timeout_s
         self._cold: list[subprocess.Popen[bytes]] = []
