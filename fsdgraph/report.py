@@ -1,35 +1,64 @@
-"""The run report: one JSON-able dict, documented field by field in docs/reports.md.
+"""The run report: one JSON-able dict, built here and only here, documented field by field in
+docs/reports.md.
 
-Totals are sums over workers; per-layer times are the slowest worker's (the layer ends when its
-slowest worker does) except ``cpu_s``, the CPU of all workers; per-worker times are sums over
-layers.
+The scheduler hands over what it knows of the run (:class:`RunFacts`), every worker's metrics,
+the channel and the price table; :func:`build_report` sums the metrics and adds what the channel
+says about its choices and the bill. Totals are sums over workers; per-layer times are the
+slowest worker's (the layer ends when its slowest worker does) except ``cpu_s``, the CPU of all
+workers; per-worker times are sums over layers.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fsdgraph.metrics import COUNTERS, TIMERS, LayerMetrics
 from fsdgraph.plan import Plan
 
+if TYPE_CHECKING:
+    from fsdgraph.channels import Channel, ChannelConfig
+    from fsdgraph.cost.prices import Prices
 
-def build_report(
-    worker_metrics: Sequence[Mapping[str, Any]],
-    coordinator: Mapping[str, Any],
-    *,
-    run_id: str,
-    backend: str,
-    channel: str,
-    plan: Plan,
-    batch: int,
-    wall_s: float,
-    stage_s: float,
-    launch_s: float,
-    config: Mapping[str, Any],
-    channel_counters: Sequence[str] = (),
-) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the scheduler knows of a finished run, beyond the workers' metrics."""
+
+    run_id: str
+    backend: str
+    batch: int
+    wall_s: float  #: from submission to the assembled outputs
+    stage_s: float  #: staging shards and inputs, creating the control plane and channel
+    launch_s: float  #: from the first invocation until the last worker started
+    invoked_at: float  #: wall clock (epoch seconds) of the first invocation
+    invocation_depth: int  #: levels of the invocation tree
+    categories: int  #: rows with any nonzero output
+    config: Mapping[str, Any]  #: the RunConfig, as a dict
+
+
+def build_report(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mapping[str, Any],
+                 plan: Plan, facts: RunFacts, channel: type[Channel],
+                 channel_config: ChannelConfig, prices: Prices | None) -> dict[str, Any]:
+    """The report of a run: the metrics summed, the channel's details (``Channel.describe``)
+    and the bill at ``prices`` (None: the backend is not billed, the bill is None)."""
+    from fsdgraph.cost.bill import bill
+
+    report = _sum_metrics(worker_metrics, coordinator, plan, facts, channel.name,
+                          channel.counters)
+    details = channel.describe(channel_config, prices, report)
+    if details is not None:
+        report["channel_details"] = details
+    # Functions of 1769 MB (one full vCPU); ``fsdgraph report`` bills other sizes.
+    report["bill"] = bill(report, prices=prices).to_dict() if prices is not None else None
+    return report
+
+
+def _sum_metrics(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mapping[str, Any],
+                 plan: Plan, facts: RunFacts, channel: str,
+                 channel_counters: Sequence[str]) -> dict[str, Any]:
     """Sum worker metrics into per-layer, per-worker and run totals. ``channel_counters`` (the
     channel's own, ``Channel.counters``) are summed like the core's counters."""
     per_layer: list[dict[str, Any]] = []
@@ -75,16 +104,16 @@ def build_report(
     requests.update(LayerMetrics.from_dict(coordinator["setup"]).requests)
     totals = {name: sum(w[name] for w in per_worker) for name in (*COUNTERS, *channel_counters)}
     return {
-        "run_id": run_id,
-        "backend": backend,
+        "run_id": facts.run_id,
+        "backend": facts.backend,
         "channel": channel,
         "workers": plan.workers,
         "layers": plan.layers,
-        "batch": batch,
+        "batch": facts.batch,
         "partitioner": plan.partitioner,
-        "wall_s": wall_s,
-        "stage_s": stage_s,
-        "launch_s": launch_s,
+        "wall_s": facts.wall_s,
+        "stage_s": facts.stage_s,
+        "launch_s": facts.launch_s,
         **totals,
         "peak_rss_bytes_max": max((w["peak_rss_bytes"] for w in per_worker), default=0),
         "cpu_s": sum(w["process_cpu_s"] for w in per_worker),
@@ -95,5 +124,8 @@ def build_report(
             name: [[getattr(m, name) for m in layers] for layers in workers_layers]
             for name in ("started_at", "bytes_sent", "compute_s", "wait_s", "codec_s", "cpu_s")
         },
-        "config": dict(config),
+        "config": dict(facts.config),
+        "categories": facts.categories,
+        "invocation_depth": facts.invocation_depth,
+        "invoked_at": facts.invoked_at,
     }

@@ -12,8 +12,8 @@ One run, in order (``Scheduler.run``):
    is missing;
 4. fetch every worker's output columns and metrics, assemble the (batch x out) activations;
 5. always: delete queues, topics and objects of the run, close the session;
-6. report: the run's metrics, what the channel chose, and the bill at the backend's prices
-   (none for a backend that has no price table).
+6. report (:mod:`fsdgraph.report`): the run's metrics, what the channel chose, and the bill at
+   the backend's prices (none for a backend that has no price table).
 
 State of the watch loop is one :class:`RunState`; the loop only feeds it status messages and the
 clock, which keeps the failure rules in one readable place.
@@ -46,14 +46,13 @@ from fsdgraph.backends import get_backend
 from fsdgraph.channels import ChannelConfig, get_channel
 from fsdgraph.codec import BlockCodec
 from fsdgraph.control import CONTROL_POLL_S, Status
-from fsdgraph.cost.bill import bill
 from fsdgraph.cost.prices import Prices
 from fsdgraph.errors import ConfigError, FsdError, InputError, RunError, RunTimeout
 from fsdgraph.event import WorkerEvent
 from fsdgraph.kernels import Block, categories
 from fsdgraph.metrics import WorkerMetrics, counted
 from fsdgraph.plan import Plan
-from fsdgraph.report import build_report
+from fsdgraph.report import RunFacts, build_report
 from fsdgraph.resources import RunNames
 from fsdgraph.serialize import unpack
 from fsdgraph.transport import Limits, check_invoke_payload
@@ -199,21 +198,15 @@ class Scheduler:
                 wall_s = time.perf_counter() - submitted
             finally:
                 await self._cleanup(services, names, plan, channel_config)
-        launch_s = max(state.launched_at.values(), default=invoked) - invoked
-        report = build_report(
-            worker_metrics, coordinator.to_dict(), run_id=names.run_id,
-            backend=self.backend.name, channel=self.channel.name, plan=plan, batch=y0.shape[0],
-            wall_s=wall_s, stage_s=stage_s, launch_s=launch_s,
-            config=asdict(self.config), channel_counters=self.channel.counters)
         cats = categories(activations)
-        report["categories"] = len(cats)
-        report["invocation_depth"] = depth(plan.workers, self.config.branching)
-        report["invoked_at"] = invoked
-        details = self.channel.describe(self.config.channel, prices, report)
-        if details is not None:
-            report["channel_details"] = details
-        # At the backend's prices (1769 MB functions); a backend without prices has no bill.
-        report["bill"] = bill(report, prices=prices).to_dict() if prices is not None else None
+        facts = RunFacts(
+            run_id=names.run_id, backend=self.backend.name, batch=y0.shape[0], wall_s=wall_s,
+            stage_s=stage_s,
+            launch_s=max(state.launched_at.values(), default=invoked) - invoked,
+            invoked_at=invoked, invocation_depth=depth(plan.workers, self.config.branching),
+            categories=len(cats), config=asdict(self.config))
+        report = build_report(worker_metrics, coordinator.to_dict(), plan, facts, self.channel,
+                              self.config.channel, prices)
         return Result(activations, cats, report)
 
     async def _stage(self, services: Services, names: RunNames, plan: Plan,
