@@ -17,11 +17,12 @@ fsdgraph.errors.ProtocolError: worker event version 99 is not supported ...
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fsdgraph.errors import ProtocolError
 from fsdgraph.resources import RunNames
+from fsdgraph.wire import from_json
 
 #: Bump when a field changes meaning or a required field is added.
 EVENT_VERSION = 1
@@ -60,28 +61,10 @@ class WorkerEvent:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> WorkerEvent:
-        if not isinstance(data, Mapping):
-            raise ProtocolError(f"worker event must be a JSON object, got {type(data).__name__}")
-        version = data.get("version")
-        if version != EVENT_VERSION:
-            raise ProtocolError(f"worker event version {version} is not supported (this runtime "
-                                f"reads version {EVENT_VERSION})")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ProtocolError(f"worker event has unknown fields {unknown}")
-        kinds: dict[str, type | tuple[type, ...]] = {
-            "run_id": str, "namespace": str, "worker": int, "workers": int, "batch": int,
-            "channel": str, "backend": str, "channel_config": dict, "backend_config": dict,
-            "progress_interval_s": (int, float), "children": list, "version": int}
-        for name, kind in kinds.items():
-            if name not in data:
-                if name in ("run_id", "namespace", "worker", "workers", "batch", "channel",
-                            "backend"):
-                    raise ProtocolError(f"worker event has no field {name!r}")
-                continue
-            value = data[name]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ProtocolError(f"worker event field {name!r} has the wrong type: "
-                                    f"{type(value).__name__}")
-        return cls(**dict(data))
+        """The event a worker was sent; ProtocolError naming the field if it is not one this
+        runtime reads (another version, a missing or unknown field, a value of the wrong type).
+        """
+        if isinstance(data, Mapping) and data.get("version") != EVENT_VERSION:
+            raise ProtocolError(f"worker event version {data.get('version')} is not supported "
+                                f"(this runtime reads version {EVENT_VERSION})")
+        return from_json(cls, data, "worker event")

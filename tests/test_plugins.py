@@ -203,10 +203,12 @@ def test_the_worker_event_round_trips_and_makes_child_events() -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"version": 2}, "worker event version 2 is not supported"),
-    ({"worker": "0"}, "field 'worker' has the wrong type: str"),
-    ({"batch": True}, "field 'batch' has the wrong type: bool"),
+    ({"worker": "0"}, "worker event: field 'worker' must be int, got str"),
+    ({"batch": True}, "worker event: field 'batch' must be int, got bool"),
+    ({"children": {}}, "worker event: field 'children' must be a list, got dict"),
+    ({"progress_interval_s": "1"}, "field 'progress_interval_s' must be float, got str"),
     ({"surprise": 1}, r"unknown fields \['surprise'\]"),
-    ({"run_id": None}, "field 'run_id' has the wrong type: NoneType"),
+    ({"run_id": None}, "worker event: field 'run_id' must be str, got NoneType"),
 ])
 def test_a_malformed_worker_event_is_refused_by_field(change: dict[str, Any],
                                                       message: str) -> None:
@@ -306,3 +308,22 @@ class _ShardlessScheduler(Scheduler):
         await super()._stage(services, names, plan, y0, channel_config)
         await services.objects.delete_prefix(names.shard_key(0))
 
+
+
+# -- backend descriptions ------------------------------------------------------------------------
+
+
+def test_a_malformed_backend_description_is_refused_by_field() -> None:
+    from fsdgraph.backends.aws import AwsBackend
+
+    async def attach(cls: Any, description: dict[str, Any]) -> None:
+        async with cls.attach(description, RunNames("r")):
+            pass
+
+    with pytest.raises(ProtocolError,
+                       match="local backend description: field 'root' must be str, got int"):
+        asyncio.run(attach(LocalBackend, {"root": 1, "limits": {}}))
+    with pytest.raises(ProtocolError, match="local backend description has no field 'limits'"):
+        asyncio.run(attach(LocalBackend, {"root": "/tmp/x"}))
+    with pytest.raises(ProtocolError, match=r"aws backend description has unknown fields \['x'\]"):
+        asyncio.run(attach(AwsBackend, {"x": 1}))

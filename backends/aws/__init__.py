@@ -41,6 +41,22 @@ from fsdgraph.control import QueueControlPlane
 from fsdgraph.cost.prices import REGIONS, Prices
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits
+from fsdgraph.wire import from_json
+
+
+@dataclass(frozen=True)
+class AwsDescription:
+    """What a function is told of its run's AWS session (``Services.description``): where the
+    services are, never credentials (a function uses its role's)."""
+
+    region: str
+    endpoints: dict[str, str]  #: per-service endpoint URLs (local servers); empty on AWS
+    account: str
+    bucket: str
+    prefix: str
+    function: str
+    limits: dict[str, int]
+    tags: dict[str, str]  #: put on the run's queues and topics
 
 
 @dataclass
@@ -75,12 +91,10 @@ class AwsBackend(Backend):
     async def session(self, names: RunNames) -> AsyncIterator[Services]:
         s = self.settings
         account = await self._account()
-        description = {
-            "region": s.region, "endpoints": dict(s.endpoints), "account": account,
-            "bucket": s.bucket_name(account), "prefix": s.prefix, "function": s.function_name,
-            "limits": asdict(s.limits),
-            "tags": {DEPLOYMENT_TAG: s.deployment, RUN_TAG: names.run_id},
-        }
+        description = AwsDescription(
+            region=s.region, endpoints=dict(s.endpoints), account=account,
+            bucket=s.bucket_name(account), prefix=s.prefix, function=s.function_name,
+            limits=asdict(s.limits), tags={DEPLOYMENT_TAG: s.deployment, RUN_TAG: names.run_id})
         async with _services(description, names, profile=s.profile) as services:
             yield services
 
@@ -89,29 +103,29 @@ class AwsBackend(Backend):
     async def attach(cls, description: Mapping[str, Any],
                      names: RunNames) -> AsyncIterator[Services]:
         # A function uses its role's credentials, never a profile.
-        async with _services(description, names, profile=None) as services:
+        typed = from_json(AwsDescription, description, "aws backend description")
+        async with _services(typed, names, profile=None) as services:
             yield services
 
 
 @asynccontextmanager
-async def _services(description: Mapping[str, Any], names: RunNames,
+async def _services(description: AwsDescription, names: RunNames,
                     profile: str | None) -> AsyncIterator[Services]:
     """The three AWS services of ``description``, on one botocore session, closed at the end."""
-    config = AwsConfig(region=description["region"], endpoints=description["endpoints"],
-                       bucket=description["bucket"], prefix=description["prefix"],
-                       account=description["account"], profile=profile)
-    limits = Limits(**description["limits"])
+    config = AwsConfig(region=description.region, endpoints=description.endpoints,
+                       bucket=description.bucket, prefix=description.prefix,
+                       account=description.account, profile=profile)
+    limits = Limits(**description.limits)
     session = AioSession(profile=profile)
     objects = S3ObjectStore(config, limits=limits, session=session)
-    messages = SnsSqsMessageService(config, limits, session=session,
-                                    tags=description.get("tags"))
-    functions = LambdaFunctions(config, description["function"], session=session)
+    messages = SnsSqsMessageService(config, limits, session=session, tags=description.tags)
+    functions = LambdaFunctions(config, description.function, session=session)
     async with contextlib.AsyncExitStack() as stack:
         for service in (objects, messages, functions):
             await stack.enter_async_context(service)
         yield Services(objects=objects, messages=messages,
                        control=QueueControlPlane(messages, names, limits), functions=functions,
-                       limits=limits, description=dict(description))
+                       limits=limits, description=asdict(description))
 
 
-__all__ = ["AwsBackend", "AwsSettings", "load_aws_settings"]
+__all__ = ["AwsBackend", "AwsDescription", "AwsSettings", "load_aws_settings"]

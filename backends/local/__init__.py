@@ -37,6 +37,7 @@ from fsdgraph.control import QueueControlPlane
 from fsdgraph.cost.prices import Prices
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits
+from fsdgraph.wire import from_json
 
 
 def _default_parent() -> str:
@@ -44,6 +45,18 @@ def _default_parent() -> str:
     if shm.is_dir() and os.access(shm, os.W_OK):
         return str(shm)
     return tempfile.gettempdir()
+
+
+@dataclass(frozen=True)
+class LocalDescription:
+    """What a worker is told of its run's local session (``Services.description``)."""
+
+    root: str  #: the run directory
+    limits: dict[str, int]
+    duplicate_rate: float = 0.0
+    shuffle: bool = False
+    kill: list[int] | None = None  #: ``[worker, layer]``
+    launcher: str | None = None  #: the warm launcher's socket (None: cold processes)
 
 
 @dataclass
@@ -87,13 +100,13 @@ class LocalBackend(Backend):
     async def session(self, names: RunNames) -> AsyncIterator[Services]:
         run_dir = tempfile.mkdtemp(prefix=f"fsdgraph-{names.run_id}-",
                                    dir=self.root or _default_parent())
-        description = {"root": run_dir, "limits": asdict(self.limits),
-                       "duplicate_rate": self.duplicate_rate, "shuffle": self.shuffle,
-                       "kill": list(self.kill) if self.kill else None, "launcher": None}
         if self.warm:
             self.prewarm()
             assert self._pool is not None
-            description["launcher"] = self._pool.socket
+        description = LocalDescription(
+            root=run_dir, limits=asdict(self.limits), duplicate_rate=self.duplicate_rate,
+            shuffle=self.shuffle, kill=list(self.kill) if self.kill else None,
+            launcher=self._pool.socket if self.warm and self._pool else None)
         services = _services(description, names)
         if isinstance(services.functions, ProcessFunctions):
             services.functions.pool = self._pool
@@ -109,30 +122,31 @@ class LocalBackend(Backend):
     @asynccontextmanager
     async def attach(cls, description: Mapping[str, Any],
                      names: RunNames) -> AsyncIterator[Services]:
-        yield _services(description, names)
+        yield _services(from_json(LocalDescription, description, "local backend description"),
+                        names)
 
 
-def _services(description: Mapping[str, Any], names: RunNames) -> Services:
-    root = Path(description["root"])
-    limits = Limits(**description["limits"])
-    kill = description.get("kill")
+def _services(description: LocalDescription, names: RunNames) -> Services:
+    root = Path(description.root)
+    limits = Limits(**description.limits)
+    kill = description.kill
 
     def die_at(worker: int, layer: int) -> None:
         if kill and [worker, layer] == list(kill):
             os.kill(os.getpid(), signal.SIGKILL)
 
     messages = SpoolMessageService(root / "messaging", limits,
-                                   duplicate_rate=float(description.get("duplicate_rate", 0.0)),
-                                   shuffle=bool(description.get("shuffle", False)))
+                                   duplicate_rate=description.duplicate_rate,
+                                   shuffle=description.shuffle)
     return Services(
         objects=DirectoryObjectStore(root / "objects", limits=limits),
         messages=messages,
         control=QueueControlPlane(messages, names, limits),
-        functions=ProcessFunctions(launcher=description.get("launcher")),
+        functions=ProcessFunctions(launcher=description.launcher),
         limits=limits,
-        description=dict(description),
+        description=asdict(description),
         layer_hook=die_at if kill else None,
     )
 
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "LocalDescription"]
