@@ -18,7 +18,7 @@ CHANNELS: Registry[Channel] = Registry("fsdgraph.channels", Channel, {
     "queue": "fsdgraph.channels.queue:QueueChannel",
     "object": "fsdgraph.channels.object:ObjectChannel",
     "auto": "fsdgraph.channels.auto:AutoChannel",
-})
+}, hints={"ray": "pip install 'fsdgraph[ray]'"})  # the Ray backend's channel, an entry point
 
 
 def channel_names() -> list[str]:
