@@ -195,19 +195,16 @@ def test_auto_channel_mixes_queue_and_objects(backend: LocalBackend, network: Ne
 
 def test_a_launcher_that_cannot_start_fails_at_once(monkeypatch: pytest.MonkeyPatch,
                                                     network: Network) -> None:
-    """A broken local launcher is reported with its own error, not after the start-up timeout."""
-    import time
-
+    """A broken local launcher is reported with its own error ("exited while starting"), not
+    as the start-up timeout ("did not start within")."""
     import fsdgraph.backends.local.functions as functions
 
     monkeypatch.setattr(functions, "_MODULE", "fsdgraph_no_such_module")
     graph, images, _ = network
     backend = LocalBackend()
-    started = time.monotonic()
     try:
         expected = r"local launcher exited while starting: .*fsdgraph_no_such_module"
         with pytest.raises(fsdgraph.FsdError, match=expected):
             fsdgraph.Scheduler(backend).run_sync(fsdgraph.compile(graph, 2), images[:10])
     finally:
         backend.close()
-    assert time.monotonic() - started < 20

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import threading
 import time
@@ -35,7 +36,7 @@ from fsdgraph.channels import Channel, ChannelConfig, Inbox, WorkerContext
 from fsdgraph.channels.object import ObjectChannel
 from fsdgraph.channels.queue import QueueChannel
 from fsdgraph.codec import BlockCodec, Chunk, TextCodec
-from fsdgraph.errors import FsdError, RunError
+from fsdgraph.errors import FsdError, RunError, RunTimeout
 from fsdgraph.kernels import Block
 from fsdgraph.metrics import WorkerMetrics
 from fsdgraph.plan import Plan
@@ -373,22 +374,21 @@ def test_killed_worker_fails_the_run_cleanly(network: Network, channel: str) -> 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     with fsdgraph.Scheduler(backend, channel, config) as scheduler:
-        started = time.monotonic()
         try:
             with pytest.raises(RunError) as caught:
                 scheduler.run_sync(network.plan, network.inputs)
         finally:
             watching.clear()
             watcher.join()
-        elapsed = time.monotonic() - started
         assert len(seen) >= 4, f"saw worker processes {seen}"
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # killed already; wait for /proc to forget them
         while worker_processes(pool.socket, pool.process.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert worker_processes(pool.socket, pool.process.pid) == []
         assert pool.alive, "the warm launcher outlives a failed run"
     message = str(caught.value)
-    assert elapsed < 20, message
+    # Found by a peer timeout or the stall watch, not by the whole run's timeout.
+    assert not message.startswith("run timed out"), message
     assert re.search(r"\bworker 2\b", message), message
     assert re.search(r"\blayer 5\b", message), message
     assert caught.value.layer == 5
@@ -399,7 +399,8 @@ def test_killed_worker_fails_the_run_cleanly(network: Network, channel: str) -> 
 
 
 # -- publish failures ----------------------------------------------------------------------------
-def test_non_retryable_publish_failure_names_worker_layer_and_target() -> None:
+def test_non_retryable_publish_failure_names_worker_layer_and_target(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A chunk the target's queue rejects as too long fails the send at once (no retrying until
     the peer timeout) with the sender, layer, target and the service's reason."""
     config = ChannelConfig(peer_timeout_s=30, poll_wait_s=0.05)
@@ -410,10 +411,10 @@ def test_non_retryable_publish_failure_names_worker_layer_and_target() -> None:
             await services.messages.create_queue(
                 names.queue(1), visibility_timeout_s=config.visibility_timeout_s,
                 max_message_bytes=300)
-            started = time.monotonic()
+            calls = throttle(monkeypatch, ch0.services, times=0)  # counts, lets all through
             with pytest.raises(RunError) as caught:
                 await ch0.send(3, [(1, block)])
-            assert time.monotonic() - started < 5
+            assert len(calls) == 1, "a non-retryable failure is not tried again"
             assert (caught.value.worker, caught.value.layer) == (0, 3)
             assert re.fullmatch(
                 r"worker 0 layer 3: publishing a chunk for worker 1 failed: MessageTooLong: "
@@ -467,13 +468,12 @@ def test_retryable_failure_until_the_peer_timeout_names_the_target(
     async def main() -> None:
         async with channels(QueueChannel, 2, config) as (_services, _names, (ch0, _ch1)):
             calls = throttle(monkeypatch, ch0.services, times=None)
-            started = time.monotonic()
             with pytest.raises(RunError, match=r"^worker 0 layer 2: publishing a chunk for "
                                                r"worker 1 failed: Throttled: slow down$"):
                 await ch0.send(2, [(1, dense_block([1], [[1.0]]))])
-            # It backs off and stops once the next wait would pass the peer timeout.
-            assert time.monotonic() - started <= config.peer_timeout_s + 0.5
-            assert len(calls) >= 3
+            # It backs off, doubling from 10 ms, and stops once the next wait would pass the
+            # peer timeout: a few tries, however slow the machine (slower means fewer).
+            assert 3 <= len(calls) <= 2 + math.ceil(math.log2(config.peer_timeout_s / 0.01))
 
     asyncio.run(main())
 
@@ -495,11 +495,10 @@ def test_publish_failure_in_a_run_names_worker_and_layer(
     monkeypatch.setattr(QueueChannel, "create_resources", classmethod(small_queue_for_worker_1))
     config = RunConfig(progress=False, stall_timeout_s=30,
                        channel=ChannelConfig(peer_timeout_s=30))
-    started = time.monotonic()
     with pytest.raises(RunError) as caught:
         run_plan(LocalBackend(), network, "queue", config)
     message = str(caught.value)
-    assert time.monotonic() - started < 10, message
+    assert not isinstance(caught.value, RunTimeout), "failed at once, not after a timeout"
     assert caught.value.worker in (0, 2, 3) and caught.value.layer == 1, message
     assert re.match(rf"worker {caught.value.worker} failed at layer 1: RunError: worker "
                     rf"{caught.value.worker} layer 1: publishing a chunk for worker 1 failed: "
@@ -510,11 +509,10 @@ def test_message_limit_too_small_for_anything_is_reported(network: Network) -> N
     """With max_message_bytes below the chunk attributes' own size nothing can be sent: the run
     must fail promptly with an error saying what does not fit, not as an unexplained stall."""
     config = RunConfig(progress=False, stall_timeout_s=3, channel=ChannelConfig(peer_timeout_s=3))
-    started = time.monotonic()
     with pytest.raises(FsdError) as caught:
         run_plan(LocalBackend(limits=Limits(max_message_bytes=120)), network, "queue", config)
     message = str(caught.value)
-    assert time.monotonic() - started < 15, message
+    assert not isinstance(caught.value, RunTimeout), message
     assert "never started" not in message and "stopped reporting" not in message, message
     assert re.search(r"fit|max_message_bytes", message), message
 

@@ -36,7 +36,6 @@ The fixtures a plugin provides:
   consumers in separate processes) run with it and are skipped without it.
 
 Class attributes of :class:`MessageServiceSuite` describe what the implementation promises:
-``prompt_s`` (the longest delay from a send to the return of a receive waiting for it),
 ``exactly_once`` (each message delivered once when deletes succeed and nothing is injected; SQS
 promises only at-least-once) and ``publish_reports_queue_limits`` (a published entry too long for
 a subscribed queue fails in the BatchResult; SNS drops that delivery later instead).
@@ -74,7 +73,7 @@ import textwrap
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -90,6 +89,20 @@ C = TypeVar("C")
 
 #: The largest object limit the size test exercises (it builds an object one byte larger).
 MAX_TESTED_OBJECT_BYTES = 64 * 1024 * 1024
+#: A long poll that must be woken by an event: far longer than :data:`WAKE_S`, so a receive that
+#: is not woken cannot pass by returning when its wait ends.
+LONG_POLL_S = 300.0
+#: How long a test waits for an event before it fails (a safety net against a hang, not a
+#: performance bound: the events come within a second on an idle machine).
+WAKE_S = 60.0
+
+
+async def woken(awaitable: Awaitable[T], what: str) -> T:
+    """``await awaitable``, failing the test if it has not completed within :data:`WAKE_S`."""
+    try:
+        return await asyncio.wait_for(awaitable, WAKE_S)
+    except TimeoutError:
+        pytest.fail(f"{what} was not woken within {WAKE_S:g} s")
 
 
 def unique(kind: str) -> str:
@@ -343,8 +356,6 @@ async def new_queue(svc: MessageService, *, visibility_timeout_s: float = 30,
 class MessageServiceSuite:
     """The :class:`~fsdgraph.transport.MessageService` contract (see the module docstring)."""
 
-    #: Upper bound of the delay from a send to the return of a receive waiting for it (s).
-    prompt_s: ClassVar[float] = 0.5
     #: Each message is delivered once when deletes succeed and no fault is injected.
     exactly_once: ClassVar[bool] = False
     #: A published entry too long for a queue it would reach fails in the BatchResult.
@@ -645,9 +656,8 @@ class MessageServiceSuite:
             # Invisible while in flight ...
             assert await svc.receive(q, max_messages=10, wait_s=0.3) == []
             # ... and visible again after the timeout; the long poll wakes up for it.
-            start = time.monotonic()
-            (second,) = await svc.receive(q, max_messages=10, wait_s=5)
-            assert time.monotonic() - start < 2.5
+            (second,) = await woken(svc.receive(q, max_messages=10, wait_s=LONG_POLL_S),
+                                    "a receive waiting for the redelivery")
             assert (second.body, dict(second.attributes)) == ("again", {"k": "v"})
             assert second.receive_count == 2
             assert second.receipt != first.receipt
@@ -695,24 +705,23 @@ class MessageServiceSuite:
             """)
         wait_ready(child)
 
-        async def body(new: Callable[[], MessageService]) -> tuple[float, float]:
+        async def body(new: Callable[[], MessageService]) -> float:
             svc = new()
             assert child.stdin is not None
             child.stdin.write("go\n")
             child.stdin.flush()
             start = time.monotonic()
-            got = await svc.receive(q, max_messages=10, wait_s=5)
-            received_ns = time.time_ns()
+            got = await woken(svc.receive(q, max_messages=10, wait_s=LONG_POLL_S),
+                              "a receive waiting for another process's send")
             elapsed = time.monotonic() - start
             assert len(got) == 1
             await svc.delete_batch(q, [got[0].receipt])
             await svc.delete_queue(q)
-            return elapsed, (received_ns - int(got[0].body)) / 1e9
+            return elapsed
 
-        elapsed, latency = run(make_messages, body)
+        elapsed = run(make_messages, body)
         finish(child)
-        assert 0.2 < elapsed < 1.0, f"receive returned after {elapsed:.3f} s"
-        assert latency < self.prompt_s, f"send to receive took {latency * 1e3:.1f} ms"
+        assert elapsed > 0.2, f"receive returned after {elapsed:.3f} s, before the send"
 
     def test_long_poll_returns_empty_after_wait_s(
             self, make_messages: Callable[[], MessageService]) -> None:
@@ -720,13 +729,14 @@ class MessageServiceSuite:
             svc = new()
             q = await new_queue(svc)
             start = time.monotonic()
-            assert await svc.receive(q, max_messages=10, wait_s=1.0) == []
+            assert await woken(svc.receive(q, max_messages=10, wait_s=1.0),
+                               "an empty long poll of 1 s") == []
             elapsed = time.monotonic() - start
             await svc.delete_queue(q)
             return elapsed
 
         elapsed = run(make_messages, body)
-        assert 0.95 <= elapsed < 2.0
+        assert elapsed >= 0.95, f"an empty long poll of 1 s returned after {elapsed:.3f} s"
 
     def test_concurrent_receivers_in_one_process_all_wake(
             self, make_messages: Callable[[], MessageService]) -> None:
@@ -735,14 +745,12 @@ class MessageServiceSuite:
             q = await new_queue(svc)
 
             async def one() -> list[Message]:
-                return await svc.receive(q, max_messages=1, wait_s=5)
+                return await svc.receive(q, max_messages=1, wait_s=LONG_POLL_S)
 
-            start = time.monotonic()
             tasks = [asyncio.create_task(one()) for _ in range(3)]
             await asyncio.sleep(0.2)
             await sender.send_batch(q, [Entry(str(i)) for i in range(3)])
-            results = await asyncio.gather(*tasks)
-            assert time.monotonic() - start < 1.5
+            results = await woken(asyncio.gather(*tasks), "three waiting receivers")
             assert sorted(m.body for r in results for m in r) == ["0", "1", "2"]
             await svc.delete_queue(q)
 
