@@ -35,7 +35,7 @@ from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits, MessageService, ObjectStore
 
 if TYPE_CHECKING:
-    from fsdgraph.cost.prices import Prices
+    from fsdgraph.prices import Prices
 
 
 class Functions(ABC):

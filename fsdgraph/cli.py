@@ -198,7 +198,7 @@ def run_graphchallenge(args: argparse.Namespace) -> int:
     backend = get_backend(settings.backend).configure(args.config)
     prices = None
     if settings.prices:
-        from fsdgraph.cost.prices import Prices
+        from fsdgraph.prices import Prices
 
         prices = Prices.from_file(settings.prices)
     with Scheduler(backend, settings.channel, config, prices=prices) as scheduler:

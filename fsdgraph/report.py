@@ -20,7 +20,7 @@ from fsdgraph.plan import Plan
 
 if TYPE_CHECKING:
     from fsdgraph.channels import Channel, ChannelConfig
-    from fsdgraph.cost.prices import Prices
+    from fsdgraph.prices import Prices
 
 
 @dataclass(frozen=True)

@@ -46,12 +46,12 @@ from fsdgraph.backends import get_backend
 from fsdgraph.channels import ChannelConfig, get_channel
 from fsdgraph.codec import BlockCodec
 from fsdgraph.control import CONTROL_POLL_S, Status
-from fsdgraph.cost.prices import Prices
 from fsdgraph.errors import ConfigError, FsdError, InputError, RunError, RunTimeout
 from fsdgraph.event import WorkerEvent
 from fsdgraph.kernels import Block, categories
 from fsdgraph.metrics import WorkerMetrics, counted
 from fsdgraph.plan import Plan
+from fsdgraph.prices import Prices
 from fsdgraph.report import RunFacts, build_report
 from fsdgraph.resources import RunNames
 from fsdgraph.serialize import unpack

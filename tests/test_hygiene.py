@@ -79,7 +79,13 @@ def test_import_fsdgraph_imports_no_submodule() -> None:
     assert sorted(name for name in loaded if name.startswith("fsdgraph.")) == []
 
 
-@pytest.mark.parametrize("package", ["fsdgraph", "fsdgraph.cost"])
+def test_every_cost_name_is_there() -> None:
+    import fsdgraph.cost as cost  # eager: only client-side code imports it (prices live apart)
+
+    assert [name for name in cost.__all__ if not hasattr(cost, name)] == []
+
+
+@pytest.mark.parametrize("package", ["fsdgraph"])
 def test_every_public_name_resolves_on_first_use(package: str) -> None:
     # In a fresh interpreter, so that each name is resolved through the package's __getattr__.
     script = (

@@ -38,7 +38,7 @@ from fsdgraph.backends.aws.transports import (
     caller_account,
 )
 from fsdgraph.control import QueueControlPlane
-from fsdgraph.cost.prices import REGIONS, Prices
+from fsdgraph.prices import REGIONS, Prices
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits
 from fsdgraph.wire import from_json

@@ -34,7 +34,7 @@ from fsdgraph.backends.local.functions import ProcessFunctions, WarmPool, stop_w
 from fsdgraph.backends.local.objectstore import DirectoryObjectStore
 from fsdgraph.backends.local.queues import SpoolMessageService
 from fsdgraph.control import QueueControlPlane
-from fsdgraph.cost.prices import Prices
+from fsdgraph.prices import Prices
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits
 from fsdgraph.wire import from_json

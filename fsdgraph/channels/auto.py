@@ -28,8 +28,8 @@ import msgpack
 from fsdgraph.channels.base import ChannelConfig, OutChunk
 from fsdgraph.channels.object import object_requests
 from fsdgraph.channels.queue import MODEL_RUN_ID, QueueChannel, chunk_attributes, queue_requests
-from fsdgraph.cost.prices import Prices
 from fsdgraph.errors import ProtocolError
+from fsdgraph.prices import Prices
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import CHUNK_BYTES, Entry, Message
 

@@ -36,7 +36,7 @@ from fsdgraph.resources import RunNames
 
 if TYPE_CHECKING:
     from fsdgraph.cost.estimate import ExchangeEstimate
-    from fsdgraph.cost.prices import Prices
+    from fsdgraph.prices import Prices
 
 
 @dataclass(frozen=True)

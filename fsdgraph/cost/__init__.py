@@ -1,10 +1,10 @@
 """The itemised AWS bill of a run: before it (:func:`estimate`), after it (:func:`bill`), and the
 FSD-Inference paper's own spreadsheet (:func:`paper_bill`, :func:`paper_comparison`).
 
-Modules: :mod:`~fsdgraph.cost.prices` (the price tables), :mod:`~fsdgraph.cost.bill` (bills, their
+Modules: :mod:`~fsdgraph.prices` (the price tables), :mod:`~fsdgraph.cost.bill` (bills, their
 ledger, :func:`bill`), :mod:`~fsdgraph.cost.estimate` and :mod:`~fsdgraph.cost.paper`; every public
-name is importable from ``fsdgraph.cost``, which imports each module on first use of one of its
-names (a worker reading prices loads neither bills nor estimates).
+name is importable from ``fsdgraph.cost``. The price tables live in :mod:`fsdgraph.prices`, outside
+this package, so that what reads prices at run time loads no bill or estimate code.
 
 Prices
 ------
@@ -61,7 +61,6 @@ receives (4 returned messages, so 4 deletes), 4 PUTs and 6 GETs::
     S3      4 PUT x $0.005/1k + 6 GET x $0.0004/1k   = $0.0000224
                                                 total = $0.0000814001
 
->>> from fsdgraph.cost import bill
 >>> report = {"workers": 2, "wall_s": 1.5, "channel": "queue",
 ...           "requests": {"invoke": 2, "publish": 4, "publish_units": 6, "receive": 10,
 ...                        "delete": 4, "put": 4, "get": 6}}
@@ -94,144 +93,63 @@ gives $0.021531605 (queue) and $0.053909469 (object), printed $0.0215316 and $0.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import sys
-import types
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from fsdgraph.control import CONTROL_POLL_S
-    from fsdgraph.cost.bill import Bill, LineItem, bill
-    from fsdgraph.cost.estimate import (
-        DEFAULT_BYTES_PER_NONZERO,
-        DEFAULT_DENSITY,
-        DEFAULT_EMPTY_POLLS,
-        DEFAULT_START_S,
-        ExchangeEstimate,
-        estimate,
-    )
-    from fsdgraph.cost.paper import (
-        PAPER_CHUNK_BYTES,
-        PAPER_GB_BYTES,
-        PAPER_MEMORY_MB,
-        PAPER_TOTALS,
-        paper_bill,
-        paper_comparison,
-        paper_data_dir,
-        paper_runs,
-    )
-    from fsdgraph.cost.prices import (
-        CHUNK_BYTES,
-        DEFAULT_MEMORY_MB,
-        GB_BYTES,
-        MEMORY_RANGE,
-        PAPER_PRICES,
-        REGIONS,
-        Prices,
-    )
+from fsdgraph.control import CONTROL_POLL_S
+from fsdgraph.cost.bill import Bill, LineItem, bill
+from fsdgraph.cost.estimate import (
+    DEFAULT_BYTES_PER_NONZERO,
+    DEFAULT_DENSITY,
+    DEFAULT_EMPTY_POLLS,
+    DEFAULT_START_S,
+    ExchangeEstimate,
+    estimate,
+)
+from fsdgraph.cost.paper import (
+    PAPER_CHUNK_BYTES,
+    PAPER_GB_BYTES,
+    PAPER_MEMORY_MB,
+    PAPER_TOTALS,
+    paper_bill,
+    paper_comparison,
+    paper_data_dir,
+    paper_runs,
+)
+from fsdgraph.prices import (
+    CHUNK_BYTES,
+    DEFAULT_MEMORY_MB,
+    GB_BYTES,
+    MEMORY_RANGE,
+    PAPER_PRICES,
+    REGIONS,
+    Prices,
+)
 
-#: Where each public name comes from; its module is imported on first use (PEP 562).
-_MODULES: dict[str, tuple[str, ...]] = {
-    "fsdgraph.control": ("CONTROL_POLL_S",),
-    "fsdgraph.cost.bill": ("Bill", "LineItem", "bill"),
-    "fsdgraph.cost.estimate": (
-        "DEFAULT_BYTES_PER_NONZERO", "DEFAULT_DENSITY", "DEFAULT_EMPTY_POLLS", "DEFAULT_START_S",
-        "ExchangeEstimate", "estimate",
-    ),
-    "fsdgraph.cost.paper": (
-        "PAPER_CHUNK_BYTES", "PAPER_GB_BYTES", "PAPER_MEMORY_MB", "PAPER_TOTALS", "paper_bill",
-        "paper_comparison", "paper_data_dir", "paper_runs",
-    ),
-    "fsdgraph.cost.prices": (
-        "CHUNK_BYTES", "DEFAULT_MEMORY_MB", "GB_BYTES", "MEMORY_RANGE", "PAPER_PRICES", "REGIONS",
-        "Prices",
-    ),
-}
-_LAZY: dict[str, str] = {name: module for module, names in _MODULES.items() for name in names}
-
-__all__ = [
-    "CHUNK_BYTES",
-    "CONTROL_POLL_S",
-    "DEFAULT_BYTES_PER_NONZERO",
-    "DEFAULT_DENSITY",
-    "DEFAULT_EMPTY_POLLS",
-    "DEFAULT_MEMORY_MB",
-    "DEFAULT_START_S",
-    "GB_BYTES",
-    "MEMORY_RANGE",
-    "PAPER_CHUNK_BYTES",
-    "PAPER_GB_BYTES",
-    "PAPER_MEMORY_MB",
-    "PAPER_PRICES",
-    "PAPER_TOTALS",
-    "REGIONS",
-    "Bill",
-    "ExchangeEstimate",
-    "LineItem",
-    "Prices",
-    "bill",
-    "estimate",
-    "paper_bill",
-    "paper_comparison",
-    "paper_data_dir",
-    "paper_runs",
-]
+__all__ = ["CHUNK_BYTES", "CONTROL_POLL_S", "DEFAULT_BYTES_PER_NONZERO", "DEFAULT_DENSITY",
+           "DEFAULT_EMPTY_POLLS", "DEFAULT_MEMORY_MB", "DEFAULT_START_S", "GB_BYTES",
+           "MEMORY_RANGE", "PAPER_CHUNK_BYTES", "PAPER_GB_BYTES", "PAPER_MEMORY_MB",
+           "PAPER_PRICES", "PAPER_TOTALS", "REGIONS", "Bill", "ExchangeEstimate", "LineItem",
+           "Prices", "bill", "estimate", "paper_bill", "paper_comparison", "paper_data_dir",
+           "paper_runs"]
 
 
-def __getattr__(name: str) -> object:
-    """Import a public name's module on first access, and keep the name here."""
-    if name == "__test__":
-        return _examples()
-    try:
-        module = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """This package's module type: ``bill`` and ``estimate`` name both a submodule and a
-    function. The import system binds a submodule to its package's attribute when it first loads
-    it (``import fsdgraph.cost.paper`` loads ``fsdgraph.cost.bill``), and here that binding would
-    hide the function; public names are kept for :func:`__getattr__` instead."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _LAZY and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
-#: What every example of :func:`_examples` runs first.
-_EXAMPLE_SETUP = ">>> from fsdgraph.cost import *\n\n"
-
-
-def _examples() -> dict[str, str]:
-    """The examples of the package's public functions, classes and methods, for ``__test__``.
+def _examples() -> dict[str, Any]:
+    """The public functions, classes and methods of the package, for ``__test__``.
 
     ``doctest.testmod(fsdgraph.cost)`` looks only at what this file defines; with these it runs
-    every example of the package (each module's own examples also run with
-    ``pytest --doctest-modules fsdgraph/cost``). doctest runs them in a copy of this module's
-    namespace, taken before any name is imported, so each docstring runs after
-    ``from fsdgraph.cost import *``.
+    every example of the package, in this namespace (each module's own examples also run with
+    ``pytest --doctest-modules fsdgraph/cost``).
     """
-    found: dict[str, str] = {}
+    found: dict[str, Any] = {}
     for name in __all__:
-        obj = getattr(importlib.import_module(_LAZY[name]), name)
-        objects = {name: obj} if callable(obj) else {}
+        obj = globals()[name]
+        if callable(obj):
+            found[name] = obj
         if isinstance(obj, type):
-            objects |= {f"{name}.{attr}": getattr(obj, attr) for attr in vars(obj)
-                         if inspect.isfunction(getattr(obj, attr))}
-        for key, each in objects.items():
-            if each.__doc__ and ">>>" in each.__doc__:
-                found[key] = _EXAMPLE_SETUP + inspect.cleandoc(each.__doc__)
+            found |= {f"{name}.{attr}": getattr(obj, attr) for attr in vars(obj)
+                      if inspect.isfunction(getattr(obj, attr))}
     return found
+
+
+__test__ = _examples()

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fsdgraph.cost.prices import CHUNK_BYTES, DEFAULT_MEMORY_MB, GB_BYTES, MEMORY_RANGE, Prices
 from fsdgraph.errors import ConfigError, InputError
+from fsdgraph.prices import CHUNK_BYTES, DEFAULT_MEMORY_MB, GB_BYTES, MEMORY_RANGE, Prices
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from fsdgraph.control import CONTROL_POLL_S
 from fsdgraph.cost.bill import Bill, _billed_s, _check_memory, _Ledger
-from fsdgraph.cost.prices import DEFAULT_MEMORY_MB, GB_BYTES, Prices
 from fsdgraph.errors import ConfigError
 from fsdgraph.plan import Edge, Plan
+from fsdgraph.prices import DEFAULT_MEMORY_MB, GB_BYTES, Prices
 
 #: Defaults of :func:`estimate`, measured on the local backend with the generated 1024-neuron
 #: RadiX-Net (``fsdgraph graphchallenge --synthetic --layers 24 --images 1000``): 9.16 M nonzeros

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fsdgraph.cost.bill import Bill, _billed_s, _check_memory, _Ledger
-from fsdgraph.cost.prices import CHUNK_BYTES, GB_BYTES, PAPER_PRICES, Prices
 from fsdgraph.errors import ConfigError, InputError
+from fsdgraph.prices import CHUNK_BYTES, GB_BYTES, PAPER_PRICES, Prices
 
 #: The Lambda memory the paper's totals imply (the only size that reproduces them).
 PAPER_MEMORY_MB = 1000

@@ -1,5 +1,8 @@
 """AWS list prices (:class:`Prices`), a few regions' tables, the paper's prices, and the billing
-units the bills use (see the rules in :mod:`fsdgraph.cost`)."""
+units the bills use (see the rules in :mod:`fsdgraph.cost`, which also exports every name here).
+
+A module of its own, outside :mod:`fsdgraph.cost`: backends and the auto channel read prices at
+run time, and a worker that does so loads neither bills nor estimates."""
 
 from __future__ import annotations
 
