@@ -22,7 +22,7 @@ from fsdgraph.transport import (
     Message,
     MessageService,
     ObjectStore,
-    billing_units,
+    billed_units,
 )
 
 #: The per-layer counters, in report order.
@@ -177,25 +177,32 @@ class _CountingMessages(MessageService):
         self.metrics.request("delete_topic")
         await self.inner.delete_topic(topic)
 
+    # The rules ran in this wrapper's public methods (same limits): forward to the inner
+    # service's protected methods, so that sizes are measured and checked once.
     async def _publish_batch(self, topic: str, entries: Sequence[Entry],
                              sizes: Sequence[int | None]) -> BatchResult:
         self.metrics.request("publish")
-        self.metrics.request("publish_units", billing_units(entries))
-        return await self.inner.publish_batch(topic, entries)
+        self.metrics.request("publish_units", _units(sizes))
+        return await self.inner._publish_batch(topic, entries, sizes)
 
     async def _send_batch(self, queue: str, entries: Sequence[Entry],
                           sizes: Sequence[int | None]) -> BatchResult:
         self.metrics.request("send")
-        self.metrics.request("send_units", billing_units(entries))
-        return await self.inner.send_batch(queue, entries)
+        self.metrics.request("send_units", _units(sizes))
+        return await self.inner._send_batch(queue, entries, sizes)
 
     async def _receive(self, queue: str, max_messages: int, wait_s: float) -> list[Message]:
         self.metrics.request("receive")
-        return await self.inner.receive(queue, max_messages=max_messages, wait_s=wait_s)
+        return await self.inner._receive(queue, max_messages, wait_s)
 
     async def _delete_batch(self, queue: str, receipts: Sequence[str]) -> BatchResult:
         self.metrics.request("delete")
-        return await self.inner.delete_batch(queue, receipts)
+        return await self.inner._delete_batch(queue, receipts)
+
+
+def _units(sizes: Sequence[int | None]) -> int:
+    """:func:`~fsdgraph.transport.billing_units` of a batch whose entry sizes are measured."""
+    return billed_units(sum(s for s in sizes if s is not None))
 
 
 class _CountingFunctions(Functions):

@@ -55,8 +55,8 @@ The invocation event of a worker is checked the same way, by the caller, before
 Writing an implementation: subclass :class:`ObjectStore` or :class:`MessageService`, set
 ``self.limits`` in the constructor and write the protected methods (``_put``;
 ``_publish_batch``, ``_send_batch``, ``_receive``, ``_delete_batch``) plus the other abstract
-ones. A wrapper that forwards every call to another service (which applies the rules itself)
-may override the public methods instead and then needs no protected ones.
+ones. A wrapper around another service writes the protected methods too, forwarding to the
+other service's protected methods: the rules then run once, in the wrapper's public methods.
 :mod:`fsdgraph.testing.transports` checks an implementation against all of this.
 """
 
@@ -267,8 +267,12 @@ def billing_units(entries: Sequence[Entry]) -> int:
     >>> billing_units([Entry("x" * 40_000), Entry("y" * 40_000)])
     2
     """
-    total = sum(entry_size(e) for e in entries)
-    return max(1, -(-total // CHUNK_BYTES))
+    return billed_units(sum(entry_size(e) for e in entries))
+
+
+def billed_units(payload_bytes: int) -> int:
+    """Billed requests of a batch call carrying ``payload_bytes`` in all (at least one)."""
+    return max(1, -(-payload_bytes // CHUNK_BYTES))
 
 
 class ObjectStore(ABC):
