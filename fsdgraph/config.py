@@ -87,23 +87,39 @@ def read_table(path: str | Path | None, name: str,
     return config_path, table
 
 
+def read_settings(path: str | Path | None, name: str, kinds: Mapping[str, type],
+                  env_prefix: str, environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """The settings of table ``[name]``, then of the variables ``<env_prefix><KEY>``, each
+    coerced to its kind in ``kinds``, with where it came from (for later error messages): the
+    one reading rule of every settings table (``[run]``, a backend's own).
+
+    >>> read_settings(None, "run", {"workers": int}, "FSDGRAPH_", {"FSDGRAPH_WORKERS": "8"})
+    {'workers': (8, 'environment variable FSDGRAPH_WORKERS')}
+    """
+    found: dict[str, tuple[Any, str]] = {}
+    config_path, table = read_table(path, name, environ)
+    for key, value in table.items():
+        if key not in kinds:
+            raise ConfigError(f"{config_path}: unknown setting {name}.{key}; known: "
+                              f"{', '.join(sorted(kinds))}")
+        where = f"{config_path} [{name}]"
+        found[key] = (coerce(key, value, kinds[key], where), where)
+    for key, kind in kinds.items():
+        env = f"{env_prefix}{key.upper()}"
+        if env in environ:
+            where = f"environment variable {env}"
+            found[key] = (coerce(key, environ[env], kind, where), where)
+    return found
+
+
 def load_settings(
     path: str | Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
 ) -> RunSettings:
     """Settings from file, then environment, then ``overrides`` (None values are ignored)."""
     environ = os.environ if environ is None else environ
     kinds = {f.name: type(f.default) for f in fields(RunSettings)}
-    values: dict[str, Any] = {}
-    config_path, table = read_table(path, "run", environ)
-    for key, value in table.items():
-        if key not in kinds:
-            raise ConfigError(f"{config_path}: unknown setting run.{key}; known: "
-                              f"{', '.join(sorted(kinds))}")
-        values[key] = coerce(key, value, kinds[key], f"{config_path} [run]")
-    for key, kind in kinds.items():
-        env = f"FSDGRAPH_{key.upper()}"
-        if env in environ:
-            values[key] = coerce(key, environ[env], kind, f"environment variable {env}")
+    values = {key: value for key, (value, _) in
+              read_settings(path, "run", kinds, "FSDGRAPH_", environ).items()}
     for key, value in overrides.items():
         if value is not None:
             values[key] = value

@@ -60,10 +60,11 @@ import ray
 from ray.exceptions import RayError
 
 from fsdgraph.backend import Backend, Services
-from fsdgraph.config import coerce, read_table
+from fsdgraph.config import read_settings
 from fsdgraph.errors import ConfigError, TransportError
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits
+from fsdgraph.wire import from_json
 
 from .store import (
     NAMESPACE,
@@ -85,6 +86,16 @@ def check_address(address: str | None, where: str) -> None:
     if address is not None and address != "auto" and not _ADDRESS.match(address):
         raise ConfigError(f"{where}: address must be 'auto', 'HOST:PORT' or 'ray://HOST:PORT', "
                           f"got {address!r}")
+
+
+@dataclass(frozen=True)
+class RayDescription:
+    """What a worker is told of its run's Ray session (``Services.description``)."""
+
+    prefix: str  #: the run's actor names start with it
+    mailbox_actors: int
+    address: str | None  #: the cluster's GCS address, for a process outside its workers
+    limits: dict[str, int]
 
 
 @dataclass
@@ -116,21 +127,9 @@ class RayBackend(Backend):
         """Settings from the ``[ray]`` table of the config file, then the variables
         ``FSDGRAPH_RAY_<FIELD>`` (:data:`SETTINGS`); errors name the file or variable and the
         field."""
-        environ = os.environ
-        where, table = read_table(config_file, "ray", environ)
-        values: dict[str, Any] = {}
-        sources: dict[str, str] = {}
-        for key, value in table.items():
-            if key not in SETTINGS:
-                raise ConfigError(f"{where}: unknown setting ray.{key}; known: "
-                                  f"{', '.join(sorted(SETTINGS))}")
-            sources[key] = f"{where} [ray]"
-            values[key] = coerce(key, value, SETTINGS[key], sources[key])
-        for key, kind in SETTINGS.items():
-            env = f"FSDGRAPH_RAY_{key.upper()}"
-            if env in environ:
-                sources[key] = f"environment variable {env}"
-                values[key] = coerce(key, environ[env], kind, sources[key])
+        found = read_settings(config_file, "ray", SETTINGS, "FSDGRAPH_RAY_", os.environ)
+        values = {key: value for key, (value, _) in found.items()}
+        sources = {key: where for key, (_, where) in found.items()}
         if "address" in values:
             check_address(values["address"], sources["address"])
         for key in ("num_cpus", "mailbox_actors"):
@@ -168,9 +167,9 @@ class RayBackend(Backend):
         actor = run.start_actor(RunActor, "run")
         try:
             await call(actor.ready, what=f"start {run.actor_name('run')}")
-            description = {"prefix": run.prefix, "mailbox_actors": run.mailbox_actors,
-                           "address": _gcs_address(), "limits": asdict(self.limits)}
-            yield _services(actor, run, names, self.limits, description)
+            description = RayDescription(prefix=run.prefix, mailbox_actors=run.mailbox_actors,
+                                         address=_gcs_address(), limits=asdict(self.limits))
+            yield _services(actor, run, names, self.limits, asdict(description))
         finally:
             try:
                 ray.kill(actor)  # and with it the workers it owns
@@ -182,15 +181,12 @@ class RayBackend(Backend):
     @asynccontextmanager
     async def attach(cls, description: Mapping[str, Any],
                      names: RunNames) -> AsyncIterator[Services]:
-        try:
-            run = RayRun(str(description["prefix"]),
-                         mailbox_actors=int(description["mailbox_actors"]))
-            address, limits = description["address"], Limits(**description["limits"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TransportError(f"ray backend: malformed description: {exc}") from exc
+        typed = from_json(RayDescription, description, "ray backend description")
+        run = RayRun(typed.prefix, mailbox_actors=typed.mailbox_actors)
+        limits = Limits(**typed.limits)
         joined = not ray.is_initialized()
         if joined:  # a process outside the cluster's workers (inside a Ray task, Ray is up)
-            _init(str(address) if address else "auto")
+            _init(typed.address or "auto")
         try:
             actor = run.get_actor("run")
             yield _services(actor, run, names, limits, dict(description))
@@ -236,4 +232,5 @@ def remove_run(run: RayRun) -> int:
     return killed
 
 
-__all__ = ["NAMESPACE", "SETTINGS", "RayBackend", "check_address", "remove_run"]
+__all__ = ["NAMESPACE", "SETTINGS", "RayBackend", "RayDescription", "check_address",
+           "remove_run"]
