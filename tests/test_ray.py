@@ -242,6 +242,36 @@ def test_bad_values_in_python_name_the_field() -> None:
         RayBackend(mailbox_actors=0)
 
 
+def test_chunks_large_and_small_take_their_own_way_and_arrive_whole(cluster: str) -> None:
+    """A payload above INLINE_BYTES goes through the object store, a small one inside its
+    descriptor; both arrive whole, once."""
+    import asyncio
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    from fsdgraph.backends.ray.channel import INLINE_BYTES, RayChannel
+    from fsdgraph.kernels import Block
+    from fsdgraph.testing.conformance import open_channels, receive_all
+
+    rng = np.random.default_rng(0)
+    big = Block.from_matrix(sp.csr_matrix(rng.integers(1, 9, size=(16, 4096)).astype(np.float32)))
+    small = Block.from_matrix(sp.csr_matrix(np.ones((16, 2), np.float32)))
+
+    async def main() -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], int]:
+        async with open_channels(RayBackend(), RayChannel, 3) as chans:
+            await chans[0].send(0, [(1, big), (2, small)])
+            sent = chans[0].metrics.current.bytes_sent
+            got1, got2 = await asyncio.gather(receive_all(chans[1], 0, [0]),
+                                              receive_all(chans[2], 0, [0]))
+            return got1, got2, sent
+
+    got1, got2, sent = asyncio.run(main())
+    assert sent > INLINE_BYTES  # the big block's chunk did not fit a descriptor
+    np.testing.assert_array_equal(got1[0], big.to_matrix(16).toarray())
+    np.testing.assert_array_equal(got2[0], small.to_matrix(16).toarray())
+
+
 # -- the conformance kit -------------------------------------------------------------------------
 class TestRayConformance(BackendSuite, ControlPlaneSuite, ChannelExchangeSuite):
     """fsdgraph.testing.conformance against the Ray backend, on the module's instance."""

@@ -3,9 +3,10 @@
 A sender ``ray.put``\\ s each encoded chunk payload (plain ``bytes``) into the object store and
 hands the receiver's mailbox one descriptor per chunk, ``(run id, layer, src, index, count,
 [ObjectRef])`` (no reference for the explicit empty marker, ``count == 0``), in one call per
-destination and layer. The receiver drains its own mailbox, waiting in the actor up to the poll
-time when it is empty, and fetches the payloads straight from the object store; mailboxes carry
-only descriptors.
+mailbox actor and layer. The receiver drains its own mailbox, waiting in the actor up to the poll
+time when it is empty, and fetches the payloads straight from the object store. A payload of at
+most :data:`INLINE_BYTES` travels inside its descriptor instead (``[bytes]``): for a small chunk,
+the object store's put and fetch cost more round trips than the bytes cost the mailbox.
 
 The mailboxes of a run live in ``RayBackend.mailbox_actors`` :class:`Mailbox` actors (worker
 ``w``'s in actor ``w mod n``). Each actor is a process started for the run, which costs a second
@@ -43,8 +44,11 @@ from fsdgraph.resources import RunNames
 
 from .store import RayRun, call
 
-#: One chunk's descriptor: run id, layer, source, index, count, and [payload ref] or [].
+#: One chunk's descriptor: run id, layer, source, index, count, and [payload ref], [payload
+#: bytes] (inline) or [] (the empty marker).
 Descriptor = tuple[str, int, int, int, int, list[Any]]
+#: Payloads up to this size travel inside their descriptor, not through the object store.
+INLINE_BYTES = 64 * 1024
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -63,10 +67,11 @@ class Mailbox:
     def _event(self, worker: int) -> asyncio.Event:
         return self._arrived.setdefault(worker, asyncio.Event())
 
-    async def deliver(self, worker: int, entries: list[Descriptor]) -> None:
-        """Append ``entries`` to ``worker``'s mailbox and wake the worker if it waits."""
-        self._entries.setdefault(worker, []).extend(entries)
-        self._event(worker).set()
+    async def deliver(self, batches: dict[int, list[Descriptor]]) -> None:
+        """Append each worker's entries to its mailbox and wake it if it waits."""
+        for worker, entries in batches.items():
+            self._entries.setdefault(worker, []).extend(entries)
+            self._event(worker).set()
 
     async def take(self, worker: int, wait_s: float) -> list[Descriptor]:
         """Everything delivered to ``worker`` so far, waiting up to ``wait_s`` while there is
@@ -130,9 +135,12 @@ class RayChannel(Channel):
     def chunk_budget(self) -> int:
         return self.services.limits.max_object_bytes - 64
 
+    def _box_index(self, worker: int) -> int:
+        return worker % _mailbox_actors(self._run, self.workers)
+
     def _box(self, worker: int) -> Any:
         """The actor holding ``worker``'s mailbox."""
-        index = worker % _mailbox_actors(self._run, self.workers)
+        index = self._box_index(worker)
         if index not in self._boxes:
             self._boxes[index] = self._run.get_actor(_mailbox_role(index))
         return self._boxes[index]
@@ -142,14 +150,19 @@ class RayChannel(Channel):
         m = self.metrics.current
         by_dst: dict[int, list[Descriptor]] = {}
         for c in chunks:
-            refs = [ray.put(bytes(c.payload))] if c.count else []
+            payload = bytes(c.payload)
+            refs: list[Any] = ([] if not c.count else [payload] if len(payload) <= INLINE_BYTES
+                               else [ray.put(payload)])
             by_dst.setdefault(c.dst, []).append((run_id, c.layer, c.src, c.index, c.count, refs))
             m.bytes_sent += len(c.payload)
             m.messages_sent += 1
+        by_box: dict[int, dict[int, list[Descriptor]]] = {}  # one call per mailbox actor
+        for dst, entries in by_dst.items():
+            by_box.setdefault(self._box_index(dst), {})[dst] = entries
         await asyncio.gather(*(
-            call(self._box(dst).deliver, dst, entries,
-                 what=f"worker {self.worker}: deliver to worker {dst}")
-            for dst, entries in by_dst.items()))
+            call(self._box(next(iter(batches))).deliver, batches,
+                 what=f"worker {self.worker}: deliver to workers {sorted(batches)}")
+            for batches in by_box.values()))
 
     async def _fetch(self, layer: int, pending: Sequence[int], wait_s: float) -> int:
         entries = await call(self._box(self.worker).take, self.worker, float(wait_s),
@@ -180,7 +193,7 @@ def _descriptor(entry: Any) -> Descriptor:
               and all(isinstance(x, int) and not isinstance(x, bool)
                       for x in (layer, src, index, count))
               and 0 <= index < max(count, 1) and len(refs) == (1 if count else 0)
-              and all(isinstance(r, ray.ObjectRef) for r in refs))
+              and all(isinstance(r, (ray.ObjectRef, bytes)) for r in refs))
     except (TypeError, ValueError):
         ok = False
     if not ok:
@@ -192,6 +205,8 @@ async def _payload(descriptor: Descriptor) -> bytes:
     refs = descriptor[5]
     if not refs:
         return b""
+    if isinstance(refs[0], bytes):  # inline
+        return refs[0]
     payload = await refs[0]
     if not isinstance(payload, bytes):
         raise ProtocolError(f"chunk payload is {type(payload).__name__}, not bytes")
