@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fsdgraph.control import ControlPlane
+from fsdgraph.quotas import Quotas, check_workers
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits, MessageService, ObjectStore
 
@@ -64,6 +65,9 @@ class Services:
     #: Topics and queues, as SNS + SQS; None where the backend has none (the queue and auto
     #: channels then refuse to run, saying so).
     messages: MessageService | None = None
+    #: How many of a thing, and how fast, the run may use (AWS's defaults where the backend
+    #: is AWS or stands in for it; unlimited by default).
+    quotas: Quotas = field(default_factory=Quotas.unlimited)
     #: What a backend's own channels need (e.g. a handle to a cluster's object store).
     extensions: dict[str, Any] = field(default_factory=dict)
     #: Called by the worker runtime as ``hook(worker, layer)`` before each layer (fault
@@ -102,6 +106,13 @@ class Backend(ABC):
     def attach(cls, description: Mapping[str, Any],
                names: RunNames) -> AbstractAsyncContextManager[Services]:
         """Services for a worker of run ``names``, from ``Services.description``."""
+
+    async def preflight(self, services: Services, workers: int, timeout_s: float) -> None:
+        """Before anything of a run is created: raise :class:`~fsdgraph.errors.ConfigError`,
+        saying what to change, if a run of ``workers`` workers lasting up to ``timeout_s`` seconds
+        cannot succeed here (concurrency, function timeout...). Default: the workers must fit
+        ``services.quotas.lambda_concurrency``."""
+        check_workers(services.quotas, workers)
 
     def prewarm(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Start whatever makes the first run faster (warm sandboxes); optional."""

@@ -2,8 +2,15 @@
 
 A worker reports ``progress`` (layers done, every ``interval_s`` for as long as it is alive,
 waiting included: a heartbeat, so a silent worker is a dead one), ``done`` (its output object is
-written) or ``error`` (the error's type and message, and the remote traceback as text: failures
-travel as data).
+written), ``error`` (the error's type and message, and the remote traceback as text: failures
+travel as data) or ``duplicate`` (a second invocation of a worker that already runs; it exits).
+Every status carries the wall-clock time it was sent, so the scheduler measures how late
+statuses reach it (``status_lag_s``).
+
+The control plane must hold at a thousand workers: the heartbeat interval grows with the worker
+count (:func:`heartbeat_interval`, so all workers together send about :data:`STATUS_RATE`
+statuses a second) and the scheduler polls with several concurrent receives
+(:func:`pollers`).
 
 A backend provides a :class:`ControlPlane` for each run: four small methods, nothing about
 topics or queues. Backends with a message service get one for free, :class:`QueueControlPlane`
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Any
@@ -37,10 +45,35 @@ from fsdgraph.resources import RunNames
 from fsdgraph.retry import retry
 from fsdgraph.transport import Entry, Limits, Message, MessageService, delete_received, entry_size
 
-KINDS = ("progress", "done", "error")
+KINDS = ("progress", "done", "error", "duplicate")
 #: How long one poll of the scheduler waits before it checks its deadlines again, and the
 #: workers' default heartbeat interval (seconds); the cost estimate counts statuses with it.
 CONTROL_POLL_S = 0.5
+#: Heartbeats per second of all workers together that the scheduler is sized for.
+STATUS_RATE = 100.0
+#: Statuses one poll returns at most (one SQS receive); pollers are added to drain more.
+STATUSES_PER_POLLER = 100
+
+
+def heartbeat_interval(workers: int, base_s: float, stall_timeout_s: float) -> float:
+    """Seconds between two heartbeats of a worker: ``base_s``, or longer once ``workers``
+    workers would send more than :data:`STATUS_RATE` a second together, and always well within
+    ``stall_timeout_s`` (a quarter of it), so that one lost heartbeat never fails a run.
+
+    >>> heartbeat_interval(8, 0.5, 120.0), heartbeat_interval(1000, 0.5, 120.0)
+    (0.5, 10.0)
+    """
+    return min(max(base_s, workers / STATUS_RATE), stall_timeout_s / 4)
+
+
+def pollers(workers: int) -> int:
+    """Concurrent polls the scheduler keeps open on the control plane of ``workers`` workers:
+    one per :data:`STATUSES_PER_POLLER` workers, at most 8.
+
+    >>> pollers(8), pollers(1000)
+    (1, 8)
+    """
+    return max(1, min(8, -(-workers // STATUSES_PER_POLLER)))
 
 
 @dataclass(frozen=True)
@@ -54,6 +87,7 @@ class Status:
     details: str = ""
     launched_at: float = 0.0
     error_type: str = ""  #: the class name of a worker's error (RunTimeout, RunError, ...)
+    sent_at: float = 0.0  #: wall clock (epoch seconds) when the status was sent
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -87,7 +121,8 @@ class ControlPlane(ABC):
 def encode_status(run_id: str, status: Status) -> Entry:
     body = json.dumps({"kind": status.kind, "worker": status.worker, "layer": status.layer,
                        "message": status.message, "details": status.details,
-                       "launched_at": status.launched_at, "error_type": status.error_type})
+                       "launched_at": status.launched_at, "error_type": status.error_type,
+                       "sent_at": status.sent_at})
     return Entry(body, {"run": run_id, "kind": status.kind})
 
 
@@ -95,7 +130,8 @@ def decode_status(msg: Message) -> Status:
     try:
         d: dict[str, Any] = json.loads(msg.body)
         return Status(str(d["kind"]), int(d["worker"]), int(d["layer"]), str(d["message"]),
-                      str(d["details"]), float(d["launched_at"]), str(d.get("error_type", "")))
+                      str(d["details"]), float(d["launched_at"]), str(d.get("error_type", "")),
+                      float(d.get("sent_at", 0.0)))
     except (ValueError, KeyError, TypeError) as exc:
         raise ProtocolError(f"malformed status message {msg.body[:200]!r}") from exc
 
@@ -170,8 +206,11 @@ class Reporter:
     async def report(self, kind: str, layer: int, message: str = "", details: str = "",
                      error_type: str = "") -> None:
         """Send a status, retrying retryable failures until the deadline."""
-        status = Status(kind, self.worker, layer, message, details, self.launched_at, error_type)
-        await retry(lambda: self.control.report(status), deadline_s=self.deadline_s)
+        async def send() -> None:  # stamped at each try: the lag is measured from the last one
+            await self.control.report(Status(kind, self.worker, layer, message, details,
+                                             self.launched_at, error_type, time.time()))
+
+        await retry(send, deadline_s=self.deadline_s)
 
     async def heartbeat(self) -> None:
         """Report progress now (the worker is up) and every ``interval_s`` until cancelled."""

@@ -20,12 +20,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from fsdgraph import tree
 from fsdgraph.errors import ProtocolError
 from fsdgraph.resources import RunNames
 from fsdgraph.wire import from_json
 
 #: Bump when a field changes meaning or a required field is added.
-EVENT_VERSION = 1
+EVENT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,26 @@ class WorkerEvent:
     #: ``Services.description`` of the backend's session.
     backend_config: dict[str, Any] = field(default_factory=dict)
     progress_interval_s: float = 0.5
-    #: Subtrees of the invocation tree this worker starts (``fsdgraph.tree``).
-    children: list[dict[str, Any]] = field(default_factory=list)
+    #: Children per node of the invocation tree (``fsdgraph.tree``): who this worker starts.
+    branching: int = 4
     version: int = EVENT_VERSION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.branching, int) and self.branching < 1:
+            raise ProtocolError(f"worker event: branching must be >= 1, got {self.branching}")
 
     @property
     def names(self) -> RunNames:
         return RunNames(self.run_id, self.namespace)
 
-    def child(self, subtree: Mapping[str, Any]) -> WorkerEvent:
-        """The event of a child in the invocation tree: the same run, another worker."""
-        return replace(self, worker=int(subtree["worker"]), children=list(subtree["children"]))
+    @property
+    def children(self) -> list[int]:
+        """The workers this worker invokes (``fsdgraph.tree``)."""
+        return tree.children(self.worker, self.workers, self.branching)
+
+    def child(self, worker: int) -> WorkerEvent:
+        """The event of another worker of the same run."""
+        return replace(self, worker=worker)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

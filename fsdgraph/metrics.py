@@ -131,6 +131,10 @@ class _CountingStore(ObjectStore):
         self.metrics.request("put")
         await self.inner.put(key, data)
 
+    async def _put_if_absent(self, key: str, data: bytes) -> bool:
+        self.metrics.request("put")
+        return await self.inner.put_if_absent(key, data)
+
     async def get(self, key: str) -> bytes:
         self.metrics.request("get")
         return await self.inner.get(key)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fsdgraph.metrics import COUNTERS, TIMERS, LayerMetrics
@@ -31,12 +31,20 @@ class RunFacts:
     backend: str
     batch: int
     wall_s: float  #: from submission to the assembled outputs
-    stage_s: float  #: staging shards and inputs, creating the control plane and channel
+    stage_s: float  #: staging shards and inputs
     launch_s: float  #: from the first invocation until the last worker started
     invoked_at: float  #: wall clock (epoch seconds) of the first invocation
     invocation_depth: int  #: levels of the invocation tree
     categories: int  #: rows with any nonzero output
     config: Mapping[str, Any]  #: the RunConfig, as a dict
+    setup_s: float = 0.0  #: creating the control plane and the channel's resources
+    setup_requests: Mapping[str, int] = field(default_factory=dict)
+    teardown_s: float = 0.0  #: deleting everything the run created
+    teardown_requests: Mapping[str, int] = field(default_factory=dict)
+    status_lag_s: float = 0.0  #: the latest a ``done``/``error`` status reached the scheduler
+    progress_lag_s: float = 0.0  #: the latest any status reached the scheduler
+    duplicate_invocations: int = 0  #: invocation events delivered twice (and made harmless)
+    channel_setup: Mapping[str, Any] = field(default_factory=dict)  #: ``Channel.fit``'s choice
 
 
 def build_report(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mapping[str, Any],
@@ -113,7 +121,15 @@ def _sum_metrics(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mappi
         "partitioner": plan.partitioner,
         "wall_s": facts.wall_s,
         "stage_s": facts.stage_s,
+        "setup_s": facts.setup_s,
+        "setup_requests": dict(facts.setup_requests),
         "launch_s": facts.launch_s,
+        "teardown_s": facts.teardown_s,
+        "teardown_requests": dict(facts.teardown_requests),
+        "status_lag_s": facts.status_lag_s,
+        "progress_lag_s": facts.progress_lag_s,
+        "duplicate_invocations": facts.duplicate_invocations,
+        "channel_setup": dict(facts.channel_setup),
         **totals,
         "peak_rss_bytes_max": max((w["peak_rss_bytes"] for w in per_worker), default=0),
         "cpu_s": sum(w["process_cpu_s"] for w in per_worker),

@@ -14,7 +14,7 @@ class RunNames:
 
     >>> n = RunNames("r1")
     >>> n.queue(3), n.exchange_key(5, 1, 2)
-    ('fsd-r1-w3', 'runs/r1/x/5/2/1')
+    ('fsd-r1-w3', 'runs/r1/x/2/5/1')
     """
 
     run_id: str
@@ -43,6 +43,12 @@ class RunNames:
     def output_key(self, worker: int) -> str:
         return f"{self.prefix}out/{worker}"
 
+    def claim_key(self, worker: int) -> str:
+        """Created once, by the first copy of worker ``worker`` to start (a duplicated
+        invocation finds it and exits)."""
+        return f"{self.prefix}claim/{worker}"
+
     def exchange_key(self, layer: int, src: int, dst: int) -> str:
-        # dst before src: a reader's keys for one layer share a prefix.
-        return f"{self.prefix}x/{layer}/{dst}/{src}"
+        # The reader first: each worker's reads stay under a prefix of its own, which S3 can
+        # scale apart from the others' (request rates are per prefix).
+        return f"{self.prefix}x/{dst}/{layer}/{src}"

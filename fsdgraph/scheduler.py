@@ -2,21 +2,28 @@
 
 One run, in order (``Scheduler.run``):
 
-1. open a backend session; stage every worker's plan shard and input columns in the object store
+1. open a backend session; check the run against the backend (``Backend.preflight``: quotas,
+   concurrency, function timeout) and size the channel's resources to the quotas
+   (``Channel.fit``); stage every worker's plan shard and input columns in the object store
    (keys under ``runs/<run id>/``);
-2. create the run's control plane and the channel's resources (queues, topics);
+2. create the run's control plane and the channel's resources (queues, topics: concurrently, and
+   proven to deliver before any worker starts), timed and counted as the report's ``setup_s``
+   and ``setup_requests``;
 3. invoke the roots of the invocation tree (they invoke the rest) and poll the control plane:
    progress moves the progress bar; an ``error`` status fails the run at once with the worker's
    own message; a worker silent for ``stall_timeout_s`` or a run longer than ``timeout_s`` fails
    it with a :class:`~fsdgraph.errors.RunTimeout` naming the workers, their last layer and what
    is missing;
 4. fetch every worker's output columns and metrics, assemble the (batch x out) activations;
-5. always: delete queues, topics and objects of the run, close the session;
+5. always: delete queues, topics and objects of the run, close the session (``teardown_s``,
+   ``teardown_requests``);
 6. report (:mod:`fsdgraph.report`): the run's metrics, what the channel chose, and the bill at
    the backend's prices (none for a backend that has no price table).
 
 State of the watch loop is one :class:`RunState`; the loop only feeds it status messages and the
-clock, which keeps the failure rules in one readable place.
+clock, which keeps the failure rules in one readable place. Statuses are drained by several
+concurrent polls at scale (:func:`fsdgraph.control.pollers`), and how late each arrives is
+measured (``status_lag_s``: from the worker's send to the scheduler's receive).
 
 >>> import numpy as np, scipy.sparse as sp
 >>> from fsdgraph import compile, sequential
@@ -29,10 +36,12 @@ array([0])
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,7 +54,7 @@ from fsdgraph.backend import Backend, Services
 from fsdgraph.backends import get_backend
 from fsdgraph.channels import ChannelConfig, get_channel
 from fsdgraph.codec import BlockCodec
-from fsdgraph.control import CONTROL_POLL_S, Status
+from fsdgraph.control import CONTROL_POLL_S, Status, heartbeat_interval, pollers
 from fsdgraph.errors import ConfigError, FsdError, InputError, RunError, RunTimeout
 from fsdgraph.event import WorkerEvent
 from fsdgraph.kernels import Block, categories
@@ -56,7 +65,7 @@ from fsdgraph.report import RunFacts, build_report
 from fsdgraph.resources import RunNames
 from fsdgraph.serialize import unpack
 from fsdgraph.transport import Limits, check_invoke_payload
-from fsdgraph.tree import depth, invocation_tree
+from fsdgraph.tree import depth, roots
 
 
 @dataclass(frozen=True)
@@ -97,11 +106,23 @@ class RunState:
         self.finished: set[int] = set()
         self.launched_at: dict[int, float] = {}
         self.started = started
+        self.duplicates = 0  #: invocations that found their worker running and exited
+        self.status_lag_s = 0.0  #: the latest a ``done`` or ``error`` status arrived
+        self.progress_lag_s = 0.0  #: the latest any status arrived
 
-    def apply(self, status: Status, now: float) -> None:
-        """Fold one status message in; raise RunError for an ``error`` status."""
+    def apply(self, status: Status, now: float, received_at: float = 0.0) -> None:
+        """Fold one status message in (received at wall-clock time ``received_at``, to measure
+        its lag); raise RunError for an ``error`` status."""
         w = status.worker
         if not 0 <= w < len(self.done_layers):
+            return
+        if status.sent_at and received_at:
+            lag = max(0.0, received_at - status.sent_at)
+            self.progress_lag_s = max(self.progress_lag_s, lag)
+            if status.kind in ("done", "error"):
+                self.status_lag_s = max(self.status_lag_s, lag)
+        if status.kind == "duplicate":
+            self.duplicates += 1
             return
         self.last_heard[w] = now
         self.heard_from[w] = True
@@ -184,11 +205,18 @@ class Scheduler:
             if missing:
                 raise ConfigError(f"channel {self.channel.name!r} needs {', '.join(missing)}, "
                                   f"which backend {self.backend.name!r} does not provide")
+            await self.backend.preflight(raw, plan.workers, self.config.timeout_s)
+            channel_config, channel_setup = self.channel.fit(channel_config, plan.workers,
+                                                             raw.quotas)
             services = counted(raw, coordinator)
+            phases = _Phases(coordinator)
             try:
-                staged = time.perf_counter()
-                await self._stage(services, names, plan, y0, channel_config)
-                stage_s = time.perf_counter() - staged
+                with phases("stage"):
+                    await self._stage(services, names, plan, y0)
+                with phases("setup"):
+                    await services.control.create()
+                    await self.channel.create_resources(services, names, plan.workers,
+                                                        channel_config)
                 invoked = time.time()
                 state = await self._launch_and_watch(services, names, plan, y0.shape[0],
                                                      channel_config)
@@ -197,20 +225,25 @@ class Scheduler:
                 activations, worker_metrics = _assemble(outputs, y0.shape[0], plan.output_width)
                 wall_s = time.perf_counter() - submitted
             finally:
-                await self._cleanup(services, names, plan, channel_config)
+                with phases("teardown"):
+                    await self._cleanup(services, names, plan, channel_config)
         cats = categories(activations)
         facts = RunFacts(
             run_id=names.run_id, backend=self.backend.name, batch=y0.shape[0], wall_s=wall_s,
-            stage_s=stage_s,
+            stage_s=phases.seconds["stage"],
             launch_s=max(state.launched_at.values(), default=invoked) - invoked,
             invoked_at=invoked, invocation_depth=depth(plan.workers, self.config.branching),
-            categories=len(cats), config=asdict(self.config))
+            categories=len(cats), config=asdict(self.config),
+            setup_s=phases.seconds["setup"], setup_requests=phases.requests["setup"],
+            teardown_s=phases.seconds["teardown"], teardown_requests=phases.requests["teardown"],
+            status_lag_s=state.status_lag_s, progress_lag_s=state.progress_lag_s,
+            duplicate_invocations=state.duplicates, channel_setup=channel_setup)
         report = build_report(worker_metrics, coordinator.to_dict(), plan, facts, self.channel,
                               self.config.channel, prices)
         return Result(activations, cats, report)
 
     async def _stage(self, services: Services, names: RunNames, plan: Plan,
-                     y0: sp.csr_matrix, channel_config: ChannelConfig) -> None:
+                     y0: sp.csr_matrix) -> None:
         codec = BlockCodec()
         puts = []
         for w, shard in enumerate(plan.shards):
@@ -218,34 +251,55 @@ class Scheduler:
             puts.append(services.objects.put(names.input_key(w), codec.encode(block)))
             puts.append(services.objects.put(names.shard_key(w), shard.to_bytes()))
         await asyncio.gather(*puts)
-        await services.control.create()
-        await self.channel.create_resources(services, names, plan.workers, channel_config)
 
     async def _launch_and_watch(self, services: Services, names: RunNames, plan: Plan,
                                 batch: int, channel_config: ChannelConfig) -> RunState:
+        interval = heartbeat_interval(plan.workers, self.config.progress_interval_s,
+                                      self.config.stall_timeout_s)
         event = WorkerEvent(
             run_id=names.run_id, namespace=names.namespace, worker=-1, workers=plan.workers,
             batch=batch, channel=self.channel.name, backend=self.backend.name,
             channel_config=asdict(channel_config), backend_config=services.description,
-            progress_interval_s=self.config.progress_interval_s)
+            progress_interval_s=interval, branching=self.config.branching)
         state = RunState(plan.workers, plan.layers, time.monotonic())
-        for root in invocation_tree(plan.workers, self.config.branching):
+        for root in roots(plan.workers, self.config.branching):
             payload = event.child(root).to_json()
             check_invoke_payload(payload, services.limits)
             await services.functions.invoke(payload)
         show = self.config.progress if self.config.progress is not None else sys.stderr.isatty()
-        with tqdm(total=plan.workers * plan.layers, disable=not show, unit="layer",
-                  desc=f"{plan.workers} workers", leave=False) as bar:
-            while len(state.finished) < plan.workers:
+        arrived: asyncio.Queue[tuple[float, list[Status]]] = asyncio.Queue()
+
+        async def drain() -> None:
+            while True:
                 statuses = await services.control.poll(wait_s=CONTROL_POLL_S)
-                now = time.monotonic()
-                for status in statuses:
-                    state.apply(status, now)
-                bar.update(sum(state.done_layers) - bar.n)
-                slowest = min(range(plan.workers), key=state.done_layers.__getitem__)
-                bar.set_postfix_str(f"slowest: worker {slowest} at layer "
-                                    f"{state.done_layers[slowest]}/{plan.layers}", refresh=False)
-                state.check(now, self.config)
+                arrived.put_nowait((time.time(), statuses))
+
+        drains = [asyncio.ensure_future(drain()) for _ in range(pollers(plan.workers))]
+        try:
+            with tqdm(total=plan.workers * plan.layers, disable=not show, unit="layer",
+                      desc=f"{plan.workers} workers", leave=False) as bar:
+                while len(state.finished) < plan.workers:
+                    try:
+                        received_at, statuses = await asyncio.wait_for(arrived.get(),
+                                                                       CONTROL_POLL_S)
+                    except TimeoutError:
+                        received_at, statuses = 0.0, []
+                    now = time.monotonic()
+                    for status in statuses:
+                        state.apply(status, now, received_at)
+                    for task in drains:
+                        if task.done():  # a poll that failed fails the run, with its error
+                            task.result()
+                    bar.update(sum(state.done_layers) - bar.n)
+                    slowest = min(range(plan.workers), key=state.done_layers.__getitem__)
+                    bar.set_postfix_str(f"slowest: worker {slowest} at layer "
+                                        f"{state.done_layers[slowest]}/{plan.layers}",
+                                        refresh=False)
+                    state.check(now, self.config)
+        finally:
+            for task in drains:
+                task.cancel()
+            await asyncio.gather(*drains, return_exceptions=True)
         return state
 
     async def _cleanup(self, services: Services, names: RunNames, plan: Plan,
@@ -261,6 +315,25 @@ class Scheduler:
                 await step()
             except (FsdError, OSError) as exc:
                 print(f"fsdgraph: cleanup of run {names.run_id}: {exc}", file=sys.stderr)
+
+
+class _Phases:
+    """Wall time and coordinator requests of the run's phases (stage, setup, teardown)."""
+
+    def __init__(self, coordinator: WorkerMetrics) -> None:
+        self.coordinator = coordinator
+        self.seconds: dict[str, float] = {}
+        self.requests: dict[str, dict[str, int]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        before = Counter(self.coordinator.current.requests)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = time.perf_counter() - start
+            self.requests[phase] = dict(Counter(self.coordinator.current.requests) - before)
 
 
 #: The smallest message limit the protocol works with: a chunk's attributes take about 120 bytes

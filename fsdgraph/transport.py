@@ -294,6 +294,17 @@ class ObjectStore(ABC):
     async def _put(self, key: str, data: bytes) -> None:
         """:meth:`put`, its size checked already."""
 
+    async def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` holding ``data`` unless it exists; True if this call created it.
+        Atomic: of concurrent callers exactly one gets True (S3's ``If-None-Match: *``). Workers
+        claim their identity with it, so that a duplicated invocation event runs once."""
+        check_object_size(key, len(data), getattr(self, "limits", None))
+        return await self._put_if_absent(key, data)
+
+    @abstractmethod
+    async def _put_if_absent(self, key: str, data: bytes) -> bool:
+        """:meth:`put_if_absent`, its size checked already."""
+
     @abstractmethod
     async def get(self, key: str) -> bytes:
         """Return the object at ``key``; raise NotFound if there is none."""

@@ -3,8 +3,10 @@
 :func:`handler` is the function entry point (Lambda-shaped: ``handler(event, context)``). A
 worker
 
-1. attaches to its backend's services from the event and invokes its children in the
-   invocation tree (:mod:`fsdgraph.tree`) before anything else, so the tree fans out fast;
+1. attaches to its backend's services from the event and claims its identity (an atomic create
+   of ``runs/<run>/claim/<worker>``: a duplicated invocation event finds the claim, reports
+   ``duplicate`` and exits); then invokes its children in the invocation tree
+   (:mod:`fsdgraph.tree`) before anything else, so the tree fans out fast;
 2. downloads only its own plan shard and input columns;
 3. per layer: sends each peer the activation rows it needs (started first, so peers are not kept
    waiting), places its own columns and then each peer chunk, as it arrives, into
@@ -53,10 +55,18 @@ async def run_worker(raw_event: Mapping[str, Any]) -> dict[str, Any]:
         services = counted(raw_services, metrics)
         reporter = Reporter(services.control, event.worker, interval_s=event.progress_interval_s,
                             launched_at=launched_at)
-        heartbeat = asyncio.ensure_future(reporter.heartbeat())
+        heartbeat: asyncio.Future[None] | None = None
         try:
-            for sub in event.children:
-                payload = event.child(sub).to_json()
+            # Claim this worker first: an invocation event can be delivered twice, and a second
+            # copy must neither start the subtree again nor compete for the worker's messages.
+            if not await services.objects.put_if_absent(names.claim_key(event.worker),
+                                                        str(launched_at).encode()):
+                await reporter.report("duplicate", 0, "a second invocation of this worker "
+                                      "found it running and exited")
+                return {"worker": event.worker, "status": "duplicate"}
+            heartbeat = asyncio.ensure_future(reporter.heartbeat())
+            for child in event.children:
+                payload = event.child(child).to_json()
                 check_invoke_payload(payload, services.limits)
                 await services.functions.invoke(payload)
             runtime = WorkerRuntime(services, event, metrics)
@@ -72,13 +82,17 @@ async def run_worker(raw_event: Mapping[str, Any]) -> dict[str, Any]:
             await final.report("done", runtime.layer_count)
             return {"worker": event.worker, "status": "done"}
         except Exception as exc:
-            heartbeat.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
             where = getattr(exc, "layer", None)
             await reporter.report("error", reporter.layers_done if where is None else where,
                                   f"{type(exc).__name__}: {exc}",
                                   "" if isinstance(exc, FsdError) else traceback.format_exc(),
                                   type(exc).__name__)
             raise
+        finally:  # whatever ends this worker (even a BaseException) ends its heartbeat
+            if heartbeat is not None:
+                heartbeat.cancel()
 
 
 class WorkerRuntime:

@@ -189,23 +189,24 @@ def test_estimate_refuses_a_channel_without_a_cost_model(installed: Path) -> Non
 
 def event() -> WorkerEvent:
     return WorkerEvent(run_id="r1", namespace="ns", worker=0, workers=4, batch=10,
-                       channel="queue", backend="local", children=[{"worker": 1, "children": []}])
+                       channel="queue", backend="local", branching=2)
 
 
 def test_the_worker_event_round_trips_and_makes_child_events() -> None:
     e = event()
     assert WorkerEvent.from_json(e.to_json()) == e
-    child = e.child({"worker": 3, "children": []})
+    assert e.children == [2, 3]  # worker 0 is heap node 1; nodes 3 and 4 are workers 2, 3
+    child = e.child(3)
     assert (child.worker, child.children, child.run_id) == (3, [], "r1")
     assert e.names == RunNames("r1", "ns")
     assert e.to_json()["version"] == EVENT_VERSION
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"version": 2}, "worker event version 2 is not supported"),
+    ({"version": 1}, "worker event version 1 is not supported"),
     ({"worker": "0"}, "worker event: field 'worker' must be int, got str"),
     ({"batch": True}, "worker event: field 'batch' must be int, got bool"),
-    ({"children": {}}, "worker event: field 'children' must be a list, got dict"),
+    ({"branching": [2]}, "worker event: field 'branching' must be int, got list"),
     ({"progress_interval_s": "1"}, "field 'progress_interval_s' must be float, got str"),
     ({"surprise": 1}, r"unknown fields \['surprise'\]"),
     ({"run_id": None}, "worker event: field 'run_id' must be str, got NoneType"),
@@ -303,9 +304,8 @@ def test_inproc_debug_mode_chains_the_workers_own_exception() -> None:
 class _ShardlessScheduler(Scheduler):
     """Stages no plan shard for worker 0: it fails on its first GET."""
 
-    async def _stage(self, services: Any, names: RunNames, plan: Any, y0: Any,
-                     channel_config: Any) -> None:
-        await super()._stage(services, names, plan, y0, channel_config)
+    async def _stage(self, services: Any, names: RunNames, plan: Any, y0: Any) -> None:
+        await super()._stage(services, names, plan, y0)
         await services.objects.delete_prefix(names.shard_key(0))
 
 

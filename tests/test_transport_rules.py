@@ -110,6 +110,9 @@ class Store(ObjectStore):
     async def _put(self, key: str, data: bytes) -> None:
         self.objects[key] = data
 
+    async def _put_if_absent(self, key: str, data: bytes) -> bool:
+        return self.objects.setdefault(key, data) is data
+
     async def get(self, key: str) -> bytes:
         try:
             return self.objects[key]

@@ -51,6 +51,12 @@ class MemoryObjectStore(ObjectStore):
         self._written.set()  # wake every waiting reader, then re-arm
         self._written = asyncio.Event()
 
+    async def _put_if_absent(self, key: str, data: bytes) -> bool:
+        if key in self._objects:
+            return False
+        await self._put(key, data)
+        return True
+
     async def get(self, key: str) -> bytes:
         try:
             return self._objects[key]

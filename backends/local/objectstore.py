@@ -22,6 +22,8 @@ Semantics, safe for several OS processes sharing one ``root``:
   ``root/.tmp`` (the same file system) and ``os.replace``-s it over the key's path, so a
   concurrent ``get`` sees the old object or the new one, never a partial file; concurrent puts of
   one key leave one of them whole (last rename wins).
+* ``put_if_absent`` links the temporary file to the key's path instead: the link fails if the
+  path exists, so of concurrent creates exactly one wins.
 * ``get`` of a missing key raises :class:`~fsdgraph.errors.NotFound`.
 * ``list(prefix)`` matches by plain string prefix (``"run-1/lay"`` matches ``"run-1/layer3/x"``)
   and returns the keys sorted.
@@ -115,6 +117,9 @@ class DirectoryObjectStore(ObjectStore):
         else:
             self._put_sync(key, path, data)
 
+    async def _put_if_absent(self, key: str, data: bytes) -> bool:
+        return self._put_sync(key, self._path(key), data, exclusive=True)
+
     async def get(self, key: str) -> bytes:
         path = self._path(key)
         try:
@@ -202,17 +207,26 @@ class DirectoryObjectStore(ObjectStore):
         finally:
             os.close(fd)
 
-    def _put_sync(self, key: str, path: Path, data: bytes) -> None:
+    def _put_sync(self, key: str, path: Path, data: bytes, *, exclusive: bool = False) -> bool:
+        """Write ``data`` to a temporary file and move it to ``path``: by rename (the last put
+        wins) or, ``exclusive``, by a hard link, which fails if ``path`` exists (the first
+        create wins). True if the object was written."""
         tmp = self._tmp / f"{os.getpid()}-{os.urandom(8).hex()}"
         done = False
         try:
             write_new(tmp, data)
             for _attempt in range(100):
                 try:
-                    os.replace(tmp, path)
-                    done = True
+                    if exclusive:
+                        try:
+                            os.link(tmp, path)
+                        except FileExistsError:
+                            return False
+                    else:
+                        os.replace(tmp, path)
+                        done = True
                     self._ring(key)
-                    return
+                    return True
                 except (FileNotFoundError, NotADirectoryError):
                     # The parent directory is missing, or a concurrent delete_prefix removed it
                     # between our makedirs and the rename: (re)create it and try again.

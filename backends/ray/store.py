@@ -126,6 +126,13 @@ class RunActor:
         self._written.set()
         self._written = asyncio.Event()
 
+    async def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` unless it exists (the actor runs one call at a time: atomic)."""
+        if key in self._objects:
+            return False
+        await self.put(key, data)
+        return True
+
     async def get(self, key: str) -> bytes | None:
         """The object at ``key``, None if there is none."""
         return self._objects.get(key)
@@ -177,6 +184,10 @@ class RayObjectStore(ObjectStore):
 
     async def _put(self, key: str, data: bytes) -> None:
         await call(self.actor.put, key, bytes(data), what=f"put {key}")
+
+    async def _put_if_absent(self, key: str, data: bytes) -> bool:
+        return bool(await call(self.actor.put_if_absent, key, bytes(data),
+                               what=f"create {key}"))
 
     async def get(self, key: str) -> bytes:
         data = await call(self.actor.get, key, what=f"get {key}")

@@ -37,6 +37,7 @@ from fsdgraph.resources import RunNames
 if TYPE_CHECKING:
     from fsdgraph.cost.estimate import ExchangeEstimate
     from fsdgraph.prices import Prices
+    from fsdgraph.quotas import Quotas
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,14 @@ class Channel(ABC):
         """The settings the workers get, given the backend's price table (None: unbilled).
         Default: ``config`` unchanged."""
         return config
+
+    @classmethod
+    def fit(cls, config: ChannelConfig, workers: int,
+            quotas: Quotas) -> tuple[ChannelConfig, dict[str, Any]]:
+        """The settings sized for a run of ``workers`` workers within the backend's ``quotas``
+        (shards, rates...), and what was chosen and why, for the report's ``channel_setup``;
+        ConfigError, saying which quota to raise, if no setting fits. Default: unchanged."""
+        return config, {}
 
     @classmethod
     def describe(cls, config: ChannelConfig, prices: Prices | None,

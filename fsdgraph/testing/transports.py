@@ -250,6 +250,23 @@ class ObjectStoreSuite:
 
         run(make_objects, body)
 
+    def test_put_if_absent_creates_once_among_concurrent_callers(
+            self, make_objects: Callable[[], ObjectStore]) -> None:
+        async def body(new: Callable[[], ObjectStore]) -> None:
+            stores = [new() for _ in range(3)]
+            key = unique("obj") + "/claim/7"
+            wins = await asyncio.gather(*(stores[i % 3].put_if_absent(key, f"caller {i}".encode())
+                                          for i in range(12)))
+            assert sum(wins) == 1
+            assert await stores[0].get(key) == f"caller {wins.index(True)}".encode()
+            assert await stores[1].put_if_absent(key, b"late") is False
+            assert await stores[2].get(key) == f"caller {wins.index(True)}".encode()
+            await stores[0].delete_prefix(key)
+            assert await stores[0].put_if_absent(key, b"again") is True  # gone: free again
+            await stores[0].delete_prefix(key)
+
+        run(make_objects, body)
+
     def test_list_by_prefix_sorted(self, make_objects: Callable[[], ObjectStore]) -> None:
         async def body(new: Callable[[], ObjectStore]) -> None:
             store = new()
