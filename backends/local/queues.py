@@ -8,6 +8,8 @@ On-disk layout under ``root``::
 
     root/
         tmp/                                staging for new queues/topics/subscriptions + trash
+        quotas.lock                         flock-ed while filter policies are counted
+        filter-policies.json                {"<topic>": <subscriptions with a filter policy>}
         queues/<queue>/
             config.json                     {"visibility_timeout_s": 30.0,
                                              "max_message_bytes": 262144}
@@ -59,6 +61,17 @@ Semantics (those of SNS + SQS standard queues):
   (or a malformed filter policy) raises :class:`~fsdgraph.errors.ConfigError`; any other call
   with an unknown (or impossible) name raises :class:`~fsdgraph.errors.NotFound` naming it,
   except the deletes, which do nothing.
+* **quotas**: with ``quotas`` (a :class:`~fsdgraph.quotas.Quotas`), ``create_topic`` of a new
+  topic beyond ``topics_per_account`` topics under ``root`` fails with ``TopicLimitExceeded``, and
+  a ``subscribe`` that adds a filter policy beyond ``filter_policies_per_topic`` on its topic or
+  ``filter_policies_per_account`` under ``root`` fails with ``FilterPolicyLimitExceeded``, as
+  AWS refuses them: a :class:`~fsdgraph.errors.TransportError` (not retryable) naming the quota
+  and where to raise it. Subscriptions with an empty policy do not count, nor does re-subscribing
+  a queue with a policy again; they are counted until their topic is deleted (deleting the queue
+  leaves the subscription, as on SNS). The counts live in ``filter-policies.json`` under
+  ``root``, read and written under an exclusive ``flock`` of ``quotas.lock`` by every process, so
+  checking one costs the same at any number of subscriptions. Without ``quotas`` nothing is
+  refused (the counts are still kept, so another instance on the same ``root`` can enforce them).
 * Messages are not fsync-ed: the service is for runs on one machine, not for durability.
 
 Cost: a send is a create, a write and a rename per message plus one doorbell write per batch; a
@@ -82,6 +95,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import json
 import math
 import os
@@ -89,12 +103,13 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fsdgraph.backends.local.files import write_new
-from fsdgraph.errors import ConfigError, NotFound
+from fsdgraph.errors import ConfigError, NotFound, TransportError
+from fsdgraph.quotas import WHERE_TO_RAISE, Quotas
 from fsdgraph.transport import (
     BatchResult,
     Entry,
@@ -247,6 +262,21 @@ class _Doorbell:
         os.close(self.fd)
 
 
+def _has_policy(sub_path: str) -> bool:
+    """Whether the subscription stored at ``sub_path`` exists and has a filter policy."""
+    try:
+        return bool(json.loads(_read(sub_path))["filter_policy"])
+    except FileNotFoundError:
+        return False
+
+
+def _refused(code: str, quota: str, have: int, what: str) -> TransportError:
+    """AWS's refusal of a request beyond a quota, naming the quota and where to raise it."""
+    return TransportError(f"{code}: {what}, over the quota {quota} of {have} (raise "
+                          f"{WHERE_TO_RAISE.get(quota, quota)} and set quotas.{quota})",
+                          retryable=False)
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -271,6 +301,7 @@ class SpoolMessageService(MessageService):
         duplicate_rate: float = 0.0,
         shuffle: bool = False,
         seed: int | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         if not 0.0 <= duplicate_rate <= 1.0:
             raise ConfigError(f"duplicate_rate must be between 0 and 1, got {duplicate_rate!r}")
@@ -278,11 +309,14 @@ class SpoolMessageService(MessageService):
         self.limits = limits
         self.duplicate_rate = duplicate_rate
         self.shuffle = shuffle
+        self.quotas = quotas
         self._rng = random.Random(seed)
         base = os.fspath(self.root)
         self._queues = f"{base}/queues"
         self._topics = f"{base}/topics"
         self._tmp = f"{base}/tmp"
+        self._quota_lock = f"{base}/quotas.lock"
+        self._policy_counts = f"{base}/filter-policies.json"
         for directory in (self._queues, self._topics, self._tmp):
             os.makedirs(directory, exist_ok=True)
         self._configs: dict[str, tuple[tuple[int, int, int], QueueConfig]] = {}
@@ -358,6 +392,20 @@ class SpoolMessageService(MessageService):
         tdir = os.path.join(self._topics, name)
         if os.path.isdir(tdir):
             return name
+        if self.quotas is None:
+            self._create_topic(name, tdir)
+            return name
+        with self._counting():
+            if not os.path.isdir(tdir):
+                topics = len(os.listdir(self._topics))
+                if topics >= self.quotas.topics_per_account:
+                    raise _refused("TopicLimitExceeded", "topics_per_account",
+                                   self.quotas.topics_per_account,
+                                   f"creating topic {name!r} would make {topics + 1} topics")
+                self._create_topic(name, tdir)
+        return name
+
+    def _create_topic(self, name: str, tdir: str) -> None:
         stage = os.path.join(self._tmp, f"topic-{name}-{_token()}")
         os.mkdir(stage)
         os.mkdir(os.path.join(stage, "subs"))
@@ -367,7 +415,6 @@ class SpoolMessageService(MessageService):
             shutil.rmtree(stage, ignore_errors=True)
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
-        return name
 
     async def subscribe(
         self, topic: str, queue: str, *, filter_policy: Mapping[str, Sequence[str]]
@@ -376,16 +423,63 @@ class SpoolMessageService(MessageService):
         if not os.path.isdir(subs_dir):
             raise NotFound(f"no topic named {topic!r}")
         self._config(queue)
-        data = json.dumps(
-            {"queue": queue, "filter_policy": _normalise_policy(filter_policy)}, sort_keys=True
-        ).encode()
-        tmp = os.path.join(self._tmp, f"sub-{_token()}")
-        write_new(tmp, data)
+        policy = _normalise_policy(filter_policy)
+        data = json.dumps({"queue": queue, "filter_policy": policy}, sort_keys=True).encode()
+        path = os.path.join(subs_dir, f"{queue}.json")
+        with self._counting():
+            # Only a subscription that gains a filter policy counts against the quotas (one
+            # re-subscribed with a policy again replaces its own).
+            had = _has_policy(path)
+            counts = self._read_counts()
+            if policy and not had:
+                self._check_policy_quotas(topic, queue, counts)
+            tmp = os.path.join(self._tmp, f"sub-{_token()}")
+            write_new(tmp, data)
+            try:
+                os.replace(tmp, path)
+            except FileNotFoundError:
+                os.unlink(tmp)
+                raise NotFound(f"no topic named {topic!r}") from None
+            if bool(policy) != had:
+                counts[topic] = counts.get(topic, 0) + (1 if policy else -1)
+                self._write_counts(counts)
+
+    def _check_policy_quotas(self, topic: str, queue: str, counts: Mapping[str, int]) -> None:
+        if self.quotas is None:
+            return
+        what = f"subscribing queue {queue!r} to topic {topic!r} with a filter policy would make"
+        on_topic = counts.get(topic, 0) + 1
+        if on_topic > self.quotas.filter_policies_per_topic:
+            raise _refused("FilterPolicyLimitExceeded", "filter_policies_per_topic",
+                           self.quotas.filter_policies_per_topic,
+                           f"{what} {on_topic} filter policies on the topic")
+        in_account = sum(counts.values()) + 1
+        if in_account > self.quotas.filter_policies_per_account:
+            raise _refused("FilterPolicyLimitExceeded", "filter_policies_per_account",
+                           self.quotas.filter_policies_per_account,
+                           f"{what} {in_account} filter policies in the account")
+
+    @contextlib.contextmanager
+    def _counting(self) -> Iterator[None]:
+        """Hold the lock under which topics and filter policies are counted (every process)."""
+        fd = os.open(self._quota_lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            os.replace(tmp, os.path.join(subs_dir, f"{queue}.json"))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _read_counts(self) -> dict[str, int]:
+        try:
+            raw = json.loads(_read(self._policy_counts))
         except FileNotFoundError:
-            os.unlink(tmp)
-            raise NotFound(f"no topic named {topic!r}") from None
+            return {}
+        return {str(topic): int(n) for topic, n in raw.items()}
+
+    def _write_counts(self, counts: Mapping[str, int]) -> None:
+        tmp = os.path.join(self._tmp, f"counts-{_token()}")
+        write_new(tmp, json.dumps({t: n for t, n in counts.items() if n > 0}).encode())
+        os.replace(tmp, self._policy_counts)
 
     async def delete_queue(self, queue: str) -> None:
         self._configs.pop(queue, None)
@@ -406,7 +500,11 @@ class SpoolMessageService(MessageService):
         self._subscriptions.pop(topic, None)
         if not isinstance(topic, str) or not _TOPIC_NAME.fullmatch(topic):
             return
-        trash = self._to_trash(os.path.join(self._topics, topic))
+        with self._counting():  # its filter policies stop counting as it disappears
+            trash = self._to_trash(os.path.join(self._topics, topic))
+            counts = self._read_counts()
+            if counts.pop(topic, None) is not None:
+                self._write_counts(counts)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
 
