@@ -1,0 +1,190 @@
+"""moto's server, enforcing the service quotas moto does not: a test fails here where AWS would
+refuse the request.
+
+``python -m fsdgraph.testing.moto_quotas [moto.server arguments]`` serves exactly as
+``python -m moto.server`` does (same options: ``-H``, ``-p``, ...), after :func:`install` has
+wrapped four methods of moto's SNS backend (``moto.sns.models.SNSBackend``) and one response
+handler. The quotas are :func:`fsdgraph.quotas.load_quotas` of the server's environment, so
+``FSDGRAPH_QUOTA_FILTER_POLICIES_PER_TOPIC=4`` (or a ``[quotas]`` table in the config file) lowers
+one for a test:
+
+=========================================  =======================  ==========================
+request                                    refused beyond           error (HTTP 403)
+=========================================  =======================  ==========================
+CreateTopic (a new name)                   ``topics_per_account``   ``TopicLimitExceeded``
+Subscribe (a new subscription)             ``subscriptions_per_     ``SubscriptionLimitExceeded``
+                                           topic``
+Subscribe with a ``FilterPolicy``          ``filter_policies_per_   ``FilterPolicyLimitExceeded``
+attribute; SetSubscriptionAttributes       topic`` on the topic,
+``FilterPolicy`` on a subscription that    ``filter_policies_per_
+has none                                   account`` in the
+                                           account and region
+=========================================  =======================  ==========================
+
+The codes and statuses are botocore's model of SNS, so a client raises the same modelled
+exceptions as against AWS (``sns.exceptions.FilterPolicyLimitExceededException``). Nothing is
+counted: every check reads moto's own state, so Unsubscribe, DeleteTopic or setting an empty
+``FilterPolicy`` frees what it removes, and a refused Subscribe leaves no subscription behind.
+As on AWS, the quotas count per account and region (one moto backend), replacing a filter policy
+takes no new one, and subscribing an endpoint already subscribed returns the existing subscription.
+
+Lambda: moto checks PutFunctionConcurrency against the account's concurrency only when
+``MOTO_LAMBDA_CONCURRENCY_QUOTA`` is set; :func:`install` sets it to ``lambda_concurrency`` (unless
+already set), so a reservation that leaves fewer than 100 unreserved executions is refused, as on
+AWS. Running functions, and their concurrency, is the invoke server's part
+(:mod:`fsdgraph.testing.lambda_endpoint`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from moto.core.exceptions import ServiceException
+from moto.sns.models import SNSBackend, Subscription
+from moto.sns.responses import SNSResponse
+
+from fsdgraph.quotas import Quotas, load_quotas
+
+__all__ = ["FilterPolicyLimitExceeded", "SubscriptionLimitExceeded", "TopicLimitExceeded",
+           "install", "main"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: moto serves each request in its own thread; a check and the change it guards are one step.
+_lock = threading.RLock()
+_quotas = Quotas()
+_installed = False
+
+
+# moto answers a ServiceException with the HTTP status botocore's model gives its code (403 for
+# all three) and the message as the error's Message.
+class FilterPolicyLimitExceeded(ServiceException):
+    code = "FilterPolicyLimitExceeded"
+
+
+class SubscriptionLimitExceeded(ServiceException):
+    code = "SubscriptionLimitExceeded"
+
+
+class TopicLimitExceeded(ServiceException):
+    code = "TopicLimitExceeded"
+
+
+def _has_filter_policy(subscription: Subscription) -> bool:
+    return bool(subscription.attributes.get("FilterPolicy"))
+
+
+def _check_new_filter_policy(backend: SNSBackend, subscription: Subscription) -> None:
+    """FilterPolicyLimitExceeded if giving ``subscription`` a first filter policy would pass a
+    quota."""
+    with_policy = [s for s in backend.subscriptions.values() if _has_filter_policy(s)]
+    on_topic = sum(1 for s in with_policy if s.topic.arn == subscription.topic.arn)
+    if on_topic >= _quotas.filter_policies_per_topic:
+        raise FilterPolicyLimitExceeded(
+            f"Filter policy limit exceeded: topic {subscription.topic.arn} already has "
+            f"{on_topic} subscriptions with a filter policy (quota filter_policies_per_topic = "
+            f"{_quotas.filter_policies_per_topic})")
+    if len(with_policy) >= _quotas.filter_policies_per_account:
+        raise FilterPolicyLimitExceeded(
+            f"Filter policy limit exceeded: the account has {len(with_policy)} filter policies "
+            f"in {backend.region_name} (quota filter_policies_per_account = "
+            f"{_quotas.filter_policies_per_account})")
+
+
+def _wrap(owner: type, name: str) -> Callable[[_F], _F]:
+    """Replace ``owner.name`` by the decorated function, which gets the original first."""
+    original = getattr(owner, name)
+
+    def decorate(wrapper: _F) -> _F:
+        @functools.wraps(original)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with _lock:
+                return wrapper(original, *args, **kwargs)
+
+        setattr(owner, name, wrapped)
+        return wrapper
+
+    return decorate
+
+
+def _patch_sns() -> None:
+    # CreateTopic answers an existing name with that topic: only a new one counts.
+    @_wrap(SNSBackend, "create_topic")
+    def create_topic(original: Callable[..., Any], self: SNSBackend, name: str, *args: Any,
+                     **kwargs: Any) -> Any:
+        if (len(self.topics) >= _quotas.topics_per_account
+                and not any(topic.name == name for topic in self.topics.values())):
+            raise TopicLimitExceeded(
+                f"Topic limit exceeded: the account has {len(self.topics)} topics in "
+                f"{self.region_name} (quota topics_per_account = {_quotas.topics_per_account})")
+        return original(self, name, *args, **kwargs)
+
+    @_wrap(SNSBackend, "subscribe")
+    def subscribe(original: Callable[..., Any], self: SNSBackend, topic_arn: str, endpoint: str,
+                  protocol: str) -> Any:
+        if self._find_subscription(topic_arn, endpoint, protocol) is None:
+            count = sum(1 for s in self.subscriptions.values() if s.topic.arn == topic_arn)
+            if count >= _quotas.subscriptions_per_topic:
+                raise SubscriptionLimitExceeded(
+                    f"Subscription limit exceeded: topic {topic_arn} has {count} subscriptions "
+                    f"(quota subscriptions_per_topic = {_quotas.subscriptions_per_topic})")
+        return original(self, topic_arn, endpoint, protocol)
+
+    # Both SetSubscriptionAttributes and Subscribe's Attributes land here.
+    @_wrap(SNSBackend, "set_subscription_attributes")
+    def set_subscription_attributes(original: Callable[..., Any], self: SNSBackend, arn: str,
+                                    name: str, value: Any) -> Any:
+        subscription = self.subscriptions.get(arn)
+        if (name == "FilterPolicy" and value and subscription is not None
+                and not _has_filter_policy(subscription)):
+            _check_new_filter_policy(self, subscription)
+        return original(self, arn, name, value)
+
+    # moto's Subscribe creates the subscription, then sets its attributes one by one: a filter
+    # policy refused there must take back the subscription it just created, as SNS refuses the
+    # whole request.
+    @_wrap(SNSResponse, "subscribe")
+    def subscribe_response(original: Callable[..., Any], self: SNSResponse) -> Any:
+        backend: SNSBackend = self.backend
+        topic_arn, endpoint = self._get_param("TopicArn"), self._get_param("Endpoint")
+        protocol = self._get_param("Protocol")
+        existed = backend._find_subscription(topic_arn, endpoint, protocol) is not None
+        try:
+            return original(self)
+        except FilterPolicyLimitExceeded:
+            if not existed:
+                created = backend._find_subscription(topic_arn, endpoint, protocol)
+                if created is not None:
+                    backend.unsubscribe(created.arn)
+            raise
+
+
+def install(quotas: Quotas | None = None) -> Quotas:
+    """Enforce ``quotas`` (default: :func:`~fsdgraph.quotas.load_quotas` of the environment) in
+    this process's moto backends; a second call only changes the quotas. Returns them."""
+    global _quotas, _installed
+    with _lock:
+        _quotas = load_quotas(environ=os.environ) if quotas is None else quotas
+        os.environ.setdefault("MOTO_LAMBDA_CONCURRENCY_QUOTA", str(_quotas.lambda_concurrency))
+        if not _installed:
+            _patch_sns()
+            _installed = True
+        return _quotas
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Install the quotas, then run moto's server with ``argv`` (its own options)."""
+    install()
+    from moto.server import main as moto_main
+
+    moto_main(list(sys.argv[1:] if argv is None else argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
