@@ -11,12 +11,26 @@ Errors are translated at the boundary: a botocore ``ClientError`` becomes
 :class:`~fsdgraph.errors.NotFound` for a missing key, queue or topic and
 :class:`~fsdgraph.errors.TransportError` otherwise (``raise ... from exc``); a botocore
 connection or timeout error becomes :class:`~fsdgraph.errors.TransportError`; anything else
-propagates. Transient request failures are retried by botocore's ``standard`` retry mode
-(exponential backoff with jitter, bounded attempts, never a client error); one that is still
-failing after those attempts (throttling, an HTTP 5xx answer, a connection dropped or timed out
-mid-request) is raised with ``retryable=True``, for the callers' deadline-bounded retries
-(:mod:`fsdgraph.retry`). Batch calls report per-entry failures as
-:class:`~fsdgraph.transport.Failure` with ``retryable`` set as AWS says.
+propagates. Batch calls report per-entry failures as :class:`~fsdgraph.transport.Failure` with
+``retryable`` set as AWS says.
+
+What retries where
+------------------
+
+Two layers retry, and only the second knows a deadline:
+
+1. **botocore**, inside one call, in its ``standard`` mode with ``AwsConfig.max_attempts``
+   attempts (3: at most two retries). It retries throttling (S3 ``503 SlowDown``, ``Throttling``,
+   ``TooManyRequestsException``, ...), HTTP 500/502/503/504 and connections refused, dropped or
+   timed out, never another client error. Its waits are jittered, of at most 1 s then 2 s for
+   throttling (less for other errors), and it stops retrying altogether once its retry
+   quota (a token bucket per client) is spent. So one call adds at most about 3 s of waiting to
+   its own request time (``connect_timeout_s`` and ``read_timeout_s`` per attempt): it cannot
+   silently eat a long deadline.
+2. **the callers**, with :mod:`fsdgraph.retry` and their own deadline (a channel's peer timeout, a
+   worker's status deadline): a failure still there after botocore's attempts is raised with
+   ``retryable=True`` (the codes of :data:`RETRYABLE_CODES`, HTTP 429 and 5xx, a connection
+   error), and the caller decides whether there is time for another try.
 
 :class:`~fsdgraph.transport.Limits` are enforced before any request (moto does not): the batch,
 ``receive`` and object-size rules by :mod:`fsdgraph.transport` for every backend; here, an entry
@@ -46,9 +60,11 @@ from typing import Any, Protocol
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from fsdgraph.backends.aws.config import partition
 from fsdgraph.errors import ConfigError, NotFound, TransportError
+from fsdgraph.retry import Backoff
 from fsdgraph.transport import (
     BatchResult,
     Entry,
@@ -68,12 +84,20 @@ NOT_FOUND_CODES = frozenset({
     "ResourceNotFoundException",
     "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
 })
-#: Error codes worth retrying even when AWS marks them as the sender's fault.
-THROTTLING_CODES = frozenset({
+#: Error codes worth retrying even when AWS marks them as the sender's fault: throttling (S3's
+#: ``503 SlowDown``, which S3 answers while it re-partitions a prefix under load, among them) and
+#: passing faults. botocore's standard mode retries the same ones first (see the module docstring).
+RETRYABLE_CODES = frozenset({
     "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
     "RequestThrottledException", "TooManyRequestsException", "SlowDown", "RequestLimitExceeded",
     "KMSThrottlingException", "ServiceUnavailable", "InternalError", "InternalFailure",
+    "BandwidthLimitExceeded", "ProvisionedThroughputExceededException",
+    "TransactionInProgressException", "PriorRequestNotComplete", "RequestTimeout",
+    "RequestTimeoutException", "EC2ThrottledException", "ConditionalRequestConflict",
 })
+#: A conditional PUT that S3 answers 409 ConditionalRequestConflict (another write to the key was
+#: in progress) is tried again, as S3 asks, for at most this long.
+CONFLICT_DEADLINE_S = 5.0
 #: SQS caps one long poll at 20 s, and one receive or batch call at 10 entries.
 MAX_WAIT_S = 20
 MAX_BATCH_ENTRIES = 10
@@ -109,26 +133,33 @@ class AwsConfig:
     connect_timeout_s: float = 10.0
     #: Above the 20 s long poll, so a waiting receive is not cut short.
     read_timeout_s: float = MAX_WAIT_S + 20.0
-    max_attempts: int = 5
+    #: botocore's attempts per call, the first included (see the module docstring).
+    max_attempts: int = 3
 
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
 def _translate(exc: Exception, what: str) -> TransportError:
     """The fsdgraph error for a botocore error raised while doing ``what``; ``retryable`` for
-    throttling, a service fault (HTTP 5xx) or a connection lost mid-request."""
+    throttling (HTTP 429, S3's 503 SlowDown), a service fault (HTTP 5xx) or a connection that
+    failed, was lost or timed out."""
     if isinstance(exc, ClientError):
         code = _code(exc)
         if code in NOT_FOUND_CODES:
             return NotFound(f"{what}: does not exist ({code})")
         message = exc.response.get("Error", {}).get("Message", "")
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        status = _status(exc)
         return TransportError(f"{what}: {code}: {message}",
-                              retryable=code in THROTTLING_CODES or status >= 500)
+                              retryable=code in RETRYABLE_CODES or status == 429
+                              or status >= 500)
     return TransportError(f"{what}: {type(exc).__name__}: {exc}",
-                          retryable=isinstance(exc, HTTPClientError))
+                          retryable=isinstance(exc, (HTTPClientError, BotocoreConnectionError)))
 
 
 class _AwsService:
@@ -253,6 +284,44 @@ class S3ObjectStore(_AwsService, ObjectStore):
         await self._call("s3", "put_object", f"put of key {key!r}",
                          Bucket=self.config.bucket, Key=self._key(key), Body=data)
 
+    async def _put_if_absent(self, key: str, data: bytes) -> bool:
+        """A conditional PutObject (``If-None-Match: *``): S3 itself decides which of concurrent
+        writers creates the key, and answers the others 412 PreconditionFailed (False here).
+
+        Two answers need more than that. 409 ConditionalRequestConflict (another write to the key
+        was in flight) is tried again, as S3 asks, for up to :data:`CONFLICT_DEADLINE_S`. And a
+        412 answered to an attempt that botocore *retried* may be this call's own first attempt,
+        which S3 stored before the answer was lost: the stored object is then read back, and if it
+        holds ``data`` the call created it. Callers write data of their own (a worker its launch
+        time) so that the two cases differ."""
+        what = f"conditional put of key {key!r}"
+        conflicts = Backoff(CONFLICT_DEADLINE_S, first_delay_s=0.05)
+        client = await self._client("s3")
+        while True:
+            try:
+                await client.put_object(Bucket=self.config.bucket, Key=self._key(key), Body=data,
+                                        IfNoneMatch="*")
+                return True
+            except ClientError as exc:
+                code, status = _code(exc), _status(exc)
+                if code == "PreconditionFailed" or status == 412:
+                    retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+                    return bool(retried) and await self._holds(key, data)
+                if (code == "ConditionalRequestConflict" or status == 409) \
+                        and not conflicts.expired:
+                    await conflicts.wait()
+                    continue
+                raise _translate(exc, what) from exc
+            except BotoCoreError as exc:
+                raise _translate(exc, what) from exc
+
+    async def _holds(self, key: str, data: bytes) -> bool:
+        """Whether the object at ``key`` is ``data`` (False if it is gone)."""
+        try:
+            return await self.get(key) == data
+        except NotFound:
+            return False
+
     async def get(self, key: str) -> bytes:
         client = await self._client("s3")
         try:
@@ -323,21 +392,34 @@ def _failures(failed: Sequence[Mapping[str, Any]]) -> list[Failure]:
     out = []
     for f in failed:
         code = str(f.get("Code", ""))
-        retryable = not f.get("SenderFault", False) or code in THROTTLING_CODES
+        retryable = not f.get("SenderFault", False) or code in RETRYABLE_CODES
         out.append(Failure(int(f["Id"]), code, str(f.get("Message", "")), retryable))
     return out
 
 
 class SnsSqsMessageService(_AwsService, MessageService):
-    """Topics are SNS topics, queues SQS standard queues; subscriptions use raw delivery."""
+    """Topics are SNS topics, queues SQS standard queues; subscriptions use raw delivery.
+
+    Each queue is created with its access policy: SNS may send to it from the topics whose names
+    match ``topics`` (a glob, e.g. ``"fsd-<run id>-t*"``: the run's own topics; default every
+    topic of the account). A real account needs it for SNS to deliver at all (moto ignores it).
+    Setting it once, in CreateQueue, leaves ``subscribe`` with one request (Subscribe) and none
+    that changes the queue: a run subscribing thousands of queues at once then sends no
+    SetQueueAttributes, whose effect SQS applies only after a delay anyway.
+
+    Calls may be concurrent: the clients' connection pools hold ``AwsConfig.max_pool_connections``
+    (50) connections each, and requests beyond that wait for one.
+    """
 
     _services = ("sns", "sqs", "sts")
 
     def __init__(
         self, config: AwsConfig, limits: Limits | None = None, *,
         session: AioSession | None = None, tags: Mapping[str, str] | None = None,
+        topics: str = "*",
     ) -> None:
         super().__init__(config, session=session)
+        self.topics = topics
         self.limits = limits or Limits()
         if self.limits.max_batch_entries > MAX_BATCH_ENTRIES:
             raise ConfigError(
@@ -362,6 +444,19 @@ class SnsSqsMessageService(_AwsService, MessageService):
 
     async def _topic_arn(self, topic: str) -> str:
         return await self._account_arn("sns") + topic
+
+    async def _queue_policy(self, queue: str) -> dict[str, Any]:
+        """Who may send to ``queue``: SNS, on behalf of the topics matching ``self.topics``."""
+        return {
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": await self._account_arn("sqs") + queue,
+                "Condition": {"ArnLike": {"aws:SourceArn": await self._topic_arn(self.topics)}},
+            }],
+        }
 
     async def _queue(self, queue: str) -> _Queue:
         known = self._queues.get(queue)
@@ -392,6 +487,7 @@ class SnsSqsMessageService(_AwsService, MessageService):
         attrs = {
             "MaximumMessageSize": str(max_message_bytes),
             "VisibilityTimeout": str(math.ceil(visibility_timeout_s)),
+            "Policy": json.dumps(await self._queue_policy(name)),
         }
         tags = {"tags": self.tags} if self.tags else {}
         response = await self._call("sqs", "create_queue", f"queue {name!r}",
@@ -407,30 +503,23 @@ class SnsSqsMessageService(_AwsService, MessageService):
     async def subscribe(
         self, topic: str, queue: str, *, filter_policy: Mapping[str, Sequence[str]]
     ) -> None:
-        topic_arn = await self._topic_arn(topic)
-        await self._call("sns", "get_topic_attributes", f"topic {topic!r}", TopicArn=topic_arn)
-        await self._queue(queue)  # NotFound naming the queue if it does not exist
+        # SNS would subscribe a queue that does not exist (and lose what it delivers); the queue
+        # is known from create_queue, so this costs a request only for a queue made elsewhere.
+        await self._queue(queue)
         queue_arn = await self._account_arn("sqs") + queue
-        # Let the account's topics send to the queue (a real account needs this; moto ignores it).
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [{
-                "Effect": "Allow",
-                "Principal": {"Service": "sns.amazonaws.com"},
-                "Action": "sqs:SendMessage",
-                "Resource": queue_arn,
-                "Condition": {"ArnLike": {"aws:SourceArn": await self._account_arn("sns") + "*"}},
-            }],
-        }
-        await self._queue_call(queue, "set_queue_attributes",
-                               Attributes={"Policy": json.dumps(policy)})
+        # The queue's policy, set when it was created, already lets the topic send to it.
         attributes = {"RawMessageDelivery": "true"}
         if filter_policy:
             attributes["FilterPolicy"] = json.dumps(
                 {k: [str(v) for v in values] for k, values in filter_policy.items()})
-        await self._call("sns", "subscribe", f"subscription of queue {queue!r} to topic {topic!r}",
-                         TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn,
-                         Attributes=attributes, ReturnSubscriptionArn=True)
+        try:
+            await self._call("sns", "subscribe",
+                             f"subscription of queue {queue!r} to topic {topic!r}",
+                             TopicArn=await self._topic_arn(topic), Protocol="sqs",
+                             Endpoint=queue_arn, Attributes=attributes,
+                             ReturnSubscriptionArn=True)
+        except NotFound as exc:  # Subscribe answers NotFound only for a missing topic
+            raise NotFound(f"topic {topic!r}: does not exist") from exc
 
     async def delete_queue(self, queue: str) -> None:
         with contextlib.suppress(NotFound):
