@@ -204,6 +204,28 @@ def check_batch(entries: Sequence[Entry], limits: Limits) -> list[int | None]:
     return sizes
 
 
+def pack_batches(entries: Sequence[Entry], max_entries: int, max_bytes: int) -> list[list[Entry]]:
+    """First-fit-decreasing packing of entries into batch calls within both limits.
+
+    >>> sizes = [Entry("x" * n) for n in (90, 60, 40, 10)]
+    >>> [[len(e.body) for e in b] for b in pack_batches(sizes, max_entries=10, max_bytes=100)]
+    [[90, 10], [60, 40]]
+    """
+    batches: list[list[Entry]] = []
+    room: list[int] = []
+    for entry in sorted(entries, key=entry_size, reverse=True):
+        size = entry_size(entry)
+        for i, batch in enumerate(batches):
+            if len(batch) < max_entries and room[i] >= size:
+                batch.append(entry)
+                room[i] -= size
+                break
+        else:
+            batches.append([entry])
+            room.append(max_bytes - size)
+    return batches
+
+
 def check_batch_length(count: int, limits: Limits) -> None:
     """MessageTooLarge if a batch of ``count`` entries is over ``limits.max_batch_entries``."""
     if count > limits.max_batch_entries:

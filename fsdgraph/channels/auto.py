@@ -54,7 +54,7 @@ class AutoChannel(QueueChannel):
     """See the module docstring."""
 
     name = "auto"
-    counters = ("edges_via_queue", "edges_via_object")
+    counters = ("edges_via_queue", "edges_via_object", "stray_dropped")
 
     @classmethod
     def prepare(cls, config: ChannelConfig, prices: Prices | None) -> ChannelConfig:

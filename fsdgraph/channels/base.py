@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 class ChannelConfig:
     """Tunables of the channels (all times in seconds)."""
 
-    topics: int = defaults.TOPICS  #: SNS-style topics per run; worker w publishes on w mod topics
+    #: Queue channels: the fewest topic shards (0: as few as the filter-policy quota allows;
+    #: target w's messages travel on shard w mod topics).
+    topics: int = defaults.TOPICS
     #: Queue channels: send straight to each target's queue (SQS SendMessageBatch), no topics.
     direct: bool = False
     peer_timeout_s: float = defaults.PEER_TIMEOUT_S  #: fail if a source is silent this long
@@ -55,12 +57,20 @@ class ChannelConfig:
     #: Send blocks dense above this density (fewer bytes, more CPU).
     wire_dense_above: float = WIRE_DENSE_ABOVE
     auto_object_above_bytes: int = 0  #: auto channel: objects above this (0: by the prices)
+    #: Queue channels: how long setup waits for every queue to receive through its topic.
+    ready_timeout_s: float = defaults.READY_TIMEOUT_S
+    #: Object channel: GETs per second of keys not yet written, per worker (0: from the
+    #: S3 request-rate quota and the worker count).
+    object_get_rate_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.topics < 1:
-            raise ConfigError(f"channel topics must be >= 1, got {self.topics}")
+        if self.topics < 0:
+            raise ConfigError(f"channel topics must be >= 0, got {self.topics}")
+        if not self.object_get_rate_s >= 0:
+            raise ConfigError(f"channel object_get_rate_s must be >= 0, "
+                              f"got {self.object_get_rate_s}")
         for name in ("peer_timeout_s", "poll_wait_s", "visibility_timeout_s",
-                     "object_poll_min_s", "object_poll_max_s"):
+                     "object_poll_min_s", "object_poll_max_s", "ready_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"channel {name} must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.wire_dense_above <= 1.0:

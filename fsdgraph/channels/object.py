@@ -1,26 +1,38 @@
 """The object channel: one object per edge and layer (S3).
 
-Sender ``src`` writes ``runs/<run>/x/<layer>/<dst>/<src>`` holding every chunk of the edge (an
+Sender ``src`` writes ``runs/<run>/x/<dst>/<layer>/<src>`` holding every chunk of the edge (an
 object holds up to ``max_object_bytes``, so one object nearly always suffices; a larger edge is
 split into several chunks inside the same object). An empty edge is an object with no chunks: the
 explicit empty marker. The reader knows every key it expects from the plan and GETs them, backing
 off while they are missing, instead of LISTing a prefix (a LIST costs as much as a PUT and lags).
+
+At scale, S3's request rates bind (5 500 GETs/s per prefix, 503 SlowDown above, and a new run's
+prefix starts in one partition): keys start with their reader, so that S3 can split the readers
+apart, and a worker's GETs of keys *not yet written* are paced to ``object_get_rate_s``, which
+:meth:`ObjectChannel.fit` sets to half the prefix's quota shared among the workers. A GET or PUT
+that fails retryably (SlowDown, throttling) is tried again with backoff and jitter until the peer
+timeout; the failed GETs are counted (``slowdowns``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import replace
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgpack
 
-from fsdgraph.channels.base import Channel, OutChunk, WorkerContext
-from fsdgraph.errors import NotFound, ProtocolError
+from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk, WorkerContext
+from fsdgraph.errors import NotFound, ProtocolError, TransportError
+from fsdgraph.retry import retry
 
 if TYPE_CHECKING:
     from fsdgraph.cost.estimate import ExchangeEstimate
     from fsdgraph.plan import Edge
+    from fsdgraph.quotas import Quotas
 
 #: Bytes msgpack adds around an edge's payloads (``[run id, [payloads]]``).
 OBJECT_OVERHEAD = 24
@@ -31,10 +43,27 @@ class ObjectChannel(Channel):
 
     name = "object"
     estimate_layer_s: ClassVar[float] = 0.15
+    counters: ClassVar[tuple[str, ...]] = ("slowdowns",)
 
     def __init__(self, context: WorkerContext) -> None:
         super().__init__(context)
         self._delay = self.config.object_poll_min_s
+
+    @classmethod
+    def fit(cls, config: ChannelConfig, workers: int,
+            quotas: Quotas) -> tuple[ChannelConfig, dict[str, Any]]:
+        """Pace the polling of missing keys so that all workers together stay within half of
+        one prefix's GET quota (the other half is left to the GETs that find their object)."""
+        if config.object_get_rate_s:
+            return config, {"get_rate_s": config.object_get_rate_s,
+                            "why": "set by ChannelConfig.object_get_rate_s"}
+        if not math.isfinite(quotas.s3_get_per_prefix_s):
+            return config, {"get_rate_s": 0.0, "why": "the backend has no request-rate quota"}
+        rate = quotas.s3_get_per_prefix_s / 2 / workers
+        return replace(config, object_get_rate_s=rate), {
+            "get_rate_s": rate,
+            "why": f"half of s3_get_per_prefix_s={quotas.s3_get_per_prefix_s:g} shared by "
+                   f"{workers} workers polling for keys not yet written"}
 
     @classmethod
     def estimate_exchange(cls, exchange: ExchangeEstimate) -> None:
@@ -54,8 +83,9 @@ class ObjectChannel(Channel):
                                  use_bin_type=True)
             self.metrics.current.bytes_sent += len(body)
             self.metrics.current.messages_sent += 1
-            puts.append(self.services.objects.put(
-                self.names.exchange_key(layer, self.worker, dst), body))
+            key = self.names.exchange_key(layer, self.worker, dst)
+            puts.append(retry(partial(self.services.objects.put, key, body),
+                              deadline_s=self.config.peer_timeout_s))
         await asyncio.gather(*puts)
 
     async def _fetch(self, layer: int, pending: Sequence[int], wait_s: float) -> int:
@@ -70,15 +100,25 @@ class ObjectChannel(Channel):
                 except NotFound:
                     absent.append(key)
                     continue
+                except TransportError as exc:
+                    if not exc.retryable:
+                        raise
+                    self.metrics.current.channel["slowdowns"] += 1  # tried again below
+                    absent.append(key)
+                    continue
                 kept += self._unpack(layer, src, key, body)
             if kept or loop.time() >= until:
                 if kept:
                     self._delay = self.config.object_poll_min_s
                 return kept
-            # Back off between GETs (each is billed); a store that can notify wakes us early
-            # when a missing key is written. (A key holding another run's object is not missing:
-            # it waits out the backoff.)
-            delay = min(self._delay, max(0.0, until - loop.time()))
+            # Back off between GETs (each is billed, and the prefix's rate is shared): at least
+            # as long as this round's misses take at the paced rate. A store that can notify
+            # wakes us early when a missing key is written. (A key holding another run's object
+            # is not missing: it waits out the backoff.)
+            delay = self._delay
+            if self.config.object_get_rate_s:
+                delay = max(delay, len(absent) / self.config.object_get_rate_s)
+            delay = min(delay, max(0.0, until - loop.time()))
             if absent:
                 await self.services.objects.wait_for(absent, delay)
             else:

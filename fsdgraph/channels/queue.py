@@ -1,15 +1,20 @@
 """The queue channel: topics fan out to one queue per worker (SNS + SQS).
 
-Run resources: ``topics`` topics and one queue per worker, the queue of worker ``w`` subscribed to
-every topic with the filter policy ``{"target": [w]}``. Worker ``w`` publishes on topic
-``w mod topics``. A chunk is one message: the base64 chunk as body, its identity as string
-attributes (``run``, ``layer``, ``src``, ``target``, ``index``, ``count``). Chunks for several
-targets are packed into one batch call (at most ``max_batch_entries`` entries and
-``max_batch_bytes`` in all: the paper's payload packing). Entries that fail with a retryable error
-are retried alone, with exponential backoff and jitter, until the peer timeout; a non-retryable
-failure fails the run with the target, layer and the service's reason.
+Run resources (:mod:`fsdgraph.channels.queue_resources`): ``S`` topic shards and one queue per
+worker, the queue of worker ``w`` subscribed to shard ``w mod S`` with the filter policy
+``{"target": [w]}``; ``S`` is the fewest shards SNS's filter-policy quota allows (one up to 200
+workers). A sender publishes each target's chunks on the target's shard. A chunk is one message:
+the base64 chunk as body, its identity as string attributes (``run``, ``layer``, ``src``,
+``target``, ``index``, ``count``). Chunks for the targets of one shard are packed into one batch
+call (at most ``max_batch_entries`` entries and ``max_batch_bytes`` in all: the paper's payload
+packing). A message on a worker's queue that is not a chunk addressed to it (a late readiness
+probe, a misrouted message) is deleted and counted (``stray_dropped``), never fatal. Entries
+that fail with a retryable error are retried alone, with exponential backoff and jitter, until
+the peer timeout; a non-retryable failure fails the run with the target, layer and the service's
+reason.
 
-With ``ChannelConfig.direct`` there are no topics: chunks are packed per target and sent straight
+With ``ChannelConfig.direct`` (set by the user, or by the channel above the account's
+filter-policy quota) there are no topics: chunks are packed per target and sent straight
 to its queue (SQS ``SendMessageBatch``). That saves the SNS publish and its per-64 KiB charge, but
 one batch call can no longer carry chunks for several targets.
 """
@@ -20,10 +25,12 @@ import asyncio
 import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fsdgraph.backend import Services
+from fsdgraph.channels import queue_resources
 from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk
+from fsdgraph.channels.queue_resources import PROBE, topic_shards
 from fsdgraph.codec import TextCodec
 from fsdgraph.errors import ProtocolError, RunError
 from fsdgraph.resources import RunNames
@@ -38,35 +45,15 @@ from fsdgraph.transport import (
     billing_units,
     delete_received,
     entry_size,
+    pack_batches,
 )
 
 if TYPE_CHECKING:
     from fsdgraph.cost.estimate import ExchangeEstimate
     from fsdgraph.plan import Edge
+    from fsdgraph.quotas import Quotas
 
 _text = TextCodec()
-
-
-def pack_batches(entries: Sequence[Entry], max_entries: int, max_bytes: int) -> list[list[Entry]]:
-    """First-fit-decreasing packing of entries into batch calls within both limits.
-
-    >>> sizes = [Entry("x" * n) for n in (90, 60, 40, 10)]
-    >>> [[len(e.body) for e in b] for b in pack_batches(sizes, max_entries=10, max_bytes=100)]
-    [[90, 10], [60, 40]]
-    """
-    batches: list[list[Entry]] = []
-    room: list[int] = []
-    for entry in sorted(entries, key=entry_size, reverse=True):
-        size = entry_size(entry)
-        for i, batch in enumerate(batches):
-            if len(batch) < max_entries and room[i] >= size:
-                batch.append(entry)
-                room[i] -= size
-                break
-        else:
-            batches.append([entry])
-            room.append(max_bytes - size)
-    return batches
 
 
 def chunk_attributes(run_id: str, c: OutChunk) -> dict[str, str]:
@@ -87,6 +74,7 @@ class QueueChannel(Channel):
 
     name = "queue"
     requires = ("messages",)
+    counters: ClassVar[tuple[str, ...]] = ("stray_dropped",)
     estimate_layer_s: ClassVar[float] = 0.1
 
     @property
@@ -94,26 +82,21 @@ class QueueChannel(Channel):
         return _messages_of(self.services)
 
     @classmethod
+    def fit(cls, config: ChannelConfig, workers: int,
+            quotas: Quotas) -> tuple[ChannelConfig, dict[str, Any]]:
+        """Topic shards within the filter-policy quotas, or direct sends above them."""
+        return queue_resources.fit(config, workers, quotas)
+
+    @classmethod
     async def create_resources(cls, services: Services, names: RunNames, workers: int,
                                config: ChannelConfig) -> None:
-        messages = _messages_of(services)
-        topics = [] if config.direct else [await messages.create_topic(names.topic(t))
-                                           for t in range(min(config.topics, workers))]
-        for w in range(workers):
-            queue = await messages.create_queue(
-                names.queue(w), visibility_timeout_s=config.visibility_timeout_s,
-                max_message_bytes=services.limits.max_message_bytes)
-            for topic in topics:
-                await messages.subscribe(topic, queue, filter_policy={"target": [str(w)]})
+        await queue_resources.create(_messages_of(services), names, workers, config,
+                                     services.limits)
 
     @classmethod
     async def delete_resources(cls, services: Services, names: RunNames, workers: int,
                                config: ChannelConfig) -> None:
-        messages = _messages_of(services)
-        for t in range(0 if config.direct else min(config.topics, workers)):
-            await messages.delete_topic(names.topic(t))
-        for w in range(workers):
-            await messages.delete_queue(names.queue(w))
+        await queue_resources.delete(_messages_of(services), names, workers, config)
 
     def _attributes(self, c: OutChunk) -> dict[str, str]:
         return chunk_attributes(self.names.run_id, c)
@@ -146,9 +129,14 @@ class QueueChannel(Channel):
                 calls += [(messages.send_batch, queue, batch) for batch in
                           pack_batches(group, limits.max_batch_entries, limits.max_batch_bytes)]
         else:
-            topic = self.names.topic(self.worker % min(self.config.topics, self.workers))
-            calls += [(messages.publish_batch, topic, batch) for batch in
-                      pack_batches(entries, limits.max_batch_entries, limits.max_batch_bytes)]
+            shards = topic_shards(self.config, self.workers)
+            by_shard: dict[int, list[Entry]] = {}
+            for e in entries:
+                by_shard.setdefault(int(e.attributes["target"]) % shards, []).append(e)
+            for shard, group in by_shard.items():
+                topic = self.names.topic(shard)
+                calls += [(messages.publish_batch, topic, batch) for batch in
+                          pack_batches(group, limits.max_batch_entries, limits.max_batch_bytes)]
         await asyncio.gather(*(self._deliver(call, to, batch) for call, to, batch in calls))
 
     async def _deliver(self, call: Callable[[str, Sequence[Entry]], Awaitable[BatchResult]],
@@ -178,9 +166,13 @@ class QueueChannel(Channel):
         m = self.metrics.current
         for msg in messages:
             if msg.attributes.get("run") != self.names.run_id:
+                m.channel["stray_dropped"] += 1
                 continue  # another run's message: never consume it
             receipts.append(msg.receipt)
-            if await self._take(msg, *self._identity(msg)):
+            identity = self._identity(msg)
+            if identity is None:
+                m.channel["stray_dropped"] += 1
+            elif await self._take(msg, *identity):
                 kept += 1
                 m.messages_received += 1
                 m.bytes_received += entry_size(Entry(msg.body, msg.attributes))
@@ -191,19 +183,17 @@ class QueueChannel(Channel):
             await delete_received(self.messages, queue, receipts)
         return kept
 
-    def _identity(self, msg: Message) -> tuple[int, int, int, int]:
-        """``(layer, src, index, count)`` of a message addressed to this worker."""
+    def _identity(self, msg: Message) -> tuple[int, int, int, int] | None:
+        """``(layer, src, index, count)`` of a chunk addressed to this worker; None for a
+        message of this run that is not one (a readiness probe, another worker's chunk)."""
         a = msg.attributes
+        if a.get("kind") == PROBE or a.get("target") != str(self.worker):
+            return None
         try:
-            layer, src, index, count = (int(a["layer"]), int(a["src"]), int(a["index"]),
-                                        int(a["count"]))
-            target = int(a["target"])
+            return int(a["layer"]), int(a["src"]), int(a["index"]), int(a["count"])
         except (KeyError, ValueError) as exc:
             raise ProtocolError(f"worker {self.worker}: message without valid chunk attributes "
                                 f"{dict(a)!r}") from exc
-        if target != self.worker:
-            raise ProtocolError(f"worker {self.worker}: received a chunk for worker {target}")
-        return layer, src, index, count
 
     async def _take(self, msg: Message, layer: int, src: int, index: int, count: int) -> bool:
         """Keep the chunk a message carries; False if it was a duplicate."""
