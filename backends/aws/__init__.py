@@ -2,11 +2,15 @@
 out to SQS queues, the object channel and staging are S3.
 
 Before the first run, ``fsdgraph deploy`` (or :func:`~fsdgraph.backends.aws.deploy.deploy`)
-creates the deployment's function, role and bucket; every run then creates its own queues and
-topics, tagged with the run id, and removes them when it ends. Settings come from the ``[aws]``
-table of the config file and the environment (:mod:`fsdgraph.backends.aws.config`), including
-per-service endpoint URLs, so the whole backend runs against local AWS-API servers too
-(docs/aws.md).
+creates the deployment's function, role, bucket and failures queue; every run then creates its
+own queues and topics, tagged with the run id, and removes them when it ends. Settings come from
+the ``[aws]`` table of the config file and the environment (:mod:`fsdgraph.backends.aws.config`),
+including per-service endpoint URLs, so the whole backend runs against local AWS-API servers too
+(docs/aws.md); quotas from its ``[quotas]`` table (:func:`~fsdgraph.quotas.load_quotas`).
+
+Before a run creates anything, :meth:`AwsBackend.preflight` asks Lambda whether it can succeed
+(:func:`~fsdgraph.backends.aws.functions.preflight`: the function exists, its timeout covers the
+run's, its concurrency holds every worker), then checks the configured quotas.
 
 >>> AwsBackend(AwsSettings(deployment="demo")).namespace
 'demo'
@@ -30,15 +34,17 @@ from fsdgraph.backends.aws.config import (
     AwsSettings,
     load_aws_settings,
 )
-from fsdgraph.backends.aws.functions import LambdaFunctions
+from fsdgraph.backends.aws.control import AwsControlPlane
+from fsdgraph.backends.aws.deploy import failures_queue_name
+from fsdgraph.backends.aws.functions import LambdaFunctions, preflight
 from fsdgraph.backends.aws.transports import (
     AwsConfig,
     S3ObjectStore,
     SnsSqsMessageService,
     caller_account,
 )
-from fsdgraph.control import QueueControlPlane
 from fsdgraph.prices import REGIONS, Prices
+from fsdgraph.quotas import Quotas, load_quotas
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits
 from fsdgraph.wire import from_json
@@ -57,6 +63,9 @@ class AwsDescription:
     function: str
     limits: dict[str, int]
     tags: dict[str, str]  #: put on the run's queues and topics
+    #: The run's quotas (``dataclasses.asdict`` of :class:`~fsdgraph.quotas.Quotas`): a worker
+    #: sizes its channel as the scheduler did. Empty: AWS's defaults.
+    quotas: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,10 +75,11 @@ class AwsBackend(Backend):
     name: ClassVar[str] = "aws"
 
     settings: AwsSettings = field(default_factory=load_aws_settings)
+    quotas: Quotas = field(default_factory=load_quotas)
 
     @classmethod
     def configure(cls, config_file: Path | None = None) -> AwsBackend:
-        return cls(load_aws_settings(config_file))
+        return cls(load_aws_settings(config_file), load_quotas(config_file))
 
     @property
     def namespace(self) -> str:
@@ -94,38 +104,58 @@ class AwsBackend(Backend):
         description = AwsDescription(
             region=s.region, endpoints=dict(s.endpoints), account=account,
             bucket=s.bucket_name(account), prefix=s.prefix, function=s.function_name,
-            limits=asdict(s.limits), tags={DEPLOYMENT_TAG: s.deployment, RUN_TAG: names.run_id})
-        async with _services(description, names, profile=s.profile) as services:
+            limits=asdict(s.limits), tags={DEPLOYMENT_TAG: s.deployment, RUN_TAG: names.run_id},
+            quotas=asdict(self.quotas))
+        async with _services(description, names, profile=s.profile,
+                             failures_queue=failures_queue_name(s.deployment)) as services:
             yield services
 
     @classmethod
     @asynccontextmanager
     async def attach(cls, description: Mapping[str, Any],
                      names: RunNames) -> AsyncIterator[Services]:
-        # A function uses its role's credentials, never a profile.
+        # A function uses its role's credentials, never a profile; it never reads the failures
+        # queue (only the scheduler does).
         typed = from_json(AwsDescription, description, "aws backend description")
-        async with _services(typed, names, profile=None) as services:
+        async with _services(typed, names, profile=None, failures_queue=None) as services:
             yield services
+
+    async def preflight(self, services: Services, workers: int, timeout_s: float) -> None:
+        """ConfigError, saying which setting or quota and what to change, if the function is
+        missing, its timeout is shorter than ``timeout_s``, its reserved concurrency or the
+        account's unreserved concurrency is below ``workers``, or the configured quotas do not
+        hold them (:func:`~fsdgraph.backends.aws.functions.preflight`)."""
+        functions = services.functions
+        if isinstance(functions, LambdaFunctions):
+            await preflight(functions, services.quotas, workers, timeout_s)
+        else:  # services of another making: the configured quotas only
+            await super().preflight(services, workers, timeout_s)
 
 
 @asynccontextmanager
-async def _services(description: AwsDescription, names: RunNames,
-                    profile: str | None) -> AsyncIterator[Services]:
+async def _services(description: AwsDescription, names: RunNames, profile: str | None,
+                    failures_queue: str | None) -> AsyncIterator[Services]:
     """The three AWS services of ``description``, on one botocore session, closed at the end."""
     config = AwsConfig(region=description.region, endpoints=description.endpoints,
                        bucket=description.bucket, prefix=description.prefix,
                        account=description.account, profile=profile)
     limits = Limits(**description.limits)
+    quotas = (from_json(Quotas, description.quotas, "aws backend description: quotas")
+              if description.quotas else Quotas())
     session = AioSession(profile=profile)
     objects = S3ObjectStore(config, limits=limits, session=session)
-    messages = SnsSqsMessageService(config, limits, session=session, tags=description.tags)
+    # The run's queues accept what SNS delivers from the run's own topics, and no other.
+    messages = SnsSqsMessageService(config, limits, session=session, tags=description.tags,
+                                    topics=f"{names.namespace}-{names.run_id}-t*")
     functions = LambdaFunctions(config, description.function, session=session)
+    control = AwsControlPlane(messages, names, limits, failures_queue)
     async with contextlib.AsyncExitStack() as stack:
         for service in (objects, messages, functions):
             await stack.enter_async_context(service)
-        yield Services(objects=objects, messages=messages,
-                       control=QueueControlPlane(messages, names, limits), functions=functions,
-                       limits=limits, description=asdict(description))
+        stack.push_async_callback(control.stop)  # before the clients it uses are closed
+        yield Services(objects=objects, messages=messages, control=control, functions=functions,
+                       limits=limits, description=asdict(description), quotas=quotas)
 
 
-__all__ = ["AwsBackend", "AwsDescription", "AwsSettings", "load_aws_settings"]
+__all__ = ["AwsBackend", "AwsControlPlane", "AwsDescription", "AwsSettings",
+           "load_aws_settings"]

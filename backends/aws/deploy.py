@@ -5,19 +5,27 @@ A deployment, named by ``AwsSettings.deployment``, is
 
 * an S3 **bucket** (staging, the object channel, the function package), private, with a
   lifecycle rule expiring what a crashed run leaves under ``<prefix>runs/`` after a day;
+* an SQS **failures queue** ``<deployment>-failures``, the function's on-failure destination:
+  Lambda writes there a record of every invocation that failed (an unhandled error, a timeout,
+  a worker killed for memory, an event that waited too long), and each run's scheduler turns the
+  records of its own workers into error statuses
+  (:class:`~fsdgraph.backends.aws.control.AwsControlPlane`); records are kept an hour;
 * an IAM **role** for the function with one inline policy that names only the deployment's
   resources and only the actions a worker uses (:meth:`Deployment.worker_policy`);
 * the Lambda **function** ``<deployment>-worker`` running ``fsdgraph.worker.handler`` with the
-  configured memory, timeout and architecture, Lambda's retries of asynchronous events off.
+  configured memory, timeout and architecture, Lambda's retries of asynchronous events off and
+  the failures queue as its on-failure destination.
 
-Queues and topics are not part of it: each run creates its own, named ``<deployment>-<run id>-*``
-and tagged with the run id, and removes them at its end. :func:`teardown` removes everything
-above and any queue or topic a killed run left behind; :func:`deploy` and :func:`teardown` with
-``dry_run=True`` only say what they would do.
+The runs' queues and topics are not part of it: each run creates its own, named
+``<deployment>-<run id>-*`` and tagged with the run id, and removes them at its end.
+:func:`teardown` removes everything above and any queue or topic a killed run left behind;
+:func:`deploy` and :func:`teardown` with ``dry_run=True`` only say what they would do.
 
 >>> d = Deployment(AwsSettings(deployment="demo", region="eu-west-1"), "123456789012")
 >>> [r.kind for r in d.resources()]
-['bucket', 'role', 'function']
+['bucket', 'queue', 'role', 'function']
+>>> d.failures_queue
+'demo-failures'
 >>> sorted({a for s in d.worker_policy()["Statement"] for a in s["Action"]})[:3]
 ['lambda:InvokeFunction', 'logs:CreateLogGroup', 'logs:CreateLogStream']
 """
@@ -41,8 +49,16 @@ from fsdgraph.errors import ConfigError, TransportError
 
 #: Error codes of a request the caller's policy does not allow.
 DENIED = ("AccessDenied", "AccessDeniedException", "AuthorizationError", "UnauthorizedOperation")
-#: How long IAM may take to let Lambda assume a new role (real AWS; instant on local servers).
+#: How long IAM may take to let Lambda assume a new role, or use its new permissions to send to
+#: the failures queue (real AWS; instant on local servers).
 ROLE_PROPAGATION_S = 60.0
+#: The failures queue keeps a record an hour (longer than any run: Lambda's timeout is 15 min).
+FAILURES_RETENTION_S = 3600
+#: A record one run's scheduler received but that belongs to another run is visible again to
+#: the others after this long (seconds).
+FAILURES_VISIBILITY_S = 10
+#: SQS's largest message: a record carries the invocation's event, up to Lambda's 1 MiB.
+FAILURES_MESSAGE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -91,10 +107,20 @@ class Deployment:
     def policy_name(self) -> str:
         return f"{self.settings.deployment}-worker"
 
+    @property
+    def failures_queue(self) -> str:
+        return failures_queue_name(self.settings.deployment)
+
+    @property
+    def failures_queue_arn(self) -> str:
+        return self._arn("sqs", self.failures_queue)
+
     def resources(self) -> list[Resource]:
-        """What :func:`deploy` creates, in creation order."""
+        """What :func:`deploy` creates, in creation order (the failures queue before the
+        function that sends to it)."""
         s = self.settings
         return [Resource("bucket", self.bucket, self.bucket_arn),
+                Resource("queue", self.failures_queue, self.failures_queue_arn),
                 Resource("role", s.role_name, self.role_arn),
                 Resource("function", s.function_name, self.function_arn)]
 
@@ -123,6 +149,9 @@ class Deployment:
              "Resource": [self.run_resource_arns("sns")]},
             {"Sid": "InvocationTree", "Effect": "Allow", "Action": ["lambda:InvokeFunction"],
              "Resource": [self.function_arn]},
+            # Lambda sends the record of a failed invocation with the function's role.
+            {"Sid": "FailureRecords", "Effect": "Allow", "Action": ["sqs:SendMessage"],
+             "Resource": [self.failures_queue_arn]},
             {"Sid": "Logs", "Effect": "Allow",
              "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
              "Resource": [logs]},
@@ -131,9 +160,12 @@ class Deployment:
     def operator_policy(self) -> dict[str, Any]:
         """What the person or CI job that deploys, runs and tears down needs.
 
-        Not in it: ``sqs:ListQueues``, ``sns:ListTopics`` and ``logs:DescribeLogGroups``, which
-        AWS cannot limit to resources; without them :func:`teardown` skips the search for what
-        killed runs left behind (and says so)."""
+        Not in it: ``sqs:ListQueues``, ``sns:ListTopics``, ``logs:DescribeLogGroups`` and
+        ``lambda:GetAccountSettings``, which AWS cannot limit to resources; without the first
+        three :func:`teardown` skips the search for what killed runs left behind (and says so),
+        without the last a run's pre-flight check takes the account's concurrency from the
+        configured quotas instead of asking Lambda. The failures queue is one of the
+        ``<deployment>-*`` queues of ``RunQueues``."""
         return {"Version": "2012-10-17", "Statement": [
             {"Sid": "Bucket", "Effect": "Allow",
              "Action": ["s3:CreateBucket", "s3:DeleteBucket", "s3:GetBucketTagging",
@@ -150,6 +182,7 @@ class Deployment:
              "Resource": [self.role_arn]},
             {"Sid": "Function", "Effect": "Allow",
              "Action": ["lambda:CreateFunction", "lambda:DeleteFunction", "lambda:GetFunction",
+                        "lambda:GetFunctionConcurrency", "lambda:GetFunctionConfiguration",
                         "lambda:InvokeFunction", "lambda:PutFunctionEventInvokeConfig",
                         "lambda:TagResource", "lambda:UpdateFunctionCode",
                         "lambda:UpdateFunctionConfiguration"],
@@ -168,6 +201,11 @@ class Deployment:
             {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:DeleteLogGroup"],
              "Resource": [self._arn("logs", f"log-group:{self.log_group}:*")]},
         ]}
+
+
+def failures_queue_name(deployment: str) -> str:
+    """The deployment's failures queue (no run id is ``failures``: run ids are hexadecimal)."""
+    return f"{deployment}-failures"
 
 
 def trust_policy() -> dict[str, Any]:
@@ -285,6 +323,16 @@ def deploy(settings: AwsSettings, *, package: Path | None = None,
                     "Filter": {"Prefix": f"{s.prefix}runs/"}, "Expiration": {"Days": 1}}]})
     say(f"bucket {d.bucket}")
 
+    with _aws_errors(f"queue {d.failures_queue}"):
+        # Created bare, then given its attributes: CreateQueue of an existing queue with other
+        # attribute values is refused, and deploy updates what an older deploy made.
+        url = clients["sqs"].create_queue(QueueName=d.failures_queue, tags=tags)["QueueUrl"]
+        clients["sqs"].set_queue_attributes(QueueUrl=url, Attributes={
+            "MessageRetentionPeriod": str(FAILURES_RETENTION_S),
+            "VisibilityTimeout": str(FAILURES_VISIBILITY_S),
+            "MaximumMessageSize": str(FAILURES_MESSAGE_BYTES)})
+    say(f"queue {d.failures_queue} (records of failed invocations)")
+
     with _aws_errors(f"role {s.role_name}"):
         created = call("iam", "create_role", RoleName=s.role_name,
                        AssumeRolePolicyDocument=json.dumps(trust_policy()),
@@ -361,10 +409,30 @@ def _create_or_update_function(clients: _Clients, d: Deployment, key: str,
                     continue
                 raise
         _wait_active(lam, s.function_name)
-        # A failed worker reports its error; a retry would only run it a second time.
-        lam.put_function_event_invoke_config(FunctionName=s.function_name,
-                                             MaximumRetryAttempts=0,
-                                             MaximumEventAgeInSeconds=s.timeout_s + 60)
+        _put_event_invoke_config(lam, d, deadline)
+
+
+def _put_event_invoke_config(lam: Any, d: Deployment, deadline: float) -> None:
+    """No retries (a failed worker reports its error; a retry would only run it a second time),
+    and a record of every failed invocation to the failures queue (what a worker that could not
+    report, because it timed out, ran out of memory or never started, leaves)."""
+    from botocore.exceptions import ClientError
+
+    while True:
+        try:
+            lam.put_function_event_invoke_config(
+                FunctionName=d.settings.function_name, MaximumRetryAttempts=0,
+                MaximumEventAgeInSeconds=d.settings.timeout_s + 60,
+                DestinationConfig={"OnFailure": {"Destination": d.failures_queue_arn}})
+            return
+        except ClientError as exc:
+            # Lambda checks that the role may send to the destination; a policy just put may
+            # take a few seconds to count.
+            if (_code(exc) == "InvalidParameterValueException"
+                    and "permission" in str(exc).lower() and time.monotonic() < deadline):
+                time.sleep(2)
+                continue
+            raise
 
 
 def _wait_active(lam: Any, name: str, timeout_s: float = 300.0) -> None:
@@ -389,7 +457,7 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
     d = resolve(settings, clients)
     s = d.settings
     gone = ("ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NotFound", "404",
-            "AWS.SimpleQueueService.NonExistentQueue", "ResourceNotFound")
+            "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "ResourceNotFound")
     call = _ignoring(clients, *gone)
     removed: list[Resource] = []
 
@@ -403,6 +471,7 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
     with _aws_errors("listing the deployment's resources"):
         queues, topics = _run_leftovers(clients, d, say)
         function = call("lambda", "get_function", FunctionName=s.function_name)
+        failures = call("sqs", "get_queue_url", QueueName=d.failures_queue)
         role = call("iam", "get_role", RoleName=s.role_name)
         bucket = call("s3", "head_bucket", Bucket=d.bucket)
         logs = _ignoring(clients, *gone, *DENIED)(
@@ -417,6 +486,9 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
     if function is not None:
         remove(Resource("function", s.function_name, d.function_arn),
                lambda: call("lambda", "delete_function", FunctionName=s.function_name))
+    if failures is not None:  # after the function, which sends to it
+        remove(Resource("queue", d.failures_queue, d.failures_queue_arn),
+               lambda: call("sqs", "delete_queue", QueueUrl=failures["QueueUrl"]))
     if logs and any(g["logGroupName"] == d.log_group for g in logs.get("logGroups", ())):
         remove(Resource("log group", d.log_group, d._arn("logs", f"log-group:{d.log_group}")),
                lambda: call("logs", "delete_log_group", logGroupName=d.log_group))
@@ -456,7 +528,9 @@ def _list_leftovers(clients: _Clients, d: Deployment) -> tuple[list[str], list[s
     ns = f"{d.settings.deployment}-"
     queues: list[str] = []
     for page in clients["sqs"].get_paginator("list_queues").paginate(QueueNamePrefix=ns):
-        queues += page.get("QueueUrls", [])
+        # The failures queue is the deployment's own, not a run's (removed after the function).
+        queues += [url for url in page.get("QueueUrls", [])
+                   if url.rsplit("/", 1)[-1] != d.failures_queue]
     topics = [t["TopicArn"] for page in clients["sns"].get_paginator("list_topics").paginate()
               for t in page.get("Topics", []) if t["TopicArn"].rsplit(":", 1)[-1].startswith(ns)]
     return queues, topics

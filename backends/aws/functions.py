@@ -3,25 +3,62 @@
 ``Invoke`` with ``InvocationType=Event`` returns as soon as Lambda has queued the event (HTTP
 202); the scheduler then learns everything else from the worker's status messages. The deployed
 function has Lambda's own retries turned off (see :mod:`fsdgraph.backends.aws.deploy`): a worker
-that fails reports it, and one that never starts is found by the scheduler's stall timeout, so a
-silent second attempt could only duplicate work.
+that fails reports it, so a silent second attempt could only duplicate work. One that cannot
+report (it timed out, ran out of memory, or its event expired unrun) leaves a record in the
+deployment's failures queue, which the scheduler reads
+(:class:`~fsdgraph.backends.aws.control.AwsControlPlane`); the stall timeout catches the rest.
 
 The event's size is checked by the callers, for every backend alike, before ``invoke``
 (:func:`fsdgraph.transport.check_invoke_payload`); it travels as they measured it
 (:func:`fsdgraph.transport.invoke_payload`).
+
+Before a run creates anything, :func:`preflight` asks Lambda whether the run can succeed: the
+function exists, its timeout covers the run's, and the concurrency it may use (its reserved
+concurrency, else the account's unreserved concurrency) holds every worker at once, since each
+worker waits for its peers and a run whose workers cannot all run never ends. Each refusal is a
+:class:`~fsdgraph.errors.ConfigError` naming the setting or quota and what to change.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiobotocore.session import AioSession
+from botocore.exceptions import BotoCoreError, ClientError
 
 from fsdgraph.backend import Functions
-from fsdgraph.backends.aws.transports import AwsConfig, _AwsService
-from fsdgraph.errors import NotFound, TransportError
+from fsdgraph.backends.aws.transports import AwsConfig, _AwsService, _code, _translate
+from fsdgraph.errors import ConfigError, NotFound, TransportError
+from fsdgraph.quotas import WHERE_TO_RAISE, Quotas, check_workers
 from fsdgraph.transport import invoke_payload
+
+#: Error codes of a request the caller may not make, or an endpoint that does not know it (a
+#: local server without GetAccountSettings answers a bare 404).
+_UNANSWERED = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation",
+                         "UnknownOperationException", "404", "NotFound"})
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    """What a run depends on of the deployed function."""
+
+    timeout_s: int
+    memory_mb: int
+    #: Its reserved concurrency: at most this many run at once. None: it draws on the account's
+    #: unreserved concurrency.
+    reserved_concurrency: int | None
+
+
+@dataclass(frozen=True)
+class AccountConcurrency:
+    """Lambda's ``GetAccountSettings``: the account's concurrency in the region, and the part of
+    it no function has reserved."""
+
+    total: int
+    unreserved: int
 
 
 class LambdaFunctions(_AwsService, Functions):
@@ -47,3 +84,102 @@ class LambdaFunctions(_AwsService, Functions):
         if status != 202:
             raise TransportError(f"function {self.function!r}: asynchronous invoke answered "
                                  f"HTTP {status}, expected 202")
+
+    async def settings(self) -> FunctionSettings:
+        """The function's timeout, memory and reserved concurrency; NotFound if it does not
+        exist."""
+        what = f"function {self.function!r}"
+        config = await self._call("lambda", "get_function_configuration", what,
+                                  FunctionName=self.function)
+        concurrency = await self._call("lambda", "get_function_concurrency", what,
+                                       FunctionName=self.function)
+        reserved = concurrency.get("ReservedConcurrentExecutions")
+        return FunctionSettings(timeout_s=int(config.get("Timeout", 3)),
+                                memory_mb=int(config.get("MemorySize", 128)),
+                                reserved_concurrency=None if reserved is None else int(reserved))
+
+    async def account_concurrency(self) -> AccountConcurrency | None:
+        """The account's concurrency (``GetAccountSettings``); None where it cannot be asked:
+        the action cannot be limited to a resource, so the operator policy leaves it out, and
+        a local server may not answer it."""
+        client = await self._client("lambda")
+        try:
+            limits = (await client.get_account_settings())["AccountLimit"]
+        except ClientError as exc:
+            if _code(exc) in _UNANSWERED:
+                return None
+            raise _translate(exc, "Lambda account settings") from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, "Lambda account settings") from exc
+        return AccountConcurrency(int(limits["ConcurrentExecutions"]),
+                                  int(limits["UnreservedConcurrentExecutions"]))
+
+
+async def preflight(functions: LambdaFunctions, quotas: Quotas, workers: int,
+                    timeout_s: float) -> None:
+    """ConfigError, saying what to change, unless a run of ``workers`` workers lasting up to
+    ``timeout_s`` seconds can succeed on ``functions``'s function (see the module docstring);
+    then the configured ``quotas`` (:func:`~fsdgraph.quotas.check_workers`)."""
+    name, region = functions.function, functions.config.region
+    try:
+        function = await functions.settings()
+    except NotFound as exc:
+        raise ConfigError(f"function {name!r} does not exist in {region}: deploy it first with "
+                          f"`fsdgraph deploy`") from exc
+    check_timeout(name, function.timeout_s, timeout_s, quotas.lambda_max_timeout_s)
+    need = f"{workers} workers need {workers} concurrent functions"
+    if function.reserved_concurrency is not None:
+        if workers > function.reserved_concurrency:
+            raise ConfigError(
+                f"{need}, but function {name!r} has a reserved concurrency of "
+                f"{function.reserved_concurrency}: raise it to at least {workers} (aws lambda "
+                f"put-function-concurrency --function-name {name} "
+                f"--reserved-concurrent-executions {workers}) or remove it (aws lambda "
+                f"delete-function-concurrency --function-name {name}), or use fewer workers")
+    else:
+        account = await functions.account_concurrency()
+        if account is not None and workers > account.unreserved:
+            have = (f"the account's concurrency in {region} is {account.total}"
+                    if account.unreserved == account.total else
+                    f"only {account.unreserved} of the account's {account.total} concurrent "
+                    f"executions in {region} are unreserved, and function {name!r} runs on "
+                    f"those")
+            raise ConfigError(
+                f"{need}, but {have} (Lambda GetAccountSettings): raise "
+                f"{WHERE_TO_RAISE['lambda_concurrency']} to at least "
+                f"{account.total - account.unreserved + workers}, or use fewer workers")
+    check_workers(quotas, workers)
+
+
+def check_timeout(function: str, function_timeout_s: int, run_timeout_s: float,
+                  max_timeout_s: float) -> None:
+    """ConfigError if a function that Lambda stops after ``function_timeout_s`` would cut a run
+    allowed ``run_timeout_s`` (every worker lives as long as the run).
+
+    >>> check_timeout("demo-worker", 300, 600, 900)
+    Traceback (most recent call last):
+    ...
+    fsdgraph.errors.ConfigError: function 'demo-worker' has a timeout of 300 s, shorter than the \
+run's timeout of 600 s: Lambda would stop its workers before the run ends. Raise the function's \
+timeout to 600 s (timeout_s = 600 in the [aws] table of the config file, or \
+FSDGRAPH_AWS_TIMEOUT_S=600, then `fsdgraph deploy` again), or give the run a timeout of at most \
+300 s (--timeout 300, or timeout_s in [run])
+    """
+    if run_timeout_s <= function_timeout_s:
+        return
+    cut = (f"function {function!r} has a timeout of {function_timeout_s} s, shorter than the "
+           f"run's timeout of {run_timeout_s:g} s: Lambda would stop its workers before the run "
+           f"ends")
+    smaller = (f"give the run a timeout of at most {function_timeout_s} s "
+               f"(--timeout {function_timeout_s}, or timeout_s in [run])")
+    need = math.ceil(run_timeout_s)
+    if need <= max_timeout_s:
+        raise ConfigError(f"{cut}. Raise the function's timeout to {need} s (timeout_s = {need} "
+                          f"in the [aws] table of the config file, or FSDGRAPH_AWS_TIMEOUT_S="
+                          f"{need}, then `fsdgraph deploy` again), or {smaller}")
+    longest = math.floor(max_timeout_s)
+    raise ConfigError(f"{cut}, and Lambda allows no function timeout above {longest} s "
+                      f"(quotas.lambda_max_timeout_s): {smaller}"
+                      + ("" if function_timeout_s >= longest else
+                         f", after raising the function's timeout to {longest} s "
+                         f"(FSDGRAPH_AWS_TIMEOUT_S={longest} fsdgraph deploy)"))
