@@ -27,7 +27,13 @@ import msgpack
 
 from fsdgraph.channels.base import ChannelConfig, OutChunk
 from fsdgraph.channels.object import object_requests
-from fsdgraph.channels.queue import MODEL_RUN_ID, QueueChannel, chunk_attributes, queue_requests
+from fsdgraph.channels.queue import (
+    MODEL_RUN_ID,
+    QueueChannel,
+    chunk_attributes,
+    queue_requests,
+    queue_setup_requests,
+)
 from fsdgraph.errors import ProtocolError
 from fsdgraph.prices import Prices
 from fsdgraph.resources import RunNames
@@ -91,9 +97,7 @@ class AutoChannel(QueueChannel):
                                                                           0, 1, b"")),
                                "pointer": "1"})) for e, _ in as_objects]
         queue_requests(exchange, as_messages, pointers)
-        sqs = exchange.prices.sqs_requests_per_m / 1e6
-        exchange.charge("SQS", "create queue", "requests", sqs, exchange.workers)
-        exchange.charge("SQS", "delete queue", "requests", sqs, exchange.workers)
+        queue_setup_requests(exchange)
 
     def threshold(self) -> int:
         return self.config.auto_object_above_bytes or object_threshold()

@@ -205,9 +205,23 @@ class QueueChannel(Channel):
         """Every edge as messages: publishes (direct: SQS sends), receives and deletes, packed as
         the channel packs them, plus one queue per worker."""
         queue_requests(exchange, exchange.edges, [])
-        sqs = exchange.prices.sqs_requests_per_m / 1e6
-        exchange.charge("SQS", "create queue", "requests", sqs, exchange.workers)
-        exchange.charge("SQS", "delete queue", "requests", sqs, exchange.workers)
+        queue_setup_requests(exchange)
+
+
+def queue_setup_requests(exchange: ExchangeEstimate) -> None:
+    """One queue per worker, and through topics a readiness probe to each: published packed per
+    shard, received and deleted once (SNS topic and subscription calls are not billed)."""
+    sqs, sns = exchange.prices.sqs_requests_per_m / 1e6, exchange.prices.sns_publish_per_m / 1e6
+    P = exchange.workers
+    exchange.charge("SQS", "create queue", "requests", sqs, P)
+    exchange.charge("SQS", "delete queue", "requests", sqs, P)
+    if exchange.direct:
+        return
+    per_call = Limits().max_batch_entries
+    publishes = sum(math.ceil(len(range(t, P, exchange.topics)) / per_call)
+                    for t in range(min(exchange.topics, P)))
+    exchange.charge("SNS", "publish (readiness probes)", "64 KB units", sns, publishes)
+    exchange.charge("SQS", "receive + delete (readiness probes)", "requests", sqs, 2 * P)
 
 
 def _messages_of(services: Services) -> MessageService:
@@ -248,12 +262,12 @@ def queue_requests(exchange: ExchangeEstimate, edges: Sequence[tuple[Edge, int]]
     texts: dict[int, str] = {}
     messages = [(e, _edge_messages(e, size, budget, texts)) for e, size in edges]
     messages += [(e, [entry]) for e, entry in pointers]
-    # (layer, src, dst if direct else -1) -> the messages one packing covers
+    # (layer, src, dst if direct else dst's topic shard) -> the messages one packing covers
     out: dict[tuple[int, int, int], list[Entry]] = defaultdict(list)
     into: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for e, entries in messages:
         size = sum(map(entry_size, entries))
-        out[e.layer, e.src, e.dst if exchange.direct else -1] += entries
+        out[e.layer, e.src, e.dst if exchange.direct else e.dst % exchange.topics] += entries
         acc = into[e.layer, e.dst]
         acc[0] += len(entries)
         acc[1] += size

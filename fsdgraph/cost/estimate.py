@@ -7,11 +7,13 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fsdgraph.control import CONTROL_POLL_S
+from fsdgraph.control import CONTROL_POLL_S, heartbeat_interval, pollers
 from fsdgraph.cost.bill import Bill, _billed_s, _check_memory, _Ledger
+from fsdgraph.defaults import STALL_TIMEOUT_S
 from fsdgraph.errors import ConfigError
 from fsdgraph.plan import Edge, Plan
 from fsdgraph.prices import DEFAULT_MEMORY_MB, GB_BYTES, Prices
+from fsdgraph.quotas import Quotas
 
 #: Defaults of :func:`estimate`, measured on the local backend with the generated 1024-neuron
 #: RadiX-Net (``fsdgraph graphchallenge --synthetic --layers 24 --images 1000``): 9.16 M nonzeros
@@ -45,6 +47,8 @@ class ExchangeEstimate:
     prices: Prices
     empty_polls: float
     direct: bool = False
+    #: Topic shards of the queue channels (``Channel.fit`` for the plan's worker count).
+    topics: int = 1
     #: The auto channel's line (None: its default from :attr:`prices`).
     object_above_bytes: int | None = None
     #: (layer, src) -> bytes sent on the wire.
@@ -82,7 +86,8 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
              density: float = DEFAULT_DENSITY,
              bytes_per_nonzero: float = DEFAULT_BYTES_PER_NONZERO,
              empty_polls: float = DEFAULT_EMPTY_POLLS,
-             object_above_bytes: int | None = None, direct: bool = False) -> Bill:
+             object_above_bytes: int | None = None, direct: bool = False,
+             quotas: Quotas | None = None) -> Bill:
     """The predicted bill of running ``plan`` on ``batch`` inputs over ``channel``.
 
     Every exchange edge ``(layer, src, dst, neurons)`` of the plan carries
@@ -93,11 +98,14 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     GETs. Auto: edges above ``object_above_bytes`` (default: the auto channel's
     ``object_threshold(prices)``) go as an object (PUT, GET) announced by a pointer message, the
     others as on the queue. ``direct`` (queue, auto): messages go straight to each target's queue
-    in SQS send calls packed per target, instead of SNS publishes. Each worker runs
+    in SQS send calls packed per target, instead of SNS publishes; the queue channels shard
+    their topics (or switch to direct sends) by ``quotas`` (AWS's by default) as a run would.
+    Each worker runs
     ``runtime_s`` (default: :data:`DEFAULT_START_S` plus the channel's ``estimate_layer_s`` per
     layer).
-    Staging (shard and input per worker), outputs, the control queue (a status every
-    :data:`CONTROL_POLL_S` per worker) and cleanup are included.
+    Staging (shard and input per worker), each worker's claim, outputs, the control queue
+    (heartbeats at :func:`~fsdgraph.control.heartbeat_interval`, polled by
+    :func:`~fsdgraph.control.pollers` concurrent receives) and cleanup are included.
 
     >>> import numpy as np, scipy.sparse as sp, fsdgraph
     >>> w = sp.random(64, 64, density=0.1, format="csr", dtype=np.float32, random_state=0)
@@ -106,7 +114,8 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     >>> b.item("S3", "PUT exchange").quantity == len(plan.edges)
     True
     """
-    from fsdgraph.channels import get_channel  # the registry: any channel plugin can be priced
+    # The registry: any channel plugin can be priced.
+    from fsdgraph.channels import ChannelConfig, get_channel
 
     channel_cls = get_channel(channel)
     if batch < 1:
@@ -143,7 +152,10 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     # The exchange: the channel's own request model.
     raw = [(e, math.ceil(batch * len(e.neurons) * density * bytes_per_nonzero))
            for e in plan.edges]
-    exchange = ExchangeEstimate(ledger, raw, prices, empty_polls, direct, object_above_bytes)
+    fitted, _ = channel_cls.fit(ChannelConfig(direct=direct), P, quotas or Quotas())
+    exchange = ExchangeEstimate(ledger, raw, prices, empty_polls, fitted.direct,
+                                topics=max(1, fitted.topics),
+                                object_above_bytes=object_above_bytes)
     channel_cls.estimate_exchange(exchange)
     wire_by = exchange.wire_by
     wire = sum(wire_by.values())
@@ -158,16 +170,18 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
                       workers=w_bytes, layers=l_bytes)
 
     # Control queue, staging, outputs and cleanup.
-    statuses = 2 + math.floor(runtime / CONTROL_POLL_S)  # first progress, heartbeats, done
+    interval = heartbeat_interval(P, CONTROL_POLL_S, STALL_TIMEOUT_S)
+    statuses = 2 + math.floor(runtime / interval)  # first progress, heartbeats, done
     ledger.charge("SQS", "send (status)", "64 KB units", sqs, P * statuses,
                   workers={w: float(statuses) for w in range(P)})
-    polls_control = math.ceil(runtime / CONTROL_POLL_S) + 1
+    polls_control = max(pollers(P) * (math.ceil(runtime / CONTROL_POLL_S) + 1),
+                        math.ceil(P * statuses / 10))
     ledger.charge("SQS", "receive (control)", "requests", sqs, polls_control)
     ledger.charge("SQS", "delete (control)", "requests", sqs, polls_control)
     ledger.charge("SQS", "create queue (control)", "requests", sqs, 1)
     ledger.charge("SQS", "delete queue (control)", "requests", sqs, 1)
-    ledger.charge("S3", "PUT staging + outputs", "requests", put, 3 * P,
-                  workers={w: 1.0 for w in range(P)})
+    ledger.charge("S3", "PUT staging, claims + outputs", "requests", put, 4 * P,
+                  workers={w: 2.0 for w in range(P)})
     ledger.charge("S3", "GET staging + outputs", "requests", get, 3 * P,
                   workers={w: 2.0 for w in range(P)})
     ledger.charge("S3", "cleanup (LIST + DeleteObjects)", "requests", put, 2)

@@ -308,9 +308,9 @@ def small_network(seed: int = 0) -> tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_
 class _CorruptShard(Scheduler):
     """Stages garbage as worker 1's plan shard: that worker must fail, and the run with it."""
 
-    async def _stage(self, services: Services, names: RunNames, plan: Plan, y0: sp.csr_matrix,
-                     channel_config: ChannelConfig) -> None:
-        await super()._stage(services, names, plan, y0, channel_config)
+    async def _stage(self, services: Services, names: RunNames, plan: Plan,
+                     y0: sp.csr_matrix) -> None:
+        await super()._stage(services, names, plan, y0)
         await services.objects.put(names.shard_key(1), b"not a plan shard")
 
 
