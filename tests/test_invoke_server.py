@@ -93,13 +93,16 @@ MakeFunction = Callable[..., str]
 
 @pytest.fixture
 def make_function(lambda_server: Any, role: str, moto_lambda: Any) -> Iterator[MakeFunction]:
-    """``make(handler, endpoint_url=None, timeout=30, memory=128, variables=None)``: a new
-    function running ``invoke_handlers.<handler>``, created through the endpoint (the session's
-    invoke server by default); deleted at the end."""
+    """``make(handler, endpoint_url=None, timeout=30, memory=128, variables=None, retries=0,
+    on_failure=None)``: a new function running ``invoke_handlers.<handler>``, created through the
+    endpoint (the session's invoke server by default); deleted at the end. Its failed Event
+    invocations are retried ``retries`` times (None: Lambda's default, no configuration), then
+    recorded to the ``on_failure`` queue ARN if given."""
     names = []
 
     def make(handler: str, *, endpoint_url: str | None = None, timeout: int = 30,
-             memory: int = 128, variables: dict[str, str] | None = None) -> str:
+             memory: int = 128, variables: dict[str, str] | None = None,
+             retries: int | None = 0, on_failure: str | None = None) -> str:
         name = unique("fn")
         creator = client("lambda", endpoint_url or lambda_server.url, moto_lambda.meta.region_name)
         try:
@@ -109,6 +112,13 @@ def make_function(lambda_server: Any, role: str, moto_lambda: Any) -> Iterator[M
                 Timeout=timeout, MemorySize=memory,
                 Environment={"Variables": {"PYTHONPATH": str(TESTS_DIR), **(variables or {})}},
             )
+            config: dict[str, Any] = {}
+            if retries is not None:
+                config["MaximumRetryAttempts"] = retries
+            if on_failure is not None:
+                config["DestinationConfig"] = {"OnFailure": {"Destination": on_failure}}
+            if config:
+                creator.put_function_event_invoke_config(FunctionName=name, **config)
         finally:
             creator.close()
         names.append(name)

@@ -3,6 +3,13 @@ control plane, and an :class:`~fsdgraph.testing.lambda_endpoint.InvokeServer` in
 that runs Lambda invocations as subprocesses. Both are separate processes on 127.0.0.1 (a server
 in a thread would share the client's GIL and slow every request down).
 
+Both enforce the service quotas (:class:`~fsdgraph.quotas.Quotas`), so a test fails where AWS
+would: moto runs as :mod:`fsdgraph.testing.moto_quotas` (topics, subscriptions and filter policies
+per topic and per account), the invoke server bounds concurrent executions. Each server reads
+them with :func:`~fsdgraph.quotas.load_quotas` from its environment (``FSDGRAPH_QUOTA_<NAME>``
+variables, then the config file's ``[quotas]``); ``LocalAws(quotas=...)`` passes its own through
+those variables.
+
 From a shell::
 
     python -m fsdgraph.testing.aws_servers --config local-aws.toml
@@ -12,6 +19,9 @@ From Python (benchmarks, tests)::
 
     with LocalAws() as aws:
         settings = aws.settings(deployment="demo")  # endpoints filled in
+
+    with LocalAws(quotas=Quotas(lambda_concurrency=8), duplicate_events=True) as aws:
+        ...  # at most 8 functions at once; every Event invocation delivered twice
 
 moto needs credentials to be present, not valid: :data:`CREDENTIALS` are dummy ones (the servers
 get them; export them in the shell that runs fsdgraph).
@@ -29,12 +39,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from fsdgraph.backends.aws.config import SERVICES, AwsSettings
 from fsdgraph.errors import ConfigError
+from fsdgraph.quotas import Quotas
 
 #: Dummy credentials for local servers; the shared AWS files are hidden so a developer's real
 #: configuration is never read.
@@ -54,18 +67,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def quota_environ(quotas: Quotas) -> dict[str, str]:
+    """The ``FSDGRAPH_QUOTA_<NAME>`` variables that make a server's
+    :func:`~fsdgraph.quotas.load_quotas` return ``quotas``.
+
+    >>> env = quota_environ(Quotas(filter_policies_per_topic=4))
+    >>> env["FSDGRAPH_QUOTA_FILTER_POLICIES_PER_TOPIC"], env["FSDGRAPH_QUOTA_LAMBDA_CONCURRENCY"]
+    ('4', '1000')
+    """
+    return {f"FSDGRAPH_QUOTA_{f.name.upper()}": repr(getattr(quotas, f.name))
+            for f in fields(quotas)}
+
+
 def _fail(what: str, log: Path) -> ConfigError:
     return ConfigError(f"{what} did not start; its log ({log}):\n{log.read_text()[-3000:]}")
 
 
 def start_moto(log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """A moto server on a free port, its output in ``log``; returns the process and its URL once
-    it answers."""
+    """A quota-enforcing moto server (:mod:`fsdgraph.testing.moto_quotas`, its quotas from
+    ``env``) on a free port, its output in ``log``; returns the process and its URL once it
+    answers."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:  # a file, not a pipe nobody reads (it would fill and stall)
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "fsdgraph.testing.moto_quotas",
+                                 "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         try:
@@ -79,12 +106,14 @@ def start_moto(log: Path, env: dict[str, str] | None = None) -> tuple[subprocess
 
 
 def start_invoke_server(upstream: str, log: Path, log_dir: Path,
-                        env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+                        env: dict[str, str] | None = None, *,
+                        options: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], str]:
     """An invoke server in front of ``upstream``; returns the process and its URL once it
-    listens. Invocation logs go to ``log_dir``."""
+    listens. Invocation logs go to ``log_dir``; ``options`` are more of its command-line options
+    (``--duplicate-events``, ``--cold``)."""
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "fsdgraph.testing.lambda_endpoint",
-                                 "--upstream", upstream, "--log-dir", str(log_dir)],
+                                 "--upstream", upstream, "--log-dir", str(log_dir), *options],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
@@ -109,10 +138,21 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 class LocalAws:
-    """Both local servers, started together; see the module docstring."""
+    """Both local servers, started together; see the module docstring.
 
-    def __init__(self, *, region: str = "us-east-1", log_dir: Path | None = None) -> None:
+    ``quotas`` (default: what the servers read from the environment and config file) are passed
+    to both. With ``duplicate_events`` every Event invocation runs twice, as Lambda's
+    at-least-once delivery may do; ``warm=False`` starts every invocation in a fresh interpreter
+    (see :mod:`fsdgraph.testing.lambda_endpoint`).
+    """
+
+    def __init__(self, *, region: str = "us-east-1", log_dir: Path | None = None,
+                 quotas: Quotas | None = None, duplicate_events: bool = False,
+                 warm: bool = True) -> None:
         self.region = region
+        self.quotas = quotas
+        self.duplicate_events = duplicate_events
+        self.warm = warm
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.log_dir = log_dir
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -124,11 +164,17 @@ class LocalAws:
             self.log_dir = Path(self._tmp.name)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": self.region}
+        if self.quotas is not None:
+            env.update(quota_environ(self.quotas))
+        options = ["--duplicate-events"] if self.duplicate_events else []
+        if not self.warm:
+            options.append("--cold")
         try:
             moto, moto_url = start_moto(self.log_dir / "moto.log", env)
             self._procs.append(moto)
             invoke, invoke_url = start_invoke_server(
-                moto_url, self.log_dir / "invoke_server.log", self.log_dir / "invocations", env)
+                moto_url, self.log_dir / "invoke_server.log", self.log_dir / "invocations", env,
+                options=options)
             self._procs.append(invoke)
         except BaseException:
             self.close()
@@ -176,6 +222,12 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     parser.add_argument("--config", type=Path,
                         help="write a config file for them here (default: print it)")
     parser.add_argument("--deployment", default="fsdgraph", help="deployment name in the config")
+    parser.add_argument("--duplicate-events", action="store_true",
+                        help="run every Event invocation twice, as Lambda's at-least-once "
+                             "delivery may")
+    parser.add_argument("--cold", action="store_true",
+                        help="start every invocation in a fresh interpreter instead of forking "
+                             "it from a warm one")
     args = parser.parse_args(argv)
 
     def stop_serving(signum: int, frame: object) -> None:
@@ -185,7 +237,9 @@ def main(argv: list[str] | None = None, out: IO[str] = sys.stdout) -> int:
     # would leave them running).
     signal.signal(signal.SIGINT, stop_serving)
     signal.signal(signal.SIGTERM, stop_serving)
-    with LocalAws(log_dir=Path(tempfile.mkdtemp(prefix="fsdgraph-local-aws-"))) as aws:
+    # Quotas: each server reads FSDGRAPH_QUOTA_* and the config file's [quotas] itself.
+    with LocalAws(log_dir=Path(tempfile.mkdtemp(prefix="fsdgraph-local-aws-")),
+                  duplicate_events=args.duplicate_events, warm=not args.cold) as aws:
         if args.config is not None:
             args.config.write_text(aws.config_toml(args.deployment))
             print(f"# config written to {args.config}: pass --config {args.config}", file=out)
