@@ -30,6 +30,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from fsdgraph.config import read_settings
 from fsdgraph.errors import ConfigError
@@ -73,8 +74,9 @@ class Quotas:
     @classmethod
     def unlimited(cls) -> Quotas:
         """No quota at all: backends whose capacity is bounded by nothing but the machine."""
-        return cls(**{f.name: (math.inf if f.type == "float" else 2**62)
-                      for f in fields(cls)})
+        values: dict[str, Any] = {f.name: (math.inf if f.type == "float" else 2**62)
+                                  for f in fields(cls)}
+        return cls(**values)
 
 
 def load_quotas(path: str | Path | None = None,
