@@ -259,7 +259,11 @@ def _print_summary(report: dict[str, Any], checks: list[tuple[str, bool]]) -> No
           f"({report['backend']} backend, {report['channel']} channel, "
           f"{report['partitioner']} partition)")
     print(f"categories: {report['categories']}   wall: {report['wall_s']:.3f} s "
-          f"(launch {report['launch_s']:.3f} s)")
+          f"(setup {report.get('setup_s', 0.0):.3f} s, launch {report['launch_s']:.3f} s, "
+          f"status lag {report.get('status_lag_s', 0.0):.3f} s)")
+    setup = report.get("channel_setup") or {}
+    if setup.get("why"):
+        print(f"channel: {setup['why']}")
     print(f"sent: {mb:.2f} MB in {report['messages_sent']} messages   requests: "
           + ", ".join(f"{k} {v}" for k, v in report["requests"].items()
                       if k in ("publish", "send", "receive", "delete", "put", "get", "invoke")))
