@@ -193,7 +193,8 @@ class _AwsService:
                 max_pool_connections=cfg.max_pool_connections,
                 connect_timeout=cfg.connect_timeout_s,
                 read_timeout=cfg.read_timeout_s,
-                retries={"mode": "standard", "max_attempts": cfg.max_attempts},
+                # total_max_attempts counts the first attempt (``max_attempts`` would not).
+                retries={"mode": "standard", "total_max_attempts": cfg.max_attempts},
             )
             stack = contextlib.AsyncExitStack()
             try:
