@@ -2,9 +2,12 @@
 run, the failures queue and the control plane that reads it, conditional writes and retryable
 throttling on S3, and queues made ready for concurrent setup.
 
-Servers: ``moto_server`` from ``conftest.py``. Where AWS answers something moto never does (S3's
-503 SlowDown, a response lost after S3 stored the object), it is injected with botocore's event
-hooks on the client side, as in ``test_aws_backend.py``; every other answer is the server's.
+Servers: ``moto_server`` from ``conftest.py`` and, where Lambda itself must answer (the account's
+concurrency, an invocation that fails), a :class:`~fsdgraph.testing.aws_servers.LocalAws` of this
+module whose account has a concurrency of :data:`ACCOUNT_CONCURRENCY`. Where AWS answers
+something the servers never do (S3's 503 SlowDown, a response lost after S3 stored the object),
+it is injected with botocore's event hooks on the client side, as in ``test_aws_backend.py``;
+every other answer is the server's.
 """
 
 from __future__ import annotations
@@ -35,14 +38,18 @@ from fsdgraph.backends.aws.deploy import deploy, teardown
 from fsdgraph.backends.aws.transports import AwsConfig, S3ObjectStore, SnsSqsMessageService
 from fsdgraph.control import Status
 from fsdgraph.errors import ConfigError, TransportError
+from fsdgraph.event import EVENT_VERSION
 from fsdgraph.quotas import Quotas
 from fsdgraph.resources import RunNames
 from fsdgraph.scheduler import RunConfig, Scheduler
+from fsdgraph.testing.aws_servers import LocalAws
 
 ACCOUNT = "123456789012"  # moto's default account
 SERVICES = ("s3", "sns", "sqs", "sts", "iam", "logs", "lambda")
 #: The function of this module's deployment stops after a minute.
 FUNCTION_TIMEOUT_S = 60
+#: Lambda's "Concurrent executions" in the account of :func:`local_aws`.
+ACCOUNT_CONCURRENCY = 200
 
 
 def settings_for(server: Any, deployment: str, **kw: Any) -> AwsSettings:
@@ -58,6 +65,27 @@ def client(server: Any, service: str) -> Any:
 def deployed(moto_server: Any) -> Iterator[AwsSettings]:
     """Deployment ``scale`` (function timeout one minute), removed at the end."""
     settings = settings_for(moto_server, "scale", timeout_s=FUNCTION_TIMEOUT_S)
+    deploy(settings, dependencies=False, say=lambda _: None)
+    yield settings
+    teardown(settings, say=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def local_aws() -> Iterator[LocalAws]:
+    """moto and the Lambda invoke server, for an account of ACCOUNT_CONCURRENCY executions."""
+    pytest.importorskip("moto.server", reason="pip install -e '.[test]'")
+    with LocalAws(quotas=Quotas(lambda_concurrency=ACCOUNT_CONCURRENCY)) as aws, \
+            pytest.MonkeyPatch.context() as mp:
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_SESSION_TOKEN": "testing"}.items():
+            mp.setenv(name, value)
+        yield aws
+
+
+@pytest.fixture(scope="module")
+def deployed_locally(local_aws: LocalAws) -> Iterator[AwsSettings]:
+    """Deployment ``edge`` on :func:`local_aws` (its function runs this environment's handler)."""
+    settings = local_aws.settings(deployment="edge", timeout_s=FUNCTION_TIMEOUT_S)
     deploy(settings, dependencies=False, say=lambda _: None)
     yield settings
     teardown(settings, say=lambda _: None)
@@ -162,6 +190,41 @@ def test_preflight_refuses_more_workers_than_the_functions_reserved_concurrency(
         "concurrency of 3: raise it to at least 4 (aws lambda put-function-concurrency "
         "--function-name scale-worker --reserved-concurrent-executions 4) or remove it (aws "
         "lambda delete-function-concurrency --function-name scale-worker), or use fewer workers")
+
+
+def test_preflight_refuses_more_workers_than_the_account_runs_at_once(
+        deployed_locally: AwsSettings) -> None:
+    """Lambda's GetAccountSettings (answered by the invoke server): no function of the account
+    reserves any concurrency, so all of it is the function's to use."""
+    backend = AwsBackend(deployed_locally, Quotas())
+    preflight(backend, workers=ACCOUNT_CONCURRENCY, timeout_s=60)  # fits exactly
+    with pytest.raises(ConfigError) as info:
+        preflight(backend, workers=ACCOUNT_CONCURRENCY + 1, timeout_s=60)
+    assert str(info.value) == (
+        "201 workers need 201 concurrent functions, but the account's concurrency in us-east-1 "
+        "is 200 (Lambda GetAccountSettings): raise Lambda 'Concurrent executions' (Service "
+        "Quotas L-B99A9384) to at least 201, or use fewer workers")
+
+
+def test_preflight_counts_only_the_concurrency_other_functions_left_unreserved(
+        local_aws: LocalAws, deployed_locally: AwsSettings) -> None:
+    """Another deployment's function reserves 100 of the account's 200 executions: the 100 left
+    are all this function may use."""
+    other = local_aws.settings(deployment="other", timeout_s=FUNCTION_TIMEOUT_S)
+    deploy(other, dependencies=False, say=lambda _: None)
+    lam = boto3.client("lambda", region_name=other.region, endpoint_url=other.endpoints["lambda"])
+    try:
+        lam.put_function_concurrency(FunctionName="other-worker",
+                                     ReservedConcurrentExecutions=100)
+        with pytest.raises(ConfigError) as info:
+            preflight(AwsBackend(deployed_locally, Quotas()), workers=120, timeout_s=60)
+    finally:
+        teardown(other, say=lambda _: None)
+    assert str(info.value) == (
+        "120 workers need 120 concurrent functions, but only 100 of the account's 200 "
+        "concurrent executions in us-east-1 are unreserved, and function 'edge-worker' runs on "
+        "those (Lambda GetAccountSettings): raise Lambda 'Concurrent executions' (Service Quotas "
+        "L-B99A9384) to at least 220, or use fewer workers")
 
 
 def test_a_run_that_fails_preflight_creates_nothing(moto_server: Any,
@@ -304,6 +367,33 @@ def test_records_of_failed_invocations_become_error_statuses_of_their_own_run_on
     assert int(attrs["ApproximateNumberOfMessages"]) + int(
         attrs["ApproximateNumberOfMessagesNotVisible"]) == 1
     sqs.purge_queue(QueueUrl=url)
+
+
+def test_a_worker_that_fails_before_it_can_report_is_known_from_lambdas_record(
+        deployed_locally: AwsSettings) -> None:
+    """A worker whose event it cannot read fails before it has a control plane to report on;
+    Lambda's record of the failed invocation reaches the scheduler's control plane through the
+    failures queue, as the worker's error."""
+    async def body() -> list[Status]:
+        async with session(AwsBackend(deployed_locally, Quotas())) as (names, services):
+            await services.control.create()
+            try:
+                await services.functions.invoke({"run_id": names.run_id, "namespace": "edge",
+                                                 "worker": 2, "version": 99})  # unknown
+                got: list[Status] = []
+                for _ in range(400):  # until Lambda's record came (each poll waits 0.25 s)
+                    got += await services.control.poll(wait_s=0.25)
+                    if got:
+                        break
+                return got
+            finally:
+                await services.control.delete()
+
+    (status,) = asyncio.run(body())
+    assert (status.kind, status.worker, status.error_type) == ("error", 2, FUNCTION_FAILED)
+    assert status.message == (f"the function invocation of worker 2 failed: ProtocolError: "
+                              f"worker event version 99 is not supported (this runtime reads "
+                              f"version {EVENT_VERSION})")
 
 
 def test_a_workers_services_know_nothing_of_the_failures_queue(deployed: AwsSettings) -> None:
