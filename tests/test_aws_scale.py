@@ -13,6 +13,7 @@ every other answer is the server's.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -591,5 +592,8 @@ def test_a_runs_queues_accept_only_the_runs_own_topics(deployed: AwsSettings,
 
     run_id, policy = asyncio.run(body()).split("|", 1)
     (statement,) = json.loads(policy)["Statement"]
-    assert statement["Condition"]["ArnLike"]["aws:SourceArn"] == (
-        f"arn:aws:sns:us-east-1:{ACCOUNT}:scale-{run_id}-t*")
+    source = statement["Condition"]["ArnLike"]["aws:SourceArn"]
+    assert source == f"arn:aws:sns:us-east-1:{ACCOUNT}:scale-{run_id}-t*"
+    names = RunNames(run_id, "scale")
+    assert fnmatch.fnmatchcase(f"arn:aws:sns:us-east-1:{ACCOUNT}:{names.topic(12)}", source)
+    assert not fnmatch.fnmatchcase(f"arn:aws:sns:us-east-1:{ACCOUNT}:scale-other-t0", source)

@@ -144,7 +144,8 @@ async def _services(description: AwsDescription, names: RunNames, profile: str |
               if description.quotas else Quotas())
     session = AioSession(profile=profile)
     objects = S3ObjectStore(config, limits=limits, session=session)
-    # The run's queues accept what SNS delivers from the run's own topics, and no other.
+    # The run's queues accept what SNS delivers from the run's own topics (RunNames.topic:
+    # "<namespace>-<run id>-t<shard>"), and from no other.
     messages = SnsSqsMessageService(config, limits, session=session, tags=description.tags,
                                     topics=f"{names.namespace}-{names.run_id}-t*")
     functions = LambdaFunctions(config, description.function, session=session)
