@@ -1,11 +1,19 @@
-"""The embedded default backend: workers are local OS processes, transports are local files.
+"""The embedded default backend: workers run on this machine, transports are local files.
 
 Nothing to start by hand and no network: each run gets a fresh directory (on ``/dev/shm`` when it
 exists, so "files" live in memory) holding the object store, the queues and topics, the workers'
 pid files and logs; the session removes it, and stops any worker still alive, when the run ends.
 The transports keep the cloud semantics the protocol must survive: atomic objects, at-least-once
-queues with visibility timeouts and size limits. The fault-injection knobs (``duplicate_rate``,
-``shuffle``, ``kill``) exist so tests can prove that it does.
+queues with visibility timeouts and size limits, and AWS's quotas (topics, filter policies;
+``quotas``). The fault-injection knobs (``duplicate_rate``, ``shuffle``, ``kill``) exist so tests
+can prove that it does.
+
+Where workers run: up to ``max_processes`` workers in a run, each is an OS process of its own;
+above, they are asyncio tasks of ``pool_processes`` host processes of the run
+(:mod:`fsdgraph.backends.local.hosts`, which gives the automatic numbers: on 2 cores and 24 GB,
+processes up to 188 workers, else 4 hosts). Either way each worker attaches its own services
+through the same protocol; the description of the session records both numbers, so the
+launcher, the workers and their logs all know how a run of P workers is placed.
 
 >>> import asyncio
 >>> from fsdgraph.resources import RunNames
@@ -31,13 +39,26 @@ from typing import Any, ClassVar
 
 from fsdgraph.backend import Backend, Services
 from fsdgraph.backends.local.functions import ProcessFunctions, WarmPool, stop_workers
+from fsdgraph.backends.local.hosts import (
+    WorkerVanished,
+    auto_max_processes,
+    auto_pool_processes,
+    hosted,
+    hosts_for,
+)
 from fsdgraph.backends.local.objectstore import DirectoryObjectStore
 from fsdgraph.backends.local.queues import SpoolMessageService
+from fsdgraph.config import read_settings
 from fsdgraph.control import QueueControlPlane
+from fsdgraph.errors import ConfigError
 from fsdgraph.prices import Prices
+from fsdgraph.quotas import Quotas, load_quotas
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits
 from fsdgraph.wire import from_json
+
+#: The ``[local]`` settings of the config file, each also ``FSDGRAPH_LOCAL_<SETTING>``.
+SETTINGS: dict[str, type] = {"max_processes": int, "pool_processes": int}
 
 
 def _default_parent() -> str:
@@ -53,10 +74,20 @@ class LocalDescription:
 
     root: str  #: the run directory
     limits: dict[str, int]
+    #: Workers of a run up to which each is a process of its own (resolved: never "auto").
+    max_processes: int
+    #: Host processes that run the workers as tasks above ``max_processes`` (resolved).
+    pool_processes: int
+    #: ``Quotas`` as a dict: what the spool message service enforces and the core checks.
+    quotas: dict[str, float] = field(default_factory=lambda: asdict(Quotas()))
     duplicate_rate: float = 0.0
     shuffle: bool = False
     kill: list[int] | None = None  #: ``[worker, layer]``
     launcher: str | None = None  #: the warm launcher's socket (None: cold processes)
+
+    def hosts(self, workers: int) -> int:
+        """Host processes of a run of ``workers`` workers: 0 when each worker is a process."""
+        return hosts_for(workers, self.max_processes, self.pool_processes)
 
 
 @dataclass
@@ -72,14 +103,58 @@ class LocalBackend(Backend):
     duplicate_rate: float = 0.0
     #: Receive visible messages in random order instead of oldest first.
     shuffle: bool = False
-    #: ``(worker, layer)``: that worker dies by SIGKILL as it starts the layer.
+    #: ``(worker, layer)``: that worker dies as it starts the layer, reporting nothing: its
+    #: process is SIGKILLed, or, run as a task of a host, it alone vanishes.
     kill: tuple[int, int] | None = None
-    #: Fork workers from a launcher that has the runtime imported (False: a cold process each).
+    #: Fork workers from a launcher that has the runtime imported (False: a cold process each,
+    #: whatever the worker count: for debugging the entry point, not for large runs).
     warm: bool = True
+    #: Up to this many workers in a run, each is a process of its own; above, workers are tasks
+    #: of ``pool_processes`` host processes. None: derived from this machine's memory and cores
+    #: (``hosts.auto_max_processes``).
+    max_processes: int | None = None
+    #: Host processes of a run above ``max_processes`` workers. None: two per core
+    #: (``hosts.auto_pool_processes``).
+    pool_processes: int | None = None
+    #: What the run may use (AWS's defaults, so that a run fails here where it would on AWS);
+    #: the spool message service enforces the topic and filter-policy quotas.
+    quotas: Quotas = field(default_factory=Quotas)
     #: What runs are billed at (their report's bill, the auto channel's line): AWS list prices
     #: by default, as if the same run were made on AWS.
     price_table: Prices = field(default_factory=Prices)
     _pool: WarmPool | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("max_processes", "pool_processes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise ConfigError(f"LocalBackend.{name} must be a positive integer or None "
+                                  f"(automatic), got {value!r}")
+        if not self.warm and self.pool_processes is not None:
+            raise ConfigError("LocalBackend.pool_processes needs the warm launcher (warm=True): "
+                              "cold workers are one process each")
+
+    @classmethod
+    def configure(cls, config_file: Path | None = None) -> LocalBackend:
+        """The local backend as ``config_file`` says: the ``[local]`` table (:data:`SETTINGS`)
+        and ``FSDGRAPH_LOCAL_<SETTING>`` variables, the quotas of the ``[quotas]`` table and
+        ``FSDGRAPH_QUOTA_<NAME>`` variables (AWS's defaults otherwise)."""
+        found = read_settings(config_file, "local", SETTINGS, "FSDGRAPH_LOCAL_", os.environ)
+        try:
+            return cls(quotas=load_quotas(config_file),
+                       **{key: value for key, (value, _) in found.items()})
+        except ConfigError as exc:
+            where = "; ".join(sorted({w for _, w in found.values()}))
+            raise ConfigError(f"{where}: {exc}" if where else str(exc)) from exc
+
+    def placement(self) -> tuple[int, int]:
+        """``(max_processes, pool_processes)`` as a session records them: the options, or the
+        automatic numbers for this machine; cold workers are always processes."""
+        if not self.warm:
+            return 2**62, 1
+        return (self.max_processes or auto_max_processes(),
+                self.pool_processes or auto_pool_processes())
 
     def prewarm(self) -> None:
         """Start the warm launcher now (it imports the runtime while the caller does other
@@ -100,12 +175,17 @@ class LocalBackend(Backend):
     async def session(self, names: RunNames) -> AsyncIterator[Services]:
         run_dir = tempfile.mkdtemp(prefix=f"fsdgraph-{names.run_id}-",
                                    dir=self.root or _default_parent())
+        for sub in ("pids", "logs"):  # workers never create these: a run over stays gone
+            os.mkdir(os.path.join(run_dir, sub))
         if self.warm:
             self.prewarm()
             assert self._pool is not None
+        max_processes, pool_processes = self.placement()
         description = LocalDescription(
-            root=run_dir, limits=asdict(self.limits), duplicate_rate=self.duplicate_rate,
-            shuffle=self.shuffle, kill=list(self.kill) if self.kill else None,
+            root=run_dir, limits=asdict(self.limits), max_processes=max_processes,
+            pool_processes=pool_processes, quotas=asdict(self.quotas),
+            duplicate_rate=self.duplicate_rate, shuffle=self.shuffle,
+            kill=list(self.kill) if self.kill else None,
             launcher=self._pool.socket if self.warm and self._pool else None)
         services = _services(description, names)
         if isinstance(services.functions, ProcessFunctions):
@@ -116,28 +196,36 @@ class LocalBackend(Backend):
             stop_workers(run_dir)
             if isinstance(services.functions, ProcessFunctions):
                 services.functions.reap()
+            _close(services)
             shutil.rmtree(run_dir, ignore_errors=True)
 
     @classmethod
     @asynccontextmanager
     async def attach(cls, description: Mapping[str, Any],
                      names: RunNames) -> AsyncIterator[Services]:
-        yield _services(from_json(LocalDescription, description, "local backend description"),
-                        names)
+        services = _services(
+            from_json(LocalDescription, description, "local backend description"), names)
+        try:
+            yield services
+        finally:  # a hosted worker ends, its process does not: release what it holds
+            _close(services)
 
 
 def _services(description: LocalDescription, names: RunNames) -> Services:
     root = Path(description.root)
     limits = Limits(**description.limits)
+    quotas = from_json(Quotas, description.quotas, "local backend quotas")
     kill = description.kill
 
     def die_at(worker: int, layer: int) -> None:
         if kill and [worker, layer] == list(kill):
+            if hosted():  # the host runs other workers too: only this one disappears
+                raise WorkerVanished(f"worker {worker} killed at layer {layer}")
             os.kill(os.getpid(), signal.SIGKILL)
 
     messages = SpoolMessageService(root / "messaging", limits,
                                    duplicate_rate=description.duplicate_rate,
-                                   shuffle=description.shuffle)
+                                   shuffle=description.shuffle, quotas=quotas)
     return Services(
         objects=DirectoryObjectStore(root / "objects", limits=limits),
         messages=messages,
@@ -145,8 +233,14 @@ def _services(description: LocalDescription, names: RunNames) -> Services:
         functions=ProcessFunctions(launcher=description.launcher),
         limits=limits,
         description=asdict(description),
+        quotas=quotas,
         layer_hook=die_at if kill else None,
     )
 
 
-__all__ = ["LocalBackend", "LocalDescription"]
+def _close(services: Services) -> None:
+    if isinstance(services.messages, SpoolMessageService):
+        services.messages.close()
+
+
+__all__ = ["SETTINGS", "LocalBackend", "LocalDescription"]

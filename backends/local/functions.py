@@ -1,24 +1,38 @@
-"""Local "functions": every invocation is a new OS process running the worker entry point.
+"""Local "functions": every invocation is a worker started on this machine.
 
-``invoke`` returns once the process exists, as Lambda's ``InvocationType=Event`` returns once the
-event is queued. With a warm launcher (:mod:`fsdgraph.backends.local.launcher`, the default) the
-process is forked from a parent that has already imported the runtime; without one, a cold
-``python -m fsdgraph.backends.local run`` is started. Either way the event travels as compact
-JSON (never pickled, :func:`fsdgraph.transport.invoke_payload`); the callers have checked it
-against the same payload limit as an asynchronous Lambda invoke
-(:func:`fsdgraph.transport.check_invoke_payload`).
-Each worker records its pid under ``<run dir>/pids`` so the session can stop stragglers of a failed
-run, and writes its output to ``<run dir>/logs/worker-<w>.log``.
+``invoke`` returns once the worker is started or queued to start, as Lambda's
+``InvocationType=Event`` returns once the event is queued. With a warm launcher
+(:mod:`fsdgraph.backends.local.launcher`, the default) the worker is forked from a parent that
+has already imported the runtime, as a process of its own or, in a run of more workers than the
+machine holds as processes, as a task of one of the run's host processes
+(:mod:`fsdgraph.backends.local.hosts`); without one, a cold ``python -m fsdgraph.backends.local
+run`` is started. Either way the event travels as compact JSON (never pickled,
+:func:`fsdgraph.transport.invoke_payload`); the callers have checked it against the same payload
+limit as an asynchronous Lambda invoke (:func:`fsdgraph.transport.check_invoke_payload`).
+
+Invocations reach the launcher from the scheduler and from every worker that starts its children
+(the invocation tree), so from many processes at once: a connection the launcher cannot take yet
+(its backlog is full) or that breaks is tried again with backoff until ``startup_timeout_s``, so
+an invocation can be delivered twice (at-least-once, as Lambda's; workers claim their identity,
+so a second copy exits).
+
+The run directory (``LocalBackend.session``) holds ``pids/``, where every worker process and host
+process records its pid as it starts (:func:`register`), and ``logs/``, where they write their
+output. :func:`stop_workers` ends a run: it marks the run closed, so that nothing starts in it any
+more, then kills every process recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,12 +46,15 @@ from fsdgraph.transport import invoke_payload
 _MODULE = "fsdgraph.backends.local"
 
 
-#: The launcher's socket is looked for at these intervals (doubling) while it starts.
-_STARTUP_POLL_S = (0.005, 0.05)
+#: While the launcher starts, or while it cannot take a connection, an invocation is tried again
+#: after these waits (doubling from the first to the second, with jitter).
+_RETRY_S = (0.005, 0.1)
+#: In a run directory: the mark of a run that is over (see :func:`stop_workers`).
+CLOSED = "closed"
 
 
 class ProcessFunctions(Functions):
-    """Invoke workers as local processes (see the module docstring). The event's size is
+    """Start workers on this machine (see the module docstring). The event's size is
     checked by the caller against ``Limits.max_invoke_payload_bytes``, once, in the core."""
 
     def __init__(self, *, launcher: str | None = None, startup_timeout_s: float = 60.0) -> None:
@@ -56,25 +73,30 @@ class ProcessFunctions(Functions):
             self._invoke_cold(payload)
 
     async def _invoke_warm(self, path: Path, payload: bytes) -> None:
-        backoff = Backoff(self.startup_timeout_s, *_STARTUP_POLL_S)
-        while not path.exists():
+        backoff = Backoff(self.startup_timeout_s, *_RETRY_S)
+        while True:
             if self.pool is not None and not self.pool.alive:
-                raise TransportError(f"local launcher exited while starting: {self.pool.log()}")
+                when = "while starting" if not path.exists() else "during the run"
+                raise TransportError(f"local launcher exited {when}: {self.pool.log()}")
+            if not path.exists():
+                failure = (f"local launcher did not start within {self.startup_timeout_s:g} s "
+                           f"(no {path})")
+            else:
+                try:
+                    answer = await asyncio.wait_for(
+                        _send(path, payload), max(0.1, backoff.deadline - time.monotonic()))
+                except (TimeoutError, OSError) as exc:
+                    failure = (f"local launcher at {path} refused the invocation: "
+                               f"{exc or type(exc).__name__} (tried for "
+                               f"{self.startup_timeout_s:g} s)")
+                else:
+                    if answer != b"ok":
+                        raise TransportError(f"local launcher rejected the invocation: "
+                                             f"{answer.decode(errors='replace')}")
+                    return
             if backoff.expired:
-                raise TransportError(f"local launcher did not start within "
-                                     f"{self.startup_timeout_s:g} s (no {path})")
+                raise TransportError(failure)
             await backoff.wait()
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(path))
-            writer.write(payload)
-            writer.write_eof()
-            answer = await reader.read()
-            writer.close()
-            await writer.wait_closed()
-        except OSError as exc:
-            raise TransportError(f"local launcher at {path} refused the invocation: {exc}") from exc
-        if answer != b"ok":
-            raise TransportError(f"local launcher rejected the invocation: {answer!r}")
 
     def _invoke_cold(self, payload: bytes) -> None:
         try:
@@ -90,6 +112,28 @@ class ProcessFunctions(Functions):
     def reap(self) -> None:
         """Collect exited cold children (no zombies in a long-lived scheduler process)."""
         self._cold = [p for p in self._cold if p.poll() is None]
+
+
+async def _send(path: Path, payload: bytes) -> bytes:
+    """One invocation over the launcher's socket: the event, then its answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        # Connected at once, or BlockingIOError while the launcher's backlog is full. (Left to
+        # asyncio, a full backlog would pass for a connection and fail at the first write.)
+        sock.connect(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    try:
+        writer.write(payload)
+        writer.write_eof()
+        return await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 class WarmPool:
@@ -134,12 +178,32 @@ def _worker_env() -> dict[str, str]:
     return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
+def register(run_dir: Path, name: str) -> bool:
+    """Record this process as ``<run dir>/pids/<name>``; False (start nothing) if the run is over.
+
+    Recorded first, checked second: :func:`stop_workers` marks the run closed before it looks for
+    pids, so a process either is found and killed or sees the mark and leaves."""
+    try:
+        (run_dir / "pids" / name).write_text(str(os.getpid()))
+    except FileNotFoundError:  # the run directory is gone
+        return False
+    return not run_over(run_dir)
+
+
+def run_over(run_dir: Path) -> bool:
+    """Whether the session has ended (or is ending) the run: nothing may start in it then."""
+    return not (run_dir / "pids").is_dir() or (run_dir / CLOSED).exists()
+
+
 def stop_workers(run_dir: str | Path) -> int:
-    """SIGKILL every worker of the run still alive; return how many were."""
+    """End the run: mark it closed, then SIGKILL every worker and host process of it still
+    alive; return how many were."""
     stopped = 0
-    pids = Path(run_dir) / "pids"
+    run_dir = Path(run_dir)
+    pids = run_dir / "pids"
     if not pids.is_dir():
         return 0
+    (run_dir / CLOSED).touch()
     for f in pids.iterdir():
         try:
             pid = int(f.read_text())

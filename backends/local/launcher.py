@@ -1,17 +1,30 @@
-"""The local function service: forks warm worker processes on request.
+"""The local function service: starts warm workers on request.
 
 Starting a Python process that imports numpy and scipy takes a few hundred milliseconds, much
 like a Lambda cold start. A cloud provider hides most of that behind warm sandboxes; locally, a
-launcher process imports the worker runtime once and then ``fork``s one child per invocation, so
-an invocation costs about a millisecond. Every worker is still its own OS process, and inner
-workers still invoke their children through this service (the hierarchical tree is real).
+launcher process imports the worker runtime once and then ``fork``s what each invocation needs,
+so an invocation costs about a millisecond. Inner workers invoke their children through this
+service too (the hierarchical tree is real), so invocations arrive from many processes at once.
 
-The launcher outlives single runs, as warm sandboxes do: a :class:`WarmPool` (one per
-``LocalBackend``) starts it on first use and stops it when the backend is closed or garbage
-collected; every run's events say where their run directory is.
+Where a worker runs is decided per run from its event alone (the worker count and the session's
+description, :func:`fsdgraph.backends.local.hosts.hosts_for`):
+
+* up to ``max_processes`` workers, every worker is a process of its own, forked for its
+  invocation;
+* above, the launcher forks the run's host processes on first use and writes each invocation to
+  the pipe of host ``worker % hosts``, which runs it as a task
+  (:mod:`fsdgraph.backends.local.hosts`).
+
+The launcher outlives single runs, as warm sandboxes do: a
+:class:`~fsdgraph.backends.local.functions.WarmPool` (one per ``LocalBackend``) starts it on first
+use and stops it when the backend is closed or garbage collected; every run's events say where
+their run directory is. It forgets (closes the pipes of) the hosts of a run once the run is over.
 
 Protocol on its UNIX socket: the client sends the JSON event and shuts down its write side; the
-launcher answers ``ok`` once the child is forked. Nothing received is ever evaluated or unpickled.
+launcher answers ``ok`` once the worker is forked or its event is queued for its host, or says
+why not. One thread serves every connection without blocking on any (a selector loop): a slow
+client or a busy host delays no one else, and the listen backlog is as deep as the system allows.
+Nothing received is ever evaluated or unpickled.
 
 ``python -m fsdgraph.backends.local serve SOCKET`` runs the service; ``... run`` runs one cold
 invocation whose event is on stdin.
@@ -19,15 +32,33 @@ invocation whose event is on stdin.
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import fcntl
 import json
 import os
+import selectors
 import signal
 import socket
 import sys
+import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fsdgraph.backends.local.functions import register, run_over
+from fsdgraph.backends.local.hosts import FRAME, hosts_for, serve_host
+
+#: Connections waiting to be accepted; the kernel caps it (``net.core.somaxconn``).
+BACKLOG = 65535
+#: The largest event taken (the invoke payload limit is far below it).
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+#: A host's event pipe is grown to this size where the system allows (Linux), so that a busy host
+#: rarely leaves events queued in the launcher.
+PIPE_BYTES = 1024 * 1024
+#: How often runs that are over are looked for (seconds).
+PRUNE_S = 1.0
 
 
 def run_invocation(event: dict[str, Any]) -> int:
@@ -36,15 +67,16 @@ def run_invocation(event: dict[str, Any]) -> int:
 
     run_dir = Path(event["backend_config"]["root"])
     worker = int(event["worker"])
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log = os.open(logs / f"worker-{worker}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        log = os.open(run_dir / "logs" / f"worker-{worker}.log",
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except FileNotFoundError:  # the run is over
+        return 0
     os.dup2(log, 1)
     os.dup2(log, 2)
-    pids = run_dir / "pids"
-    pids.mkdir(parents=True, exist_ok=True)
-    pid_file = pids / str(worker)
-    pid_file.write_text(str(os.getpid()))
+    os.close(log)
+    if not register(run_dir, str(worker)):
+        return 0
     try:
         handler(event)
         return 0
@@ -52,7 +84,193 @@ def run_invocation(event: dict[str, Any]) -> int:
         traceback.print_exc()
         return 1
     finally:
-        pid_file.unlink(missing_ok=True)
+        (run_dir / "pids" / str(worker)).unlink(missing_ok=True)
+
+
+@dataclass
+class _Host:
+    """A host process of a run, seen from the launcher: its pid and the events not yet written
+    to its pipe."""
+
+    pid: int
+    pipe: int
+    pending: bytearray = field(default_factory=bytearray)
+    forgotten: bool = False  #: its pipe is closed (the host is gone, or its run is over)
+
+
+class Launcher:
+    """The service on one socket (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(tmp))
+        self.server.listen(BACKLOG)
+        self.server.setblocking(False)
+        os.replace(tmp, path)  # clients see the socket only once it accepts
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.server, selectors.EVENT_READ)
+        self.clients: dict[socket.socket, bytearray] = {}
+        self.hosts: dict[tuple[str, int], _Host] = {}
+        self._pruned = time.monotonic()
+
+    def serve(self) -> None:
+        while True:
+            for key, events in self.selector.select(timeout=PRUNE_S):
+                if key.fileobj is self.server:
+                    self._accept()
+                elif isinstance(key.fileobj, socket.socket):
+                    self._read(key.fileobj)
+                elif events & selectors.EVENT_WRITE:
+                    self._flush(key.data)
+            if time.monotonic() - self._pruned > PRUNE_S:
+                self._prune()
+
+    # -- clients ------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        while True:  # everything waiting in the backlog, not one per wake-up
+            try:
+                conn, _ = self.server.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors, say: the client will try again
+                print(f"launcher: accept failed: {exc}", file=sys.stderr, flush=True)
+                return
+            conn.setblocking(False)
+            self.clients[conn] = bytearray()
+            self.selector.register(conn, selectors.EVENT_READ)
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if data:
+            buffer = self.clients[conn]
+            buffer += data
+            if len(buffer) > MAX_EVENT_BYTES:
+                self._answer(conn, b"event too large")
+            return
+        try:  # the client shut down its side: the event is complete
+            answer = self._dispatch(bytes(self.clients[conn]))
+        except Exception as exc:  # a bad event must not stop the service for everyone else
+            answer = f"launcher failed: {type(exc).__name__}: {exc}".encode()
+        self._answer(conn, answer)
+
+    def _answer(self, conn: socket.socket, answer: bytes) -> None:
+        with contextlib.suppress(OSError):  # a client that left does not need the answer
+            conn.send(answer)  # a few bytes: always fit an empty socket buffer
+        self._drop(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.selector.unregister(conn)
+        del self.clients[conn]
+        conn.close()
+
+    def _dispatch(self, data: bytes) -> bytes:
+        """Start the worker of one event (fork it, or queue it for its host); the answer."""
+        try:
+            event = json.loads(data)
+            run_dir = Path(event["backend_config"]["root"])
+            worker, workers = int(event["worker"]), int(event["workers"])
+            config = event["backend_config"]
+            hosts = hosts_for(workers, int(config["max_processes"]),
+                              int(config["pool_processes"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"bad event: {type(exc).__name__}: {exc}".encode()
+        if run_over(run_dir):
+            return f"run {run_dir.name} is over".encode()
+        if hosts == 0:
+            self._fork(lambda: run_invocation(event))
+            return b"ok"
+        host = self._host(run_dir, worker % hosts)
+        host.pending += FRAME.pack(len(data)) + data
+        self._flush(host)
+        return b"ok"
+
+    # -- hosts --------------------------------------------------------------------------------
+    def _host(self, run_dir: Path, index: int) -> _Host:
+        key = (str(run_dir), index)
+        host = self.hosts.get(key)
+        if host is None:
+            read, write = os.pipe()
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            launcher = os.getpid()
+            pid = self._fork(lambda: serve_host(run_dir, index, read, launcher), close=write)
+            os.close(read)
+            os.set_blocking(write, False)
+            host = self.hosts[key] = _Host(pid, write)
+        return host
+
+    def _flush(self, host: _Host) -> None:
+        """Write what the pipe takes now; the rest when the host has read some (never wait)."""
+        if host.forgotten:
+            return
+        try:
+            while host.pending:
+                written = os.write(host.pipe, host.pending)
+                del host.pending[:written]
+        except BlockingIOError:
+            pass
+        except OSError:  # the host is gone (killed at the end of its run): so are its events
+            self._forget(host)
+            return
+        self._watch_writes(host)
+
+    def _watch_writes(self, host: _Host) -> None:
+        registered = host.pipe in self.selector.get_map()
+        if host.pending and not registered:
+            self.selector.register(host.pipe, selectors.EVENT_WRITE, host)
+        elif not host.pending and registered:
+            self.selector.unregister(host.pipe)
+
+    def _forget(self, host: _Host) -> None:
+        for key, known in list(self.hosts.items()):
+            if known is host:
+                del self.hosts[key]
+        host.pending.clear()
+        self._watch_writes(host)
+        host.forgotten = True
+        os.close(host.pipe)  # the host reads the end of its events and exits, if still alive
+
+    def _prune(self) -> None:
+        self._pruned = time.monotonic()
+        for (run_dir, _), host in list(self.hosts.items()):
+            if run_over(Path(run_dir)):
+                self._forget(host)
+
+    # -- processes ----------------------------------------------------------------------------
+    def _fork(self, main: Callable[[], int], close: int = -1) -> int:
+        """Fork a child that runs ``main()`` and exits with its code. The child closes the
+        launcher's descriptors (and ``close``): a host holding its own or another host's pipe
+        open would never see the end of its events when the launcher goes."""
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            self.selector.close()
+            self.server.close()
+            for conn in self.clients:
+                conn.close()
+            for host in self.hosts.values():
+                os.close(host.pipe)
+            if close >= 0:
+                os.close(close)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.setpgid(0, 0)
+            code = main()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
 
 
 def serve(path: Path) -> None:
@@ -60,31 +278,7 @@ def serve(path: Path) -> None:
     import fsdgraph.worker  # noqa: F401 - the point: import once, fork many
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped automatically
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(tmp))
-    server.listen(128)
-    os.replace(tmp, path)  # clients see the socket only once it accepts
-    while True:
-        conn, _ = server.accept()
-        with conn:
-            data = b"".join(iter(functools.partial(conn.recv, 65536), b""))
-            try:
-                event = json.loads(data)
-            except ValueError:
-                conn.sendall(b"bad event")
-                continue
-            if os.fork() == 0:  # the child becomes the worker
-                server.close()
-                conn.close()
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                os.setpgid(0, 0)
-                code = run_invocation(event)
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-            conn.sendall(b"ok")
+    Launcher(path).serve()
 
 
 def main(argv: list[str]) -> int:

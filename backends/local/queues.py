@@ -282,12 +282,43 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+#: A subscription as read from its file: the queue and its filter policy.
+_Sub = tuple[str, dict[str, frozenset[str]]]
+
+
+class _SubscriptionIndex:
+    """A topic's subscriptions, indexed so that an entry is matched against the few whose policy
+    can match it (those listing its value of one key), not against every one: a topic carries
+    hundreds of filtered subscriptions in a large run and each chunk matches one."""
+
+    def __init__(self, subs: Sequence[_Sub]) -> None:
+        self.unfiltered = [queue for queue, policy in subs if not policy]
+        #: Every filtered subscription under one key of its policy (the smallest), by value.
+        self.by_key: dict[str, dict[str, list[_Sub]]] = {}
+        for queue, policy in subs:
+            if policy:
+                key = min(policy)
+                values = self.by_key.setdefault(key, {})
+                for value in policy[key]:
+                    values.setdefault(value, []).append((queue, policy))
+
+    def matching(self, attributes: Mapping[str, str]) -> list[str]:
+        """The queues whose subscription matches an entry with ``attributes``."""
+        queues = list(self.unfiltered)
+        for key, values in self.by_key.items():
+            value = attributes.get(key)
+            if value is not None:
+                queues.extend(queue for queue, policy in values.get(value, ())
+                              if _matches(policy, attributes))
+        return queues
+
+
 @dataclass
 class _Subscriptions:
     ino: int
     mtime_ns: int
     read_at_ns: int
-    subs: list[tuple[str, dict[str, frozenset[str]]]]
+    index: _SubscriptionIndex
 
 
 class SpoolMessageService(MessageService):
@@ -531,9 +562,7 @@ class SpoolMessageService(MessageService):
                 continue
             targets: list[str] = []
             too_small: list[str] = []
-            for queue, policy in subs:
-                if not _matches(policy, entry.attributes):
-                    continue
+            for queue in subs.matching(entry.attributes):
                 if queue not in configs:
                     try:
                         configs[queue] = self._config(queue)
@@ -656,7 +685,7 @@ class SpoolMessageService(MessageService):
             raise NotFound(f"no topic named {topic!r}")
         return f"{self._topics}/{topic}/subs"
 
-    def _subs(self, topic: str) -> list[tuple[str, dict[str, frozenset[str]]]]:
+    def _subs(self, topic: str) -> _SubscriptionIndex:
         subs_dir = self._subs_dir(topic)
         try:
             st = os.stat(subs_dir)
@@ -670,9 +699,9 @@ class SpoolMessageService(MessageService):
             and cached.mtime_ns == st.st_mtime_ns
             and cached.read_at_ns - cached.mtime_ns > _RACY_NS
         ):
-            return cached.subs
+            return cached.index
         read_at_ns = time.time_ns()
-        subs: list[tuple[str, dict[str, frozenset[str]]]] = []
+        subs: list[_Sub] = []
         try:
             with os.scandir(subs_dir) as it:
                 names = sorted(e.name for e in it if e.name.endswith(".json"))
@@ -685,8 +714,9 @@ class SpoolMessageService(MessageService):
                 continue
             policy = {k: frozenset(v) for k, v in raw["filter_policy"].items()}
             subs.append((raw["queue"], policy))
-        self._subscriptions[topic] = _Subscriptions(st.st_ino, st.st_mtime_ns, read_at_ns, subs)
-        return subs
+        index = _SubscriptionIndex(subs)
+        self._subscriptions[topic] = _Subscriptions(st.st_ino, st.st_mtime_ns, read_at_ns, index)
+        return index
 
     @staticmethod
     def _encode(entry: Entry) -> bytes:
