@@ -8,6 +8,9 @@ has to count anything itself: :func:`counted` wraps its services.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -256,17 +259,12 @@ def counted(services: Services, metrics: WorkerMetrics) -> Services:
                 if services.messages is not None else None)
     control = services.control
     if isinstance(control, QueueControlPlane) and messages is not None:
-        control = QueueControlPlane(messages, control.names, control.limits,
-                                    control.visibility_timeout_s)  # counted by its messages
+        # The same control plane (a subclass keeps its own behaviour, e.g. AWS's failures
+        # queue), on the counted messages: its requests are counted there.
+        control = copy.copy(control)
+        control.messages = messages
     else:
         control = _CountingControl(control, metrics)
-    return Services(
-        objects=_CountingStore(services.objects, metrics),
-        control=control,
-        functions=_CountingFunctions(services.functions, metrics),
-        limits=services.limits,
-        description=services.description,
-        messages=messages,
-        extensions=services.extensions,
-        layer_hook=services.layer_hook,
-    )
+    return dataclasses.replace(
+        services, objects=_CountingStore(services.objects, metrics), control=control,
+        functions=_CountingFunctions(services.functions, metrics), messages=messages)

@@ -38,8 +38,8 @@ from fsdgraph.errors import ConfigError
 #: What a quota is called where a user raises it (AWS Service Quotas names and codes).
 WHERE_TO_RAISE = {
     "lambda_concurrency": "Lambda 'Concurrent executions' (Service Quotas L-B99A9384)",
-    "filter_policies_per_topic": "SNS 'Filter policies per topic' (L-0FBE11C1)",
-    "filter_policies_per_account": "SNS 'Filter policies per account' (L-FEE6F4D5)",
+    "filter_policies_per_topic": "SNS 'Filter policies per topic' (L-B96EDA7D)",
+    "filter_policies_per_account": "SNS 'Filter policies per account' (L-4126E74A)",
     "subscriptions_per_topic": "SNS 'Subscriptions per standard topic'",
     "topics_per_account": "SNS 'Topics per account' (L-61103206)",
 }

@@ -36,7 +36,8 @@ def write_config(path: Path, moto: Any, lam: Any, deployment: str, stall_s: int 
         f'[aws]\nregion = "{moto.region}"\ndeployment = "{deployment}"\ntimeout_s = 600\n'
         "[aws.endpoints]\n" + "".join(f'{k} = "{v}"\n' for k, v in endpoints.items())
         # A worker that dies is found in seconds, not the default two minutes.
-        + f"[run]\nstall_timeout_s = {stall_s}\npeer_timeout_s = 60\n")
+        # The run's timeout within the function's, as pre-flight demands.
+        + f"[run]\ntimeout_s = 600\nstall_timeout_s = {stall_s}\npeer_timeout_s = 60\n")
     return path
 
 
