@@ -33,7 +33,7 @@ def write_config(path: Path, moto: Any, lam: Any, deployment: str, stall_s: int 
     endpoints = {s: moto.url for s in ("s3", "sns", "sqs", "sts", "iam", "logs")}
     endpoints["lambda"] = lam.url
     path.write_text(
-        f'[aws]\nregion = "{moto.region}"\ndeployment = "{deployment}"\ntimeout_s = 600\n'
+        f'[aws]\nregion = "{moto.region}"\ndeployment = "{deployment}"\ntimeout_s = 900\n'
         "[aws.endpoints]\n" + "".join(f'{k} = "{v}"\n' for k, v in endpoints.items())
         # A worker that dies is found in seconds, not the default two minutes.
         # The run's timeout within the function's, as pre-flight demands.
@@ -95,10 +95,11 @@ def test_run_without_a_deployment_fails_naming_the_function(
                  ).create_bucket(Bucket=f"nothing-here-123456789012-{moto_server.region}")
     code = main([*official_args(official_data), "--layers", "2", "--config", str(config)])
     err = capsys.readouterr().err
-    assert code == EXIT_RUN, err
-    assert ("function 'nothing-here-worker': does not exist (ResourceNotFoundException); "
-            "deploy it first with `fsdgraph deploy`") in err
+    assert code == EXIT_INPUT, err  # refused by the pre-flight check, before anything is made
+    assert ("function 'nothing-here-worker' does not exist in us-east-1: deploy it first with "
+            "`fsdgraph deploy`") in err
     assert "Traceback" not in err
+    assert not queues_named(moto_server, "nothing-here-")
     teardown(load_aws_settings(config), say=lambda _: None)
 
 
@@ -106,9 +107,10 @@ def test_a_worker_that_never_reports_fails_the_run_by_name(
         moto_server: Any, lambda_server: Any, official_data: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     """The function's handler cannot be imported, so no worker ever reports (Lambda does not
-    retry them): the scheduler's stall timeout fails the run naming a worker."""
+    retry them): Lambda's on-failure record, through the deployment's failures queue, fails the
+    run naming a worker and the cause, long before the stall timeout."""
     config = write_config(tmp_path / "config.toml", moto_server, lambda_server, "stall",
-                          stall_s=5)
+                          stall_s=600)
     assert main(["deploy", "--config", str(config), "--no-dependencies"]) == EXIT_PASSED
     lam = boto3.client("lambda", region_name=moto_server.region, endpoint_url=moto_server.url)
     lam.update_function_configuration(FunctionName="stall-worker",
@@ -117,7 +119,9 @@ def test_a_worker_that_never_reports_fails_the_run_by_name(
         code = main([*official_args(official_data), "--layers", "2", "--config", str(config)])
         err = capsys.readouterr().err
         assert code == EXIT_RUN, err
-        assert re.search(r"worker \d never started \(no status since launch\) for 5 s", err), err
+        assert re.search(r"worker (\d) failed at layer 0: the function invocation of worker \1 "
+                         r"failed: Runtime.ImportModuleError: Unable to import module "
+                         r"'fsdgraph.no_such_module'", err), err
     finally:
         teardown(load_aws_settings(config), say=lambda _: None)
     assert not queues_named(moto_server, "stall-")
@@ -150,7 +154,7 @@ def test_cli_deploy_dry_run_and_teardown(moto_server: Any, lambda_server: Any, t
         "fsdgraph.worker.handler"
     assert main(["teardown", "--config", str(config)]) == EXIT_PASSED
     removed = json.loads(capsys.readouterr().out)["removed"]
-    assert {r["kind"] for r in removed} == {"bucket", "role", "function"}
+    assert {r["kind"] for r in removed} == {"bucket", "role", "function", "queue"}
     assert not [f for f in lam.list_functions()["Functions"]
                 if f["FunctionName"].startswith("cli-life")]
 
