@@ -361,11 +361,11 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _describe_exit(returncode: int) -> str:
+    """An exit status in the words Lambda's runtime errors use: "signal: killed", "exit status
+    3"."""
     if returncode < 0:
-        try:
-            return f"signal: {signal.Signals(-returncode).name.removeprefix('SIG').lower()}"
-        except ValueError:
-            return f"signal {-returncode}"
+        description = signal.strsignal(-returncode)
+        return f"signal: {description.lower()}" if description else f"signal {-returncode}"
     return f"exit status {returncode}"
 
 
