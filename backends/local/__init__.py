@@ -230,7 +230,7 @@ def _services(description: LocalDescription, names: RunNames) -> Services:
         objects=DirectoryObjectStore(root / "objects", limits=limits),
         messages=messages,
         control=QueueControlPlane(messages, names, limits),
-        functions=ProcessFunctions(launcher=description.launcher),
+        functions=ProcessFunctions(launcher=description.launcher, blocking=hosted()),
         limits=limits,
         description=asdict(description),
         quotas=quotas,

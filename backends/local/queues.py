@@ -21,6 +21,8 @@ On-disk layout under ``root``::
                                             is the receipt
         topics/<topic>/
             subs/<queue>.json               {"queue": "<queue>", "filter_policy": {...}}
+            subscriptions.json              {"<queue>": {...filter policy...}, ...}: all of
+                                            subs/, rewritten at each subscribe
 
 ``ts`` is the ``time.time_ns()`` of the send and ``deadline`` the ``time.time_ns()`` at which an
 in-flight message becomes visible again, both zero-padded to 20 digits so names sort by time;
@@ -48,9 +50,11 @@ Semantics (those of SNS + SQS standard queues):
   matches (for every key of the policy, the entry's attribute must equal one of the listed
   strings; an empty policy matches everything), with raw delivery (body and attributes
   unchanged). A subscription whose queue was deleted is skipped, as SNS drops such deliveries.
-  Subscriptions are cached per process and re-read when the ``subs/`` directory changes (its
-  inode or mtime; a listing made less than ``_RACY_NS`` after the mtime is never trusted, since
-  directory timestamps are coarser than the clock).
+  Each subscription is a file of ``subs/``; ``subscribe`` also rewrites ``subscriptions.json``,
+  all of the topic's subscriptions in one file (atomically, under the lock quotas are counted
+  under), which is what publishers read: one file, however many queues subscribe. Each process
+  caches it until the file is replaced (another inode, mtime or size) and indexes it by filter
+  value, so a publish matches an entry against the few subscriptions that can match it.
 * **limits**: the batch rules (entries and bytes per batch, ``receive`` arguments, empty
   batches) are :class:`~fsdgraph.transport.MessageService`'s, checked before any of this runs.
   Here an entry larger than the queue's ``max_message_bytes`` (or, when published, than
@@ -125,9 +129,8 @@ __all__ = ["QueueConfig", "SpoolMessageService"]
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _RECEIPT = re.compile(r"\d{20}\.\d+\.\d{20}\.[0-9a-f]{16}")
-#: A directory listing taken less than this long after the directory's mtime may have missed a
-#: change made within the same timestamp tick, so it is not cached as valid.
-_RACY_NS = 50_000_000
+#: In a topic's directory: every subscription of the topic, in one file.
+_SNAPSHOT = "subscriptions.json"
 _READ_CHUNK = 65536
 
 
@@ -313,12 +316,6 @@ class _SubscriptionIndex:
         return queues
 
 
-@dataclass
-class _Subscriptions:
-    ino: int
-    mtime_ns: int
-    read_at_ns: int
-    index: _SubscriptionIndex
 
 
 class SpoolMessageService(MessageService):
@@ -351,7 +348,9 @@ class SpoolMessageService(MessageService):
         for directory in (self._queues, self._topics, self._tmp):
             os.makedirs(directory, exist_ok=True)
         self._configs: dict[str, tuple[tuple[int, int, int], QueueConfig]] = {}
-        self._subscriptions: dict[str, _Subscriptions] = {}
+        #: Per topic: the identity of the subscriptions.json read (inode, mtime, size) and its
+        #: index.
+        self._subscriptions: dict[str, tuple[tuple[int, int, int], _SubscriptionIndex]] = {}
         self._bells: dict[str, _Doorbell] = {}
         self._last_ts = 0
 
@@ -474,6 +473,24 @@ class SpoolMessageService(MessageService):
             if bool(policy) != had:
                 counts[topic] = counts.get(topic, 0) + (1 if policy else -1)
                 self._write_counts(counts)
+            self._write_snapshot(topic, queue, policy)
+
+    def _write_snapshot(self, topic: str, queue: str, policy: Mapping[str, list[str]]) -> None:
+        """Rewrite the topic's subscriptions.json with ``queue``'s subscription (under the
+        lock, so no concurrent subscribe is lost)."""
+        snapshot = f"{self._topics}/{topic}/{_SNAPSHOT}"
+        try:
+            subs = json.loads(_read(snapshot))
+        except FileNotFoundError:  # the first subscription of the topic
+            subs = {}
+        subs[queue] = policy
+        tmp = os.path.join(self._tmp, f"subscriptions-{_token()}")
+        write_new(tmp, json.dumps(subs, sort_keys=True).encode())
+        try:
+            os.replace(tmp, snapshot)
+        except FileNotFoundError:  # the topic was deleted meanwhile
+            os.unlink(tmp)
+            raise NotFound(f"no topic named {topic!r}") from None
 
     def _check_policy_quotas(self, topic: str, queue: str, counts: Mapping[str, int]) -> None:
         if self.quotas is None:
@@ -687,35 +704,25 @@ class SpoolMessageService(MessageService):
 
     def _subs(self, topic: str) -> _SubscriptionIndex:
         subs_dir = self._subs_dir(topic)
+        snapshot = f"{self._topics}/{topic}/{_SNAPSHOT}"
         try:
-            st = os.stat(subs_dir)
+            st = os.stat(snapshot)
         except (FileNotFoundError, NotADirectoryError):
             self._subscriptions.pop(topic, None)
-            raise NotFound(f"no topic named {topic!r}") from None
+            if not os.path.isdir(subs_dir):
+                raise NotFound(f"no topic named {topic!r}") from None
+            return _SubscriptionIndex([])  # a topic nobody subscribed to yet
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._subscriptions.get(topic)
-        if (
-            cached is not None
-            and cached.ino == st.st_ino
-            and cached.mtime_ns == st.st_mtime_ns
-            and cached.read_at_ns - cached.mtime_ns > _RACY_NS
-        ):
-            return cached.index
-        read_at_ns = time.time_ns()
-        subs: list[_Sub] = []
+        if cached is not None and cached[0] == key:
+            return cached[1]
         try:
-            with os.scandir(subs_dir) as it:
-                names = sorted(e.name for e in it if e.name.endswith(".json"))
-        except FileNotFoundError:
+            raw = json.loads(_read(snapshot))
+        except FileNotFoundError:  # the topic was deleted meanwhile
             raise NotFound(f"no topic named {topic!r}") from None
-        for name in names:
-            try:
-                raw = json.loads(_read(f"{subs_dir}/{name}"))
-            except FileNotFoundError:
-                continue
-            policy = {k: frozenset(v) for k, v in raw["filter_policy"].items()}
-            subs.append((raw["queue"], policy))
-        index = _SubscriptionIndex(subs)
-        self._subscriptions[topic] = _Subscriptions(st.st_ino, st.st_mtime_ns, read_at_ns, index)
+        index = _SubscriptionIndex(sorted(
+            (queue, {k: frozenset(v) for k, v in policy.items()}) for queue, policy in raw.items()))
+        self._subscriptions[topic] = (key, index)
         return index
 
     @staticmethod
