@@ -440,6 +440,8 @@ class _Forked:
         self.pid = 0
         self.returncode: int | None = None
         self.error: str | None = None
+        #: Given up waiting for the fork: a child forked after all is killed at once.
+        self.abandoned = False
         self.forked = threading.Event()
         self.exited = threading.Event()
         self._selector = selectors.DefaultSelector()
@@ -465,9 +467,14 @@ class _Forked:
         finally:
             for fd in theirs:
                 os.close(fd)
-        if not self.forked.wait(INIT_TIMEOUT_S) or self.error is not None:
+        if not self.forked.wait(INIT_TIMEOUT_S):
+            self.abandoned = True
+            if self.forked.is_set():  # answered meanwhile
+                self.kill()
+            self.error = self.error or f"no answer in {INIT_TIMEOUT_S:g} s"
+        if self.error is not None:
             self._close()
-            raise _LaunchError(f"cannot fork the handler: {self.error or 'no answer'}")
+            raise _LaunchError(f"cannot fork the handler: {self.error}")
 
     def ended(self, returncode: int) -> None:
         """The zygote reaped the child (or died, taking it along)."""
@@ -648,8 +655,11 @@ class _Zygote:
                     child.pid = int(message["pid"])
                     self._children[child.pid] = child
             if child is not None:
-                child.error = message.get("error")
+                if "error" in message:
+                    child.error = str(message["error"])
                 child.forked.set()
+                if child.abandoned:
+                    child.kill()
 
     def close(self) -> None:
         """End the zygote, and with it its children (idempotent)."""
@@ -1269,7 +1279,8 @@ class InvokeServer:
                 return
             response, failed = _response(outcome, delivery.function, delivery.request_id,
                                          self.max_event_bytes)
-            if not failed:
+            # An execution that close() killed did not fail: nothing to retry or report.
+            if not failed or self._closed:
                 return
             config = self._event_config(delivery.function)
             if delivery.attempts <= config.max_retries:
