@@ -193,7 +193,7 @@ def invocation_log(log_dir: Path, name: str, request_id: str) -> Path:
     return matches[0]
 
 
-# -- everything but Invoke lands in moto ----------------------------------------------------------
+# -- everything but Invoke lands in moto -----------------------------------------------------------
 def test_control_plane_requests_land_in_moto(lam: Any, moto_lambda: Any, role: str) -> None:
     """create/get/list/put-event-invoke-config/delete through the endpoint act on moto's state,
     and moto's answers come back unchanged."""
@@ -219,7 +219,7 @@ def test_control_plane_requests_land_in_moto(lam: Any, moto_lambda: Any, role: s
         moto_lambda.get_function(FunctionName=name)
 
 
-# -- invocation types -----------------------------------------------------------------------------
+# -- invocation types ------------------------------------------------------------------------------
 def test_event_invoke_runs_the_handler(lam: Any, lambda_server: Any, moto_server: Any,
                                        make_function: MakeFunction, tmp_path: Path) -> None:
     """202 and an empty body at once; then the handler runs with the function's environment
@@ -314,7 +314,7 @@ def test_invalid_json_payload_is_refused(lam: Any, make_function: MakeFunction) 
         lam.invoke(FunctionName=name, Payload=b"{not json")
 
 
-# -- limits ---------------------------------------------------------------------------------------
+# -- limits ----------------------------------------------------------------------------------------
 def test_payload_over_the_limit_is_refused(moto_server: Any, make_function: MakeFunction,
                                            tmp_path: Path) -> None:
     """An Event payload of exactly max_event_bytes runs; one byte more is refused with 413,
@@ -354,7 +354,7 @@ def test_payload_over_the_limit_is_refused(moto_server: Any, make_function: Make
             lam.close()
 
 
-# -- timeouts and shutdown ------------------------------------------------------------------------
+# -- timeouts and shutdown -------------------------------------------------------------------------
 def test_event_past_its_timeout_is_killed(lam: Any, lambda_server: Any,
                                           make_function: MakeFunction, tmp_path: Path) -> None:
     """A handler that would write a file after 3 s under a Timeout of 1 s never writes it, and
@@ -406,12 +406,13 @@ def test_close_kills_running_invocations(moto_server: Any, make_function: MakeFu
     assert not wait_for(path, 4), "the handler outlived close()"
 
 
-# -- command line ---------------------------------------------------------------------------------
+# -- command line ----------------------------------------------------------------------------------
 def test_help() -> None:
     result = subprocess.run([sys.executable, "-m", MODULE, "--help"], capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    assert "--upstream" in result.stdout and "--log-dir" in result.stdout
+    for option in ("--upstream", "--log-dir", "--cold", "--duplicate-events", "--retry-delay"):
+        assert option in result.stdout
 
 
 def test_command_line_prints_one_line_and_stops_on_sigterm(moto_server: Any) -> None:
@@ -554,7 +555,7 @@ def test_failed_event_is_retried_as_configured(moto_server: Any, make_function: 
         assert [log.name.split("-")[2] for log in logs] == ["1", "2", "3"]
 
 
-# -- duplicates, warm and cold starts -------------------------------------------------------------
+# -- duplicates, warm and cold starts --------------------------------------------------------------
 def test_duplicate_events_run_twice(moto_server: Any, make_function: MakeFunction,
                                     tmp_path: Path) -> None:
     """With duplicate_events an Event invocation runs as two executions with one request id,
