@@ -1,30 +1,26 @@
-"""moto's server, enforcing the service quotas moto does not: a test fails here where AWS would
-refuse the request.
+"""moto's server, enforcing the service quotas moto does not: a test fails here where AWS
+would refuse the request.
 
-``python -m fsdgraph.testing.moto_quotas [moto.server arguments]`` serves exactly as
-``python -m moto.server`` does (same options: ``-H``, ``-p``, ...), after :func:`install` has
-wrapped four methods of moto's SNS backend (``moto.sns.models.SNSBackend``) and one response
-handler. The quotas are :func:`fsdgraph.quotas.load_quotas` of the server's environment, so
-``FSDGRAPH_QUOTA_FILTER_POLICIES_PER_TOPIC=4`` (or a ``[quotas]`` table in the config file) lowers
-one for a test:
+``python -m fsdgraph.testing.moto_quotas [moto.server arguments]`` serves exactly as ``python -m
+moto.server`` does (same options: ``-H``, ``-p``, ...), after :func:`install` has wrapped three
+methods of moto's SNS backend (``moto.sns.models.SNSBackend``: ``create_topic``, ``subscribe``,
+``set_subscription_attributes``) and its Subscribe response handler
+(``moto.sns.responses.SNSResponse.subscribe``, which must take back a subscription whose filter
+policy is refused). The quotas are :func:`fsdgraph.quotas.load_quotas` of the server's environment,
+so ``FSDGRAPH_QUOTA_FILTER_POLICIES_PER_TOPIC=4`` (or a ``[quotas]`` table in the config file)
+lowers one for a test:
 
-=========================================  =======================  ==========================
-request                                    refused beyond           error (HTTP 403)
-=========================================  =======================  ==========================
-CreateTopic (a new name)                   ``topics_per_account``   ``TopicLimitExceeded``
-Subscribe (a new subscription)             ``subscriptions_per_     ``SubscriptionLimitExceeded``
-                                           topic``
-Subscribe with a ``FilterPolicy``          ``filter_policies_per_   ``FilterPolicyLimitExceeded``
-attribute; SetSubscriptionAttributes       topic`` on the topic,
-``FilterPolicy`` on a subscription that    ``filter_policies_per_
-has none                                   account`` in the
-                                           account and region
-=========================================  =======================  ==========================
+* CreateTopic of a new name beyond ``topics_per_account``: ``TopicLimitExceeded``;
+* Subscribe of a new subscription beyond ``subscriptions_per_topic``:
+  ``SubscriptionLimitExceeded``;
+* a first ``FilterPolicy`` for a subscription (Subscribe's attribute, or
+  SetSubscriptionAttributes) beyond ``filter_policies_per_topic`` on its topic or
+  ``filter_policies_per_account`` in the account and region: ``FilterPolicyLimitExceeded``.
 
-The codes and statuses are botocore's model of SNS, so a client raises the same modelled
-exceptions as against AWS (``sns.exceptions.FilterPolicyLimitExceededException``). Nothing is
-counted: every check reads moto's own state, so Unsubscribe, DeleteTopic or setting an empty
-``FilterPolicy`` frees what it removes, and a refused Subscribe leaves no subscription behind.
+Each refusal is an HTTP 403 with the code and status of botocore's model of SNS, so a client raises
+the same modelled exceptions as against AWS (``sns.exceptions.FilterPolicyLimitExceededException``).
+Nothing is counted: every check reads moto's own state, so Unsubscribe, DeleteTopic or setting an
+empty ``FilterPolicy`` frees what it removes, and a refused Subscribe leaves no subscription behind.
 As on AWS, the quotas count per account and region (one moto backend), replacing a filter policy
 takes no new one, and subscribing an endpoint already subscribed returns the existing subscription.
 
