@@ -10,8 +10,8 @@ can prove that it does.
 
 Where workers run: up to ``max_processes`` workers in a run, each is an OS process of its own;
 above, they are asyncio tasks of ``pool_processes`` host processes of the run
-(:mod:`fsdgraph.backends.local.hosts`, which gives the automatic numbers: on 2 cores and 24 GB,
-processes up to 188 workers, else 4 hosts). Either way each worker attaches its own services
+(:mod:`fsdgraph.backends.local.hosts`, which gives the automatic numbers and why: on 2 cores and
+24 GB, processes up to 8 workers, else 2 hosts). Either way each worker attaches its own services
 through the same protocol; the description of the session records both numbers, so the
 launcher, the workers and their logs all know how a run of P workers is placed.
 
@@ -113,7 +113,7 @@ class LocalBackend(Backend):
     #: of ``pool_processes`` host processes. None: derived from this machine's memory and cores
     #: (``hosts.auto_max_processes``).
     max_processes: int | None = None
-    #: Host processes of a run above ``max_processes`` workers. None: two per core
+    #: Host processes of a run above ``max_processes`` workers. None: one per core
     #: (``hosts.auto_pool_processes``).
     pool_processes: int | None = None
     #: What the run may use (AWS's defaults, so that a run fails here where it would on AWS);
