@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
