@@ -17,6 +17,10 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -253,6 +257,25 @@ def test_hosts_leave_with_their_launcher_or_their_run(network: Network, ending: 
     assert record.alive_at_end == {"host-0": False, "host-1": False}
     assert not any(alive(pid) for pid in seen.values())
     assert not record.run_dir.exists()
+
+
+def test_a_launcher_whose_owner_is_gone_leaves_with_its_directory() -> None:
+    """A process that started a launcher dies without closing it (SIGKILL): the launcher exits
+    by itself and removes its directory, as its hosts then do on their side."""
+    owner = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent("""
+            import os, signal, time
+            from fsdgraph.backends.local.functions import WarmPool
+            pool = WarmPool()
+            while not os.path.exists(pool.socket):  # started: it knows its owner
+                time.sleep(0.01)
+            print(pool.process.pid, pool.directory, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+            """)], capture_output=True, text=True, check=False)
+    assert owner.returncode == -signal.SIGKILL, owner.stderr
+    pid, directory = owner.stdout.split()
+    wait_until(lambda: not alive(int(pid)), "the launcher to exit")
+    wait_until(lambda: not Path(directory).exists(), "the launcher's directory to go")
 
 
 # -- the launcher under load ---------------------------------------------------------------------

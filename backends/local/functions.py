@@ -51,6 +51,8 @@ _MODULE = "fsdgraph.backends.local"
 _RETRY_S = (0.005, 0.1)
 #: The longest a blocking exchange with the launcher may hold up its caller's event loop.
 _BLOCKING_S = 0.25
+#: A directory so named was made for one launcher (by its :class:`WarmPool`): socket and log.
+DIRECTORY_PREFIX = "fsdgraph-launcher-"
 #: In a run directory: the mark of a run that is over (see :func:`stop_workers`).
 CLOSED = "closed"
 
@@ -169,7 +171,7 @@ class WarmPool:
     """A running launcher (:mod:`fsdgraph.backends.local.launcher`) and its socket."""
 
     def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="fsdgraph-launcher-")
+        self.directory = tempfile.mkdtemp(prefix=DIRECTORY_PREFIX)
         self.socket = str(Path(self.directory) / "launcher.sock")
         self._log = Path(self.directory) / "launcher.log"
         with open(self._log, "wb") as log:

@@ -17,8 +17,9 @@ description, :func:`fsdgraph.backends.local.hosts.hosts_for`):
 
 The launcher outlives single runs, as warm sandboxes do: a
 :class:`~fsdgraph.backends.local.functions.WarmPool` (one per ``LocalBackend``) starts it on first
-use and stops it when the backend is closed or garbage collected; every run's events say where
-their run directory is. It forgets (closes the pipes of) the hosts of a run once the run is over.
+use and stops it when the backend is closed or garbage collected (and it stops by itself if the
+process that started it is gone); every run's events say where their run directory is. It
+forgets (closes the pipes of) the hosts of a run once the run is over.
 
 Protocol on its UNIX socket: the client sends the JSON event and shuts down its write side; the
 launcher answers ``ok`` once the worker is forked or its event is queued for its host, or says
@@ -37,6 +38,7 @@ import fcntl
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import sys
@@ -47,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsdgraph.backends.local.functions import register, run_over
+from fsdgraph.backends.local.functions import DIRECTORY_PREFIX, register, run_over
 from fsdgraph.backends.local.hosts import FRAME, hosts_for, serve_host
 
 #: Connections waiting to be accepted; the kernel caps it (``net.core.somaxconn``).
@@ -109,11 +111,15 @@ class Launcher:
         self.server.listen(BACKLOG)
         self.server.setblocking(False)
         os.replace(tmp, path)  # clients see the socket only once it accepts
+        self.path = path
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.server, selectors.EVENT_READ)
         self.clients: dict[socket.socket, bytearray] = {}
         self.hosts: dict[tuple[str, int], _Host] = {}
         self._pruned = time.monotonic()
+        #: The process that started the launcher (its ``WarmPool``): once it is gone, nobody
+        #: can use or stop the launcher any more, so it leaves too (and its hosts with it).
+        self.owner = os.getppid()
 
     def serve(self) -> None:
         while True:
@@ -240,6 +246,10 @@ class Launcher:
 
     def _prune(self) -> None:
         self._pruned = time.monotonic()
+        if os.getppid() != self.owner:
+            if self.path.parent.name.startswith(DIRECTORY_PREFIX):  # a WarmPool's, for us
+                shutil.rmtree(self.path.parent, ignore_errors=True)
+            raise SystemExit(0)
         for (run_dir, _), host in list(self.hosts.items()):
             if run_over(Path(run_dir)):
                 self._forget(host)
