@@ -19,6 +19,7 @@ Prints one JSON document; ``--plot FILE.png`` also draws the times against P.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -89,7 +90,9 @@ def run_aws(counts: list[int], network: Any, say: Any) -> list[dict[str, Any]]:
         config = Path(tmp) / "config.toml"
         config.write_text(servers.config_toml("scale").replace(
             "[aws]\n", "[aws]\ntimeout_s = 900\n"))
-        if cli(["deploy", "--config", str(config), "--no-dependencies"]) != EXIT_PASSED:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the benchmark's JSON
+            deployed = cli(["deploy", "--config", str(config), "--no-dependencies"])
+        if deployed != EXIT_PASSED:
             raise SystemExit("fsdgraph deploy failed against the local AWS servers")
         backend = AwsBackend.configure(config)
         for p in counts:
@@ -97,7 +100,8 @@ def run_aws(counts: list[int], network: Any, say: Any) -> list[dict[str, Any]]:
             scheduler = fsdgraph.Scheduler(backend, "queue", fsdgraph.RunConfig(progress=False))
             rows.append({"backend": "aws (local servers)",
                          **measure(scheduler, fsdgraph.compile(graph, p), inputs, reference)})
-        cli(["teardown", "--config", str(config)])
+        with contextlib.redirect_stdout(sys.stderr):
+            cli(["teardown", "--config", str(config)])
     return rows
 
 

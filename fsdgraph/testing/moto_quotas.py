@@ -29,6 +29,12 @@ Lambda: moto checks PutFunctionConcurrency against the account's concurrency onl
 already set), so a reservation that leaves fewer than 100 unreserved executions is refused, as on
 AWS. Running functions, and their concurrency, is the invoke server's part
 (:mod:`fsdgraph.testing.lambda_endpoint`).
+
+Two fixes, not quotas: the server listens with a backlog of 4096 connections (werkzeug's 128
+refuses hundreds of workers connecting at once); and moto's ``Topic.publish`` delivers only to
+the first 100 subscriptions of a topic (it reads one page of ListSubscriptionsByTopic):
+:func:`install` replaces it with one that delivers to all of them, as SNS does (a topic shard
+holds up to 200).
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from moto.core.exceptions import ServiceException
-from moto.sns.models import SNSBackend, Subscription
+from moto.moto_api._internal import mock_random
+from moto.sns.models import SNSBackend, Subscription, Topic
 from moto.sns.responses import SNSResponse
 
 from fsdgraph.quotas import Quotas, load_quotas
@@ -160,6 +167,23 @@ def _patch_sns() -> None:
             raise
 
 
+def _publish_to_every_subscription(
+        self: Topic, message: str, subject: str | None = None,
+        message_attributes: dict[str, Any] | None = None, group_id: str | None = None,
+        deduplication_id: str | None = None, message_structure: str | None = None) -> str:
+    """moto's ``Topic.publish``, delivering to every subscription of the topic: moto's own
+    reads only the first page (100) of ListSubscriptionsByTopic, so a topic with more
+    subscribers silently loses their messages; SNS delivers to all of them."""
+    message_id = str(mock_random.uuid4())
+    for subscription in self.sns_backend._get_topic_subscriptions(self):
+        subscription.publish(message, message_id, subject=subject,
+                             message_attributes=message_attributes, group_id=group_id,
+                             deduplication_id=deduplication_id,
+                             message_structure=message_structure)
+    self.sent_notifications.append((message_id, message, subject, message_attributes, group_id))
+    return message_id
+
+
 def install(quotas: Quotas | None = None) -> Quotas:
     """Enforce ``quotas`` (default: :func:`~fsdgraph.quotas.load_quotas` of the environment) in
     this process's moto backends; a second call only changes the quotas. Returns them."""
@@ -169,6 +193,7 @@ def install(quotas: Quotas | None = None) -> Quotas:
         os.environ.setdefault("MOTO_LAMBDA_CONCURRENCY_QUOTA", str(_quotas.lambda_concurrency))
         if not _installed:
             _patch_sns()
+            Topic.publish = _publish_to_every_subscription  # type: ignore[method-assign]
             _installed = True
         return _quotas
 
@@ -176,8 +201,12 @@ def install(quotas: Quotas | None = None) -> Quotas:
 def main(argv: Sequence[str] | None = None) -> int:
     """Install the quotas, then run moto's server with ``argv`` (its own options)."""
     install()
+    import werkzeug.serving
     from moto.server import main as moto_main
 
+    # Hundreds of workers open their connections at once; werkzeug's backlog of 128 refuses
+    # the rest, which no AWS endpoint does.
+    werkzeug.serving.BaseWSGIServer.request_queue_size = 4096
     moto_main(list(sys.argv[1:] if argv is None else argv))
     return 0
 
