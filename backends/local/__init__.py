@@ -1,8 +1,9 @@
 """The embedded default backend: workers run on this machine, transports are local files.
 
 Nothing to start by hand and no network: each run gets a fresh directory (on ``/dev/shm`` when it
-exists, so "files" live in memory) holding the object store, the queues and topics, the workers'
-pid files and logs; the session removes it, and stops any worker still alive, when the run ends.
+exists, so "files" live in memory) holding the object store, the queues and topics, the pid files
+and logs of the run's processes; the session removes it, and stops any of those processes still
+alive, when the run ends.
 The transports keep the cloud semantics the protocol must survive: atomic objects, at-least-once
 queues with visibility timeouts and size limits, and AWS's quotas (topics, filter policies;
 ``quotas``). The fault-injection knobs (``duplicate_rate``, ``shuffle``, ``kill``) exist so tests
