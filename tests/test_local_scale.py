@@ -218,6 +218,28 @@ def test_a_killed_worker_process_still_dies_by_sigkill(network: Network) -> None
     assert {name for name in record.pids_at_end if name.startswith("host")} == set()
 
 
+def test_a_hosted_worker_writes_its_traceback_to_its_own_log(pooled: RecordingBackend) -> None:
+    """A worker that fails before it can report (an event of another version) leaves its
+    traceback in ``logs/worker-<w>.log``; the host's own line is in ``logs/host-<h>.log``."""
+    async def main() -> None:
+        async with pooled.session(RunNames("logs")) as services:
+            record = pooled.runs[0]
+            event = {"worker": 3, "workers": 8, "backend_config": services.description,
+                     "version": 999}
+            await services.functions.invoke(event)
+            log = record.run_dir / "logs" / "worker-3.log"
+            await asyncio.to_thread(
+                wait_until, lambda: "ProtocolError" in (log.read_text() if log.exists() else ""),
+                "the traceback in worker 3's log")
+
+    asyncio.run(main())
+    (record,) = pooled.runs
+    assert "Traceback" in record.logs["worker-3.log"]
+    assert "worker event version 999 is not supported" in record.logs["worker-3.log"]
+    assert record.logs["host-1.log"].startswith(f"host 1 of run {record.run_dir.name}")
+    assert "host-0.log" not in record.logs  # worker 3 of 8 goes to host 3 % 2
+
+
 # -- hosts leave by themselves -------------------------------------------------------------------
 @pytest.mark.parametrize("ending", ["launcher stops", "run is closed"])
 def test_hosts_leave_with_their_launcher_or_their_run(network: Network, ending: str) -> None:
