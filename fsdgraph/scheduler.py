@@ -43,6 +43,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,7 @@ from fsdgraph.plan import Plan
 from fsdgraph.prices import Prices
 from fsdgraph.report import RunFacts, build_report
 from fsdgraph.resources import RunNames
+from fsdgraph.retry import retry
 from fsdgraph.serialize import unpack
 from fsdgraph.transport import Limits, check_invoke_payload
 from fsdgraph.tree import depth, roots
@@ -270,8 +272,11 @@ class Scheduler:
         arrived: asyncio.Queue[tuple[float, list[Status]]] = asyncio.Queue()
 
         async def drain() -> None:
+            # A poll that fails retryably (a read timeout, throttling) is tried again until the
+            # stall timeout: the workers' statuses are still there to be read.
+            poll = partial(services.control.poll, wait_s=CONTROL_POLL_S)
             while True:
-                statuses = await services.control.poll(wait_s=CONTROL_POLL_S)
+                statuses = await retry(poll, deadline_s=self.config.stall_timeout_s)
                 arrived.put_nowait((time.time(), statuses))
 
         drains = [asyncio.ensure_future(drain()) for _ in range(pollers(plan.workers))]
