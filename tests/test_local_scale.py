@@ -71,7 +71,8 @@ class RunRecord:
     run_dir: Path
     description: dict[str, Any]
     quotas: Quotas
-    #: ``pids/`` as the session ends (before it stops anything): name -> pid.
+    #: ``pids/`` as the session ends (before it stops anything): name (``3``, ``host-0``; the
+    #: file's ``.<pid>`` left out) -> pid.
     pids_at_end: dict[str, int] = field(default_factory=dict)
     #: Which of those processes were alive then.
     alive_at_end: dict[str, bool] = field(default_factory=dict)
@@ -97,7 +98,7 @@ class RecordingBackend(LocalBackend):
                 yield services
             finally:
                 for f in (record.run_dir / "pids").iterdir():
-                    record.pids_at_end[f.name] = int(f.read_text())
+                    record.pids_at_end[f.name.rsplit(".", 1)[0]] = int(f.read_text())
                 record.alive_at_end = {name: alive(pid)
                                        for name, pid in record.pids_at_end.items()}
                 record.logs = {f.name: f.read_text(errors="replace")
@@ -127,7 +128,7 @@ def hosts_of(record: RunRecord) -> dict[str, int]:
     found = {}
     for f in (record.run_dir / "pids").glob("host-*"):
         with contextlib.suppress(OSError, ValueError):  # being written
-            found[f.name] = int(f.read_text())
+            found[f.name.rsplit(".", 1)[0]] = int(f.read_text())
     return found
 
 
@@ -298,6 +299,21 @@ def test_a_launcher_whose_owner_is_gone_leaves_with_its_directory() -> None:
     pid, directory = owner.stdout.split()
     wait_until(lambda: not alive(int(pid)), "the launcher to exit")
     wait_until(lambda: not Path(directory).exists(), "the launcher's directory to go")
+
+
+def test_a_worker_cannot_attach_to_a_run_that_is_over() -> None:
+    """A straggler (say, the second copy of a duplicated invocation, slow to start) that
+    attaches after its session ended is refused, and does not create the run directory again."""
+    async def main() -> None:
+        names = RunNames("over")
+        async with LocalBackend(warm=False).session(names) as services:
+            description = services.description
+        with pytest.raises(TransportError, match="is gone or closed: the run is over"):
+            async with LocalBackend.attach(description, names):
+                pass
+        assert not Path(description["root"]).exists()
+
+    asyncio.run(main())
 
 
 # -- the launcher under load ---------------------------------------------------------------------

@@ -39,7 +39,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fsdgraph.backend import Backend, Services
-from fsdgraph.backends.local.functions import ProcessFunctions, WarmPool, stop_workers
+from fsdgraph.backends.local.functions import (
+    ProcessFunctions,
+    WarmPool,
+    run_over,
+    stop_workers,
+)
 from fsdgraph.backends.local.hosts import (
     WorkerVanished,
     auto_max_processes,
@@ -51,7 +56,7 @@ from fsdgraph.backends.local.objectstore import DirectoryObjectStore
 from fsdgraph.backends.local.queues import SpoolMessageService
 from fsdgraph.config import read_settings
 from fsdgraph.control import QueueControlPlane
-from fsdgraph.errors import ConfigError
+from fsdgraph.errors import ConfigError, TransportError
 from fsdgraph.prices import Prices
 from fsdgraph.quotas import Quotas, load_quotas
 from fsdgraph.resources import RunNames
@@ -204,8 +209,11 @@ class LocalBackend(Backend):
     @asynccontextmanager
     async def attach(cls, description: Mapping[str, Any],
                      names: RunNames) -> AsyncIterator[Services]:
-        services = _services(
-            from_json(LocalDescription, description, "local backend description"), names)
+        found = from_json(LocalDescription, description, "local backend description")
+        if run_over(Path(found.root)):  # attaching would create the run's directory again
+            raise TransportError(f"local run directory {found.root} is gone or closed: the run "
+                                 f"is over")
+        services = _services(found, names)
         try:
             yield services
         finally:  # a hosted worker ends, its process does not: release what it holds

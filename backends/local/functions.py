@@ -17,7 +17,8 @@ an invocation can be delivered twice (at-least-once, as Lambda's; workers claim 
 so a second copy exits).
 
 The run directory (``LocalBackend.session``) holds ``pids/``, where every worker process and host
-process records its pid as it starts (:func:`register`), and ``logs/``, where they write their
+process records its pid as it starts (:func:`register`: ``<worker>.<pid>``, ``host-<h>.<pid>``),
+and ``logs/``, where they write their
 output. :func:`stop_workers` ends a run: it marks the run closed, so that nothing starts in it any
 more, then kills every process recorded.
 """
@@ -209,16 +210,21 @@ def _worker_env() -> dict[str, str]:
     return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
-def register(run_dir: Path, name: str) -> bool:
-    """Record this process as ``<run dir>/pids/<name>``; False (start nothing) if the run is over.
+def register(run_dir: Path, name: str) -> Path | None:
+    """Record this process as ``<run dir>/pids/<name>.<pid>`` and return that file; None (start
+    nothing) if the run is over.
 
-    Recorded first, checked second: :func:`stop_workers` marks the run closed before it looks for
-    pids, so a process either is found and killed or sees the mark and leaves."""
+    One file per process, not per worker: two copies of one worker (a duplicated invocation)
+    must not remove each other's record. Recorded first, checked second: :func:`stop_workers`
+    marks the run closed before it looks for pids, so a process either is found and killed or
+    sees the mark and leaves."""
+    pid = os.getpid()
+    record = run_dir / "pids" / f"{name}.{pid}"
     try:
-        (run_dir / "pids" / name).write_text(str(os.getpid()))
+        record.write_text(str(pid))
     except FileNotFoundError:  # the run directory is gone
-        return False
-    return not run_over(run_dir)
+        return None
+    return None if run_over(run_dir) else record
 
 
 def run_over(run_dir: Path) -> bool:

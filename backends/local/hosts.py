@@ -27,10 +27,10 @@ What a process would give a worker, a host gives each of its tasks:
   failed worker included; anything else (the host's own messages, output written below Python)
   goes to ``logs/host-<h>.log``.
 
-A host records its pid as ``<run dir>/pids/host-<h>``, so the session's ``stop_workers`` kills it
-at the end of the run like a worker process, and exits by itself once the launcher is gone (its
-event pipe ends, or it has another parent) or the run is over (the run directory or its ``pids``
-directory has gone, or the session has marked the run closed).
+A host records its pid as ``<run dir>/pids/host-<h>.<pid>``, so the session's ``stop_workers``
+kills it at the end of the run like a worker process, and exits by itself once the launcher is
+gone (its event pipe ends, or it has another parent) or the run is over (the run directory or its
+``pids`` directory has gone, or the session has marked the run closed).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def serve_host(run_dir: Path, host: int, events: int, launcher: int) -> int:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    if not register(run_dir, f"host-{host}"):
+    if register(run_dir, f"host-{host}") is None:
         return 0
     own = sys.stderr
     sys.stdout = sys.stderr = _WorkerStreams(own)

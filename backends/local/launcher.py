@@ -77,7 +77,8 @@ def run_invocation(event: dict[str, Any]) -> int:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    if not register(run_dir, str(worker)):
+    record = register(run_dir, str(worker))
+    if record is None:
         return 0
     try:
         handler(event)
@@ -86,7 +87,7 @@ def run_invocation(event: dict[str, Any]) -> int:
         traceback.print_exc()
         return 1
     finally:
-        (run_dir / "pids" / str(worker)).unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
 
 
 @dataclass
