@@ -48,6 +48,7 @@ from fsdgraph.kernels import Block
 from fsdgraph.metrics import WorkerMetrics
 from fsdgraph.resources import RunNames
 from fsdgraph.scheduler import Scheduler
+from fsdgraph.testing.waiting import wait_until
 from fsdgraph.transport import Entry, Limits, Message, delete_received
 
 ACCOUNT = "123456789012"  # moto's default account
@@ -513,7 +514,6 @@ def test_local_servers_command_writes_a_working_config_and_stops_both_on_sigterm
     import signal
     import subprocess
     import sys
-    import time
     import tomllib
     import urllib.error
     import urllib.request
@@ -523,10 +523,8 @@ def test_local_servers_command_writes_a_working_config_and_stops_both_on_sigterm
                              str(config), "--deployment", "mine"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (config.exists() and config.read_text().endswith("\n")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-            time.sleep(0.1)
+        wait_until(lambda: config.exists() and config.read_text().endswith("\n"),
+                   "the servers' config file", alive=lambda: proc.poll() is None)
         settings = tomllib.loads(config.read_text())["aws"]
         assert settings["deployment"] == "mine"
         urls = set(settings["endpoints"].values())

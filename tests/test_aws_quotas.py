@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import urllib.request
 import uuid
 import zipfile
@@ -28,6 +27,7 @@ boto3 = pytest.importorskip("boto3", reason="pip install -e '.[test]'")
 from fsdgraph.quotas import Quotas  # noqa: E402
 from fsdgraph.testing.aws_servers import CREDENTIALS, LocalAws  # noqa: E402
 from fsdgraph.testing.lambda_endpoint import InvokeServer  # noqa: E402
+from fsdgraph.testing.waiting import wait_until  # noqa: E402
 
 TESTS_DIR = Path(__file__).resolve().parent
 QUOTAS = Quotas(filter_policies_per_topic=3, filter_policies_per_account=5, topics_per_account=4,
@@ -72,14 +72,9 @@ def client(aws: LocalAws) -> Iterator[Client]:
         c.close()
 
 
-def eventually(condition: Callable[[], Any], what: str, timeout_s: float = 120) -> Any:
-    """Poll ``condition`` until it is true, and return its value; fail after ``timeout_s`` (a
-    safety net, never the expected duration)."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        time.sleep(0.05)
-    return value
+def eventually(condition: Callable[[], Any], what: str) -> Any:
+    """Wait until ``condition`` returns something true, and return that."""
+    return wait_until(condition, what)
 
 
 # -- SNS: topics, subscriptions, filter policies ---------------------------------------------------

@@ -22,8 +22,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +44,11 @@ from fsdgraph.resources import RunNames
 from fsdgraph.sources.graphchallenge import graphchallenge_bias
 from fsdgraph.sources.images import synthetic_images
 from fsdgraph.sources.radixnet import radixnet
+from fsdgraph.testing.waiting import wait_until
 from fsdgraph.transport import Limits
 
 #: Workers of the large run: more than any automatic ``max_processes`` of a small machine.
 MANY = 320
-#: How long a condition that should hold within moments is waited for before the test fails.
-SAFETY_S = 60.0
 
 #: The graph, the images and the serial reference's activations.
 Network = tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_matrix]
@@ -112,15 +110,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Return once ``condition()`` holds; fail the test if it does not within SAFETY_S."""
-    deadline = time.monotonic() + SAFETY_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"still waiting, after {SAFETY_S:g} s, for {what}")
-        time.sleep(0.02)
 
 
 def hosts_of(record: RunRecord) -> dict[str, int]:
