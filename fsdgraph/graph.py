@@ -124,7 +124,9 @@ class Graph:
         """ReLU, optionally capped (the Graph Challenge caps at 32)."""
         name = name or f"relu{sum(isinstance(n, ReLU) for n in self.nodes)}"
         self._check_source(source, name)
-        if cap is not None and not (np.isfinite(cap) and cap > 0):
+        number = isinstance(cap, (int, float, np.integer, np.floating)) and not isinstance(
+            cap, bool)
+        if cap is not None and not (number and np.isfinite(cap) and cap > 0):
             raise GraphError(f"{name}: cap must be a positive finite number or None, got {cap!r}")
         node = ReLU(name=name, width=source.width, source=source,
                     cap=None if cap is None else float(cap))
@@ -191,10 +193,17 @@ def sequential(
     >>> len(g.layers())
     2
     """
+    if isinstance(weights, (sp.spmatrix, sp.sparray, np.ndarray)) or not isinstance(
+            weights, (list, tuple)):
+        raise GraphError(f"sequential: weights must be a list of weight matrices, "
+                         f"got {type(weights).__name__}")
     if not weights:
         raise GraphError("sequential: no weights given (the graph would be empty)")
     g = Graph()
-    h: Node = g.input(weights[0].shape[0])
+    shape = getattr(weights[0], "shape", ())
+    if len(shape) != 2 or not (sp.issparse(weights[0]) or isinstance(weights[0], np.ndarray)):
+        _as_weight(weights[0], "layer1")  # raises the GraphError that says what is wrong
+    h: Node = g.input(shape[0])
     biases: list[float | np.ndarray] = (list(bias) if isinstance(bias, list)
                                          else [bias] * len(weights))
     if len(biases) != len(weights):
@@ -222,21 +231,43 @@ def _as_weight(weight: Weight, name: str) -> sp.csr_matrix:
         raise GraphError(f"{name}: weight must have a float dtype, got {w.dtype}")
     if w.shape[0] == 0 or w.shape[1] == 0:
         raise GraphError(f"{name}: weight has an empty shape {w.shape}")
-    if not np.all(np.isfinite(w.data)):
-        bad = int(np.count_nonzero(~np.isfinite(w.data)))
-        raise GraphError(f"{name}: weight has {bad} NaN or infinite values")
-    w = w.astype(np.float32)
-    w.sum_duplicates()
+    original = w.data
+    # Checked after the cast: a float64 beyond float32's range becomes inf there.
+    with np.errstate(over="ignore", invalid="ignore"):
+        w = w.astype(np.float32)
+        w.sum_duplicates()  # a sum of large duplicates may overflow too
+    _check_finite(w.data, original, f"{name}: weight")
     w.eliminate_zeros()
     return w
 
 
+def _check_finite(kept: np.ndarray, original: np.ndarray, what: str) -> None:
+    """GraphError if the float32 values ``kept`` (made from ``original``) hold NaN or inf."""
+    bad = int(np.count_nonzero(~np.isfinite(kept)))
+    if not bad:
+        return
+    if np.all(np.isfinite(original)):
+        largest = float(np.max(np.abs(original)))
+        raise GraphError(f"{what} has {bad} values outside the float32 range (|x| <= "
+                         f"{float(np.finfo(np.float32).max):.4g}), the largest {largest:.4g}")
+    raise GraphError(f"{what} has {bad} NaN or infinite values")
+
+
 def _as_bias(bias: float | np.ndarray, width: int, name: str) -> np.ndarray:
-    b = np.asarray(bias, dtype=np.float64)
+    try:
+        b = np.asarray(bias, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise GraphError(f"{name}: bias must be a number or an array of shape ({width},), "
+                         f"got {type(bias).__name__}") from None
     if b.ndim == 0:
         b = np.full(width, float(b))
     if b.shape != (width,):
         raise GraphError(f"{name}: bias must be a scalar or have shape ({width},), got {b.shape}")
-    if not np.all(np.isfinite(b)):
+    with np.errstate(over="ignore"):
+        kept = b.astype(np.float32)
+    if not np.all(np.isfinite(kept)):
+        if np.all(np.isfinite(b)):
+            raise GraphError(f"{name}: bias {float(np.max(np.abs(b))):.4g} is outside the "
+                             f"float32 range (|x| <= {float(np.finfo(np.float32).max):.4g})")
         raise GraphError(f"{name}: bias has NaN or infinite values")
-    return b.astype(np.float32)
+    return kept

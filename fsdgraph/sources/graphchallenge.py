@@ -32,6 +32,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from fsdgraph.errors import InputError
+from fsdgraph.sources.memory import check_memory, csr_bytes
 
 __all__ = [
     "BIASES",
@@ -49,7 +50,14 @@ BIASES: Final[Mapping[int, float]] = MappingProxyType(
 _GZIP_MAGIC = b"\x1f\x8b"
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True  # exactly what bytes.split() splits on
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Without a declared image count, image ids may exceed the number of entries in the file by
+#: at most this many (images without any pixel); the official files number images 1..N and
+#: every image has pixels, so an id far above the entries is a corrupt or hostile line.
+IMAGE_ID_SLACK: Final = 1024
+#: Parsing holds about this many bytes per byte of text (the token list, the index arrays).
+PARSE_BYTES_PER_TEXT_BYTE: Final = 20
+#: Neurons are multiplied by each other into int64 keys (duplicate checks).
+MAX_NEURONS: Final = 2**31 - 1
 
 PathLike = str | os.PathLike[str]
 
@@ -74,7 +82,7 @@ def load_weights(directory: PathLike, neurons: int, layers: int) -> list[sp.csr_
     Each ``n{N}-l{k}.tsv`` (or ``.tsv.gz``) becomes an N x N float32 CSR with sorted indices.
     ``directory`` may also be the folder that holds ``neuron{N}/``, as in the official archive.
     """
-    _check_positive("neurons", neurons)
+    _check_positive("neurons", neurons, high=MAX_NEURONS)
     _check_positive("layers", layers)
     base = Path(directory)
     matrices = []
@@ -82,6 +90,11 @@ def load_weights(directory: PathLike, neurons: int, layers: int) -> list[sp.csr_
         name = f"n{neurons}-l{k}.tsv"
         path = _find([base / name, base / f"{name}.gz", *_nested(base, neurons, name)])
         rows, cols, values = _triplets(path, ("row", "col"), (neurons, neurons))
+        if not np.count_nonzero(values):
+            raise InputError(f"{path}: no nonzero weights (layer {k} would be all zero, and so "
+                             f"would every activation after it); expected lines 'row col value'")
+        check_memory(csr_bytes(neurons, rows.size) * 2,
+                     f"{path} (layer {k}, {rows.size} weights) on top of the layers before it")
         matrices.append(_csr(rows, cols, values, (neurons, neurons)))
     return matrices
 
@@ -89,16 +102,22 @@ def load_weights(directory: PathLike, neurons: int, layers: int) -> list[sp.csr_
 def load_images(path: PathLike, neurons: int, count: int | None = None) -> sp.csr_matrix:
     """Read an image file into a (count x neurons) float32 CSR.
 
-    Without ``count`` the number of rows is the largest image id; with it, an image id above
-    ``count`` is an error (``InputError`` with the line).
+    Without ``count`` the number of rows is the largest image id, which may exceed the number
+    of entries (lines) in the file by at most ``IMAGE_ID_SLACK``: the official files number
+    their images 1..N, so a larger id is refused (``InputError`` with the line) rather than
+    sizing the matrix by it. With ``count``, an image id above ``count`` is an error. Either
+    way the matrix's memory is checked against the machine's before it is allocated.
     """
-    _check_positive("neurons", neurons)
+    _check_positive("neurons", neurons, high=MAX_NEURONS)
     if count is not None:
-        _check_positive("count", count, allow_zero=True)
+        _check_positive("count", count, allow_zero=True, high=(2**63 - 1) // neurons)
+        check_memory(csr_bytes(count, 0), f"count={count} images")
     found = _find(_variants(Path(path)))
-    images, pixels, values = _triplets(found, ("image", "pixel"), (count, neurons))
+    images, pixels, values = _triplets(found, ("image", "pixel"), (count, neurons),
+                                       slack=IMAGE_ID_SLACK if count is None else None)
     largest = int(images.max()) + 1 if images.size else 0
-    rows = largest if count is None else count
+    rows = largest if count is None else int(count)
+    check_memory(csr_bytes(rows, images.size) * 2, f"{found} ({rows} images x {neurons} pixels)")
     return _csr(images, pixels, values, (rows, neurons))
 
 
@@ -120,10 +139,16 @@ def load_truth(path: PathLike) -> npt.NDArray[np.int64]:
 
 
 def _triplets(
-    path: Path, names: tuple[str, str], limits: tuple[int | None, int]
+    path: Path, names: tuple[str, str], limits: tuple[int | None, int], *,
+    slack: int | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Parse ``index index value`` lines into 0-based indices and float32 values."""
+    """Parse ``index index value`` lines into 0-based indices and float32 values.
+
+    With ``slack`` (and no first limit), the first index may be at most the number of entries
+    plus ``slack``.
+    """
     text = _read(path)
+    check_memory(len(text) * PARSE_BYTES_PER_TEXT_BYTE, f"parsing {path} ({len(text)} bytes)")
     tokens = text.split()
     line_of = _token_lines(text)
     _check_fields(path, line_of, 3, f"{names[0]}, {names[1]}, value")
@@ -134,16 +159,22 @@ def _triplets(
     except (ValueError, OverflowError):
         _scan_numbers(path, tokens, line_of, names, ("value",))
     lines = line_of[0::3] + 1  # every non-blank line has 3 fields: checked above
-    _check_range(path, names[0], first, lines, limits[0])
+    if limits[0] is None and slack is not None:
+        _check_range(path, names[0], first, lines, first.size + slack,
+                     f" (the file has {first.size} entr{'y' if first.size == 1 else 'ies'}; "
+                     f"without a declared count, {names[0]} ids may exceed them by at most "
+                     f"{slack}: Graph Challenge files number their {names[0]}s 1..N)")
+    else:
+        _check_range(path, names[0], first, lines, limits[0])
     _check_range(path, names[1], second, lines, limits[1])
-    bad = ~np.isfinite(values)
+    # Finiteness is checked on what is kept: a float64 beyond float32's range becomes inf.
+    with np.errstate(over="ignore"):
+        kept = values.astype(np.float32)
+    bad = ~np.isfinite(kept)
     if bad.any():
         at = int(np.argmax(bad))
-        raise _error(path, lines[at], f"value {_token(tokens[3 * at + 2])} is not finite")
-    bad = np.abs(values) > _FLOAT32_MAX
-    if bad.any():
-        at = int(np.argmax(bad))
-        raise _error(path, lines[at], f"value {_token(tokens[3 * at + 2])} overflows float32")
+        why = "is not finite" if not np.isfinite(values[at]) else "overflows float32"
+        raise _error(path, lines[at], f"value {_token(tokens[3 * at + 2])} {why}")
     first -= 1
     second -= 1
     width = limits[1]
@@ -153,7 +184,7 @@ def _triplets(
         lines,
         lambda key: f"{names[0]} {key // width + 1}, {names[1]} {key % width + 1}",
     )
-    return first, second, values.astype(np.float32)
+    return first, second, kept
 
 
 def _csr(
@@ -277,15 +308,19 @@ def _check_range(
     indices: npt.NDArray[np.int64],
     lines: npt.NDArray[np.int64],
     limit: int | None,
+    why: str = "",
 ) -> None:
-    """Raise InputError at the first 1-based index outside ``1..limit`` (``limit`` None: >= 1)."""
+    """Raise InputError at the first 1-based index outside ``1..limit`` (``limit`` None: >= 1);
+    ``why`` is added when the index is above the limit."""
     bad = indices < 1
     if limit is not None:
         bad |= indices > limit
     if bad.any():
         at = int(np.argmax(bad))
         allowed = f"1..{limit}" if limit is not None else ">= 1"
-        raise _error(path, int(lines[at]), f"{name} {indices[at]} out of range {allowed}")
+        reason = why if limit is not None and indices[at] > limit else ""
+        raise _error(path, int(lines[at]),
+                     f"{name} {indices[at]} out of range {allowed}{reason}")
 
 
 def _check_duplicates(
@@ -313,11 +348,14 @@ def _check_duplicates(
         )
 
 
-def _check_positive(name: str, value: object, *, allow_zero: bool = False) -> None:
-    """Reject a non-integer or a too small size argument with InputError."""
+def _check_positive(name: str, value: object, *, allow_zero: bool = False,
+                    high: int | None = None) -> None:
+    """Reject a non-integer, a too small or a too large size argument with InputError."""
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise InputError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
 
 
 def _token(token: bytes) -> str:
