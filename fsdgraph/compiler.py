@@ -23,7 +23,7 @@ import builtins
 import numpy as np
 import scipy.sparse as sp
 
-from fsdgraph.errors import ConfigError
+from fsdgraph.errors import ConfigError, GraphError
 from fsdgraph.graph import Graph, Layer
 from fsdgraph.partitioners import Partitioner, get_partitioner
 from fsdgraph.plan import INPUT, Edge, LayerShard, LayerSpec, Plan, Send, SourceRows, WorkerShard
@@ -35,7 +35,7 @@ def compile(
     partitioner: str | Partitioner = "hypergraph",
 ) -> Plan:
     """Partition every layer of ``graph`` over ``workers`` and derive the exchange edges."""
-    layers = graph.layers() if isinstance(graph, Graph) else graph
+    layers = graph.layers() if isinstance(graph, Graph) else _check_layers(graph)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     workers = int(workers)
@@ -92,6 +92,25 @@ def compile(
               for w in range(workers)]
     return Plan(workers=workers, input_width=int(layers[0].weight.shape[0]),
                 partitioner=part.name, specs=specs, owners=owners, shards=shards, edges=edges)
+
+
+def _check_layers(layers: object) -> builtins.list[Layer]:
+    """A list of layers given instead of a Graph: non-empty, every item a ``Layer``, each
+    layer's input width the previous layer's output width."""
+    if not isinstance(layers, (builtins.list, tuple)):
+        raise GraphError(f"compile: expected a Graph or a list of Layer, "
+                         f"got {type(layers).__name__}")
+    if not layers:
+        raise GraphError("compile: no layers given: expected a Graph or a non-empty list of "
+                         "Layer (graph.layers())")
+    for l, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise GraphError(f"compile: layer {l} must be a Layer (from graph.layers()), "
+                             f"got {type(layer).__name__}")
+        if l and layer.weight.shape[0] != layers[l - 1].weight.shape[1]:
+            raise GraphError(f"compile: layer {l} takes {layer.weight.shape[0]} inputs but "
+                             f"layer {l - 1} has {layers[l - 1].weight.shape[1]} outputs")
+    return builtins.list(layers)
 
 
 def _check_owners(
