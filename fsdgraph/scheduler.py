@@ -82,10 +82,15 @@ class RunConfig:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
 
     def __post_init__(self) -> None:
-        if self.branching < 1:
-            raise ConfigError(f"branching must be >= 1, got {self.branching}")
-        if self.timeout_s <= 0 or self.stall_timeout_s <= 0:
-            raise ConfigError("timeout_s and stall_timeout_s must be > 0")
+        if (isinstance(self.branching, bool) or not isinstance(self.branching, int)
+                or self.branching < 1):
+            raise ConfigError(f"branching must be an integer >= 1, got {self.branching!r}")
+        for name in ("timeout_s", "stall_timeout_s", "progress_interval_s"):
+            value = getattr(self, name)
+            # ``not x > 0`` also refuses NaN, which would never fire as a deadline.
+            if not 0 < value < float("inf"):
+                raise ConfigError(f"{name} must be a positive finite number of seconds, "
+                                  f"got {value}")
 
 
 @dataclass

@@ -112,7 +112,8 @@ class AutoChannel(QueueChannel):
         m = self.metrics.current
         for (layer, dst), edge in by_edge.items():
             payloads = [c.payload for c in edge if c.count]
-            if sum(map(len, payloads)) <= self.threshold():
+            # An empty edge is its count-0 marker: never an object of nothing.
+            if not payloads or sum(map(len, payloads)) <= self.threshold():
                 small.extend(edge)
                 m.channel["edges_via_queue"] += 1
                 continue

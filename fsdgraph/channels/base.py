@@ -64,15 +64,23 @@ class ChannelConfig:
     object_get_rate_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.topics < 0:
-            raise ConfigError(f"channel topics must be >= 0, got {self.topics}")
-        if not self.object_get_rate_s >= 0:
-            raise ConfigError(f"channel object_get_rate_s must be >= 0, "
+        # ``not x >= 0`` style checks: NaN fails every comparison, so it is refused too.
+        for name in ("topics", "auto_object_above_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not value >= 0:
+                raise ConfigError(f"channel {name} must be an integer >= 0, got {value!r}")
+        if not 0 <= self.object_get_rate_s < float("inf"):
+            raise ConfigError(f"channel object_get_rate_s must be a finite number >= 0, "
                               f"got {self.object_get_rate_s}")
         for name in ("peer_timeout_s", "poll_wait_s", "visibility_timeout_s",
                      "object_poll_min_s", "object_poll_max_s", "ready_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"channel {name} must be > 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not 0 < value < float("inf"):
+                raise ConfigError(f"channel {name} must be a positive finite number of seconds, "
+                                  f"got {value}")
+        if not self.object_poll_min_s <= self.object_poll_max_s:
+            raise ConfigError(f"channel object_poll_min_s ({self.object_poll_min_s}) must not "
+                              f"exceed object_poll_max_s ({self.object_poll_max_s})")
         if not 0.0 <= self.wire_dense_above <= 1.0:
             raise ConfigError(f"channel wire_dense_above must be in [0, 1], "
                               f"got {self.wire_dense_above}")
