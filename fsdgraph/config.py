@@ -12,15 +12,18 @@ or ``~/.fsdgraph/config.toml``; a missing default file is fine, a missing named 
     channel = "object"
     peer_timeout_s = 120
 
-Every value is checked against its type and an error names the file (or variable) and the field.
-Credentials never belong here and are never printed.
+Every value is checked against its type and its range, and an error names where it came from
+(the file and table, the variable, or the option) and the field. A setting given on the command
+line is never read from the environment or the file, so a broken ``FSDGRAPH_WORKERS`` cannot fail
+a run given ``--workers``. Credentials never belong here and are never printed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,36 @@ class RunSettings:
     peer_timeout_s: float = defaults.PEER_TIMEOUT_S
     #: A TOML/JSON price table for the bill and the auto channel ("": the backend's prices).
     prices: str = ""
+
+
+#: The command-line option of each setting that has one.
+OPTIONS = {"workers": "--workers", "channel": "--channel", "backend": "--backend",
+           "partitioner": "--partitioner", "branching": "--branching", "direct": "--direct",
+           "timeout_s": "--timeout", "prices": "--prices"}
+
+
+def check_setting(name: str, value: Any, where: str) -> None:
+    """ConfigError naming ``where`` unless ``value`` is in range for setting ``name``: counts
+    >= 1 (``topics`` >= 0), times positive and finite (``not x > 0`` also catches NaN), names
+    non-empty.
+
+    >>> check_setting("timeout_s", float("nan"), "environment variable FSDGRAPH_TIMEOUT_S")
+    Traceback (most recent call last):
+    ...
+    fsdgraph.errors.ConfigError: environment variable FSDGRAPH_TIMEOUT_S: timeout_s must be a positive finite number of seconds, got nan
+    """
+    if name in ("workers", "branching"):
+        ok, expected = value >= 1, "an integer >= 1"
+    elif name == "topics":
+        ok, expected = value >= 0, "an integer >= 0"
+    elif name.endswith("_s"):
+        ok, expected = value > 0 and math.isfinite(value), "a positive finite number of seconds"
+    elif name in ("channel", "backend", "partitioner"):
+        ok, expected = bool(value.strip()), "a non-empty name"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"{where}: {name} must be {expected}, got {value!r}")
 
 
 def coerce(name: str, value: Any, kind: type, where: str) -> Any:
@@ -88,10 +121,12 @@ def read_table(path: str | Path | None, name: str,
 
 
 def read_settings(path: str | Path | None, name: str, kinds: Mapping[str, type],
-                  env_prefix: str, environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+                  env_prefix: str, environ: Mapping[str, str],
+                  skip: Collection[str] = ()) -> dict[str, tuple[Any, str]]:
     """The settings of table ``[name]``, then of the variables ``<env_prefix><KEY>``, each
     coerced to its kind in ``kinds``, with where it came from (for later error messages): the
-    one reading rule of every settings table (``[run]``, a backend's own).
+    one reading rule of every settings table (``[run]``, a backend's own). Settings in ``skip``
+    (given on the command line) are neither read nor checked, beyond the file's names.
 
     >>> read_settings(None, "run", {"workers": int}, "FSDGRAPH_", {"FSDGRAPH_WORKERS": "8"})
     {'workers': (8, 'environment variable FSDGRAPH_WORKERS')}
@@ -102,11 +137,13 @@ def read_settings(path: str | Path | None, name: str, kinds: Mapping[str, type],
         if key not in kinds:
             raise ConfigError(f"{config_path}: unknown setting {name}.{key}; known: "
                               f"{', '.join(sorted(kinds))}")
+        if key in skip:
+            continue
         where = f"{config_path} [{name}]"
         found[key] = (coerce(key, value, kinds[key], where), where)
     for key, kind in kinds.items():
         env = f"{env_prefix}{key.upper()}"
-        if env in environ:
+        if env in environ and key not in skip:
             where = f"environment variable {env}"
             found[key] = (coerce(key, environ[env], kind, where), where)
     return found
@@ -115,12 +152,19 @@ def read_settings(path: str | Path | None, name: str, kinds: Mapping[str, type],
 def load_settings(
     path: str | Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
 ) -> RunSettings:
-    """Settings from file, then environment, then ``overrides`` (None values are ignored)."""
+    """Settings from file, then environment, then ``overrides`` (None values are ignored; a
+    setting overridden is not read from the file or the environment). Every value is
+    range-checked, and an error names its source (file and table, variable, or option)."""
     environ = os.environ if environ is None else environ
     kinds = {f.name: type(f.default) for f in fields(RunSettings)}
-    values = {key: value for key, (value, _) in
-              read_settings(path, "run", kinds, "FSDGRAPH_", environ).items()}
-    for key, value in overrides.items():
-        if value is not None:
-            values[key] = value
-    return RunSettings(**values)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(given) - set(kinds))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]}; known: {', '.join(sorted(kinds))}")
+    found = read_settings(path, "run", kinds, "FSDGRAPH_", environ, skip=given)
+    for key, value in given.items():
+        where = f"option {OPTIONS.get(key, '--' + key.replace('_', '-'))}"
+        found[key] = (coerce(key, value, kinds[key], where), where)
+    for key, (value, where) in found.items():
+        check_setting(key, value, where)
+    return RunSettings(**{key: value for key, (value, _) in found.items()})
