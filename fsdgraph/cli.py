@@ -156,6 +156,111 @@ def _settings(args: argparse.Namespace) -> RunSettings:
                          prices=getattr(args, "prices", None))
 
 
+#: A run holds about this many copies of the network and of the images at once: the loaded
+#: ones, the graph's float32 copies, the plan's shards and the workers' (and the outputs and
+#: the serial reference for the images).
+RUN_COPIES = 4
+#: Generated images cover about 10% of their pixels (fsdgraph.sources.images); with margin.
+SYNTHETIC_IMAGE_DENSITY = 0.125
+
+
+def _check_args(args: argparse.Namespace, settings: RunSettings) -> None:
+    """The options of ``graphchallenge`` and ``plan``, checked before anything is loaded or
+    started: sizes, the bias, the sample, the workers, the memory a synthetic run needs."""
+    from fsdgraph.sources.graphchallenge import MAX_NEURONS
+
+    for option, value, low, high in (("--neurons", args.neurons, 1, MAX_NEURONS),
+                                     ("--layers", args.layers, 1, None),
+                                     ("--seed", args.seed, 0, None)):
+        if value < low or (high is not None and value > high):
+            allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise InputError(f"{option} must be an integer {allowed}, got {value}")
+    if args.activation_aware < 0:
+        raise InputError(f"--activation-aware must be a number of rows >= 1 (0: off), "
+                         f"got {args.activation_aware}")
+    if args.bias is not None and not abs(args.bias) <= float(np.finfo(np.float32).max):
+        raise InputError(f"--bias must be a finite number within the float32 range "
+                         f"(|bias| <= {float(np.finfo(np.float32).max):.4g}), got {args.bias}")
+    if settings.workers > args.neurons:
+        raise InputError(f"workers={settings.workers} exceeds --neurons {args.neurons}: every "
+                         f"worker must own at least one neuron of every layer")
+    if args.synthetic:
+        _check_synthetic_memory(args)
+    if args.bias is None:
+        from fsdgraph.sources.graphchallenge import graphchallenge_bias
+
+        try:
+            graphchallenge_bias(args.neurons)
+        except InputError as exc:
+            raise InputError(f"{exc}; give --bias") from exc
+
+
+def _check_synthetic_memory(args: argparse.Namespace) -> None:
+    """InputError unless a run of the generated network (and images) fits in memory."""
+    from fsdgraph.sources.memory import check_memory, csr_bytes
+    from fsdgraph.sources.radixnet import FANOUT_COPIES, layers_per_block
+
+    layers_per_block(args.neurons)  # a RadiX-Net size, or InputError saying which are
+    network = args.layers * csr_bytes(args.neurons, FANOUT_COPIES * 2 * args.neurons)
+    need, what = RUN_COPIES * network, f"--neurons {args.neurons} --layers {args.layers}"
+    if args.command == "graphchallenge":
+        count = _synthetic_count(args)
+        need += RUN_COPIES * csr_bytes(count, int(count * args.neurons * SYNTHETIC_IMAGE_DENSITY))
+        what += f" --images {count}"
+    check_memory(need, f"--synthetic {what}")
+
+
+def _synthetic_count(args: argparse.Namespace) -> int:
+    try:
+        count = int(args.images or 1000)
+    except ValueError:
+        raise InputError(
+            f"--images must be a count with --synthetic, got {args.images!r}") from None
+    if count < 1:
+        raise InputError(f"--images must be at least 1, got {count}")
+    return count
+
+
+def _check_run_memory(weights: list[sp.csr_matrix], images: sp.csr_matrix | None) -> None:
+    """InputError unless the copies a run makes of what was loaded fit in the memory left."""
+    from fsdgraph.sources.memory import check_memory, format_bytes
+
+    def size(m: sp.csr_matrix) -> int:
+        return int(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes)
+
+    loaded = sum(size(w) for w in weights) + (size(images) if images is not None else 0)
+    check_memory((RUN_COPIES - 1) * loaded,
+                 f"a run of this network and these images ({format_bytes(loaded)} loaded)")
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """InputError unless ``path`` can be written, found out before the run rather than after:
+    its folders are created, the file opened for appending, and what did not exist before is
+    removed again."""
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a directory")
+    missing = []  # the folders to create, deepest first
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        with open(path, "a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot write: {exc.strerror or exc}") from exc
+    finally:
+        for created in missing:
+            try:
+                created.rmdir()
+            except OSError:
+                break
+
+
 def _network(args: argparse.Namespace) -> tuple[list[sp.csr_matrix], float]:
     from fsdgraph.sources.graphchallenge import graphchallenge_bias, load_weights
     from fsdgraph.sources.radixnet import radixnet
@@ -175,14 +280,7 @@ def _inputs(args: argparse.Namespace) -> sp.csr_matrix:
     from fsdgraph.sources.images import synthetic_images
 
     if args.synthetic:
-        try:
-            count = int(args.images or 1000)
-        except ValueError:
-            raise InputError(
-                f"--images must be a count with --synthetic, got {args.images!r}") from None
-        if count < 1:
-            raise InputError(f"--images must be at least 1, got {count}")
-        return synthetic_images(args.neurons, count, seed=args.seed + 1)
+        return synthetic_images(args.neurons, _synthetic_count(args), seed=args.seed + 1)
     if args.images is None:
         raise InputError("--images FILE is required (or --synthetic)")
     return load_images(args.images, args.neurons)
@@ -190,6 +288,9 @@ def _inputs(args: argparse.Namespace) -> sp.csr_matrix:
 
 def run_graphchallenge(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _check_args(args, settings)
+    if args.report is not None:
+        _check_writable(args.report, "--report")
     config = RunConfig(branching=settings.branching, timeout_s=settings.timeout_s,
                        stall_timeout_s=settings.stall_timeout_s,
                        progress=False if args.no_progress else None,
@@ -212,6 +313,7 @@ def run_graphchallenge(args: argparse.Namespace) -> int:
 
             truth = load_truth(args.truth)
         load_s = time.perf_counter() - loading
+        _check_run_memory(weights, y0)
         graph = sequential(weights, bias, cap=32.0)
         plan = compile(graph, settings.workers, _partitioner(args, settings, graph, y0))
         result = scheduler.run_sync(plan, y0)
@@ -289,32 +391,72 @@ def _partitioner(args: argparse.Namespace, settings: RunSettings, graph: Graph,
 
 def run_plan(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _check_args(args, settings)
     weights, bias = _network(args)
+    _check_run_memory(weights, None)
     graph: Graph = sequential(weights, bias, cap=32.0)
     plan = compile(graph, settings.workers, _partitioner(args, settings, graph, None))
     print(json.dumps(plan.summary(), indent=2))
     return EXIT_PASSED
 
 
+def _check_plots_dir(path: Path) -> None:
+    """``--plots DIR`` must be a folder, or a folder that can be made: a usage error if not."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--plots {path}: exists and is not a directory (give a folder for the "
+                         f"three PNGs)")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"--plots {path}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"--plots {path}: cannot write in {ancestor}")
+
+
+def _check_plottable(report: dict[str, Any]) -> None:
+    """What the plots read beyond what the bill checks: the names in their titles, and one
+    row of ``per_worker_layer`` per worker."""
+    missing = [k for k in ("channel", "partitioner", "per_worker_layer") if k not in report]
+    if missing:
+        raise InputError(f"cannot plot: missing {', '.join(missing)}")
+    grid = report["per_worker_layer"]
+    for name in ("bytes_sent", "started_at", "compute_s", "wait_s", "codec_s"):
+        if name not in grid:
+            raise InputError(f"cannot plot: missing per_worker_layer.{name}")
+    if len(grid["started_at"]) != len(report["per_worker"]):
+        raise InputError(f"cannot plot: per_worker_layer.started_at has "
+                         f"{len(grid['started_at'])} rows for {len(report['per_worker'])} "
+                         f"workers")
+    if not report.get("invoked_at") and not any(grid["started_at"]):
+        raise InputError("cannot plot: no start time (invoked_at, per_worker_layer.started_at)")
+
+
 def run_report(args: argparse.Namespace) -> int:
     from fsdgraph.cost import Prices, bill
+    from fsdgraph.cost.bill import check_report
 
+    if args.plots is not None:
+        _check_plots_dir(args.plots)
     try:
         report = json.loads(args.run.read_text())
     except OSError as exc:
         raise InputError(f"{args.run}: cannot read: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise InputError(f"{args.run}: not a JSON run report: {exc}") from exc
-    missing = [k for k in ("workers", "layers", "per_layer", "per_worker", "requests")
-               if not isinstance(report, dict) or k not in report]
-    if missing:
-        raise InputError(f"{args.run}: not a run report: missing {', '.join(missing)}")
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{args.run}: not a JSON run report: "
+                         f"{exc if isinstance(exc, ValueError) else 'nested too deeply'}") from exc
+    try:
+        check_report(report, ("workers", "layers", "per_layer", "per_worker", "requests"))
+        if args.plots is not None:
+            _check_plottable(report)
+    except InputError as exc:
+        raise InputError(f"{args.run}: {exc}") from exc
     if args.prices is not None:
         prices = Prices.from_file(args.prices)
     else:
         prices = Prices.for_region(args.region) if args.region else Prices()
     the_bill = bill(report, memory_mb=args.memory_mb, prices=prices)
-    print(f"run {report.get('run_id', '?')}: {report['layers']} layers x "
+    print(f"run {str(report.get('run_id', '?'))[:40]}: {report['layers']} layers x "
           f"{report.get('batch', '?')} rows on {report['workers']} workers, "
           f"{report.get('channel', '?')} channel, {report.get('partitioner', '?')} partition, "
           f"wall {report.get('wall_s', 0):.3f} s\n")

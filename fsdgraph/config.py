@@ -67,7 +67,7 @@ def check_setting(name: str, value: Any, where: str) -> None:
     fsdgraph.errors.ConfigError: environment variable FSDGRAPH_TIMEOUT_S: timeout_s must be a positive finite number of seconds, got nan
     """
     if name in ("workers", "branching"):
-        ok, expected = value >= 1, "an integer >= 1"
+        ok, expected = value >= 1, "a positive integer"
     elif name == "topics":
         ok, expected = value >= 0, "an integer >= 0"
     elif name.endswith("_s"):

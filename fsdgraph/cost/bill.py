@@ -165,6 +165,7 @@ def bill(report: Mapping[str, Any], *, memory_mb: int = DEFAULT_MEMORY_MB,
     """
     prices = prices or Prices()
     _check_memory(memory_mb)
+    check_report(report)
     wall_s = _number(report.get("wall_s", 0.0), "report field 'wall_s'")
     requests = _counts(report.get("requests", {}), "report field 'requests'")
     workers_rows = list(report.get("per_worker") or [])
@@ -303,15 +304,118 @@ def _receive_payload_units(ledger: _Ledger, requests: Mapping[str, float],
                           if layer_total else None))
 
 
+#: No count, byte total, duration or timestamp of a real run comes near this (2**53, the
+#: largest integer a float holds exactly): a report above it is refused, not billed as inf.
+MAX_QUANTITY = float(2**53)
+#: Nor has any run this many workers or layers.
+MAX_INDEX = 10**7
+
+#: The fields of every ``per_layer`` entry that ``fsdgraph report`` prints.
+LAYER_FIELDS = ("rows_sent", "bytes_sent", "messages_sent", "compute_s", "wait_s", "codec_s")
+#: Numeric fields checked wherever they are present.
+_TOP_NUMBERS = ("wall_s", "bytes_sent", "invoked_at")
+_ROW_NUMBERS = ("duration_s", "launched_at", "finished_at", "bytes_sent", "bytes_received",
+                "compute_s", "wait_s", "codec_s", "rows_sent", "messages_sent")
+
+
+def check_report(report: Any, required: Sequence[str] = ()) -> None:
+    """InputError naming the field unless ``report`` has the shape of a run report: a mapping
+    whose ``workers`` and ``layers`` are counts, ``requests`` a mapping of counts,
+    ``per_layer`` / ``per_worker`` lists of mappings with an integer ``layer`` / ``worker`` and
+    finite, non-negative numbers of sensible size, and ``per_worker_layer`` lists of lists of
+    numbers. Fields in ``required`` must be present (``fsdgraph report`` requires what it
+    prints); other absent fields are fine (:func:`bill` bills what is there).
+
+    >>> check_report({"workers": 2, "per_layer": [{"layer": "one"}]})
+    Traceback (most recent call last):
+    ...
+    fsdgraph.errors.InputError: report field 'per_layer[0].layer' must be an integer, got 'one'
+    """
+    if not isinstance(report, Mapping):
+        raise InputError(f"not a run report: expected a JSON object, got {_kind(report)}")
+    missing = [k for k in required if k not in report]
+    if missing:
+        raise InputError(f"not a run report: missing {', '.join(missing)}")
+    for name in ("workers", "layers"):
+        if name in report:
+            _index(report[name], f"report field {name!r}")
+    if "requests" in report:
+        _counts(report["requests"], "report field 'requests'")
+    for name in _TOP_NUMBERS:
+        if name in report:
+            _number(report[name], f"report field {name!r}")
+    for table, key in (("per_layer", "layer"), ("per_worker", "worker")):
+        rows = report.get(table)
+        if rows is None:
+            continue
+        if not isinstance(rows, list):
+            raise InputError(f"report field {table!r} must be a list of objects, got "
+                             f"{_kind(rows)}")
+        for i, row in enumerate(rows):
+            where = f"report field '{table}[{i}]"
+            if not isinstance(row, Mapping):
+                raise InputError(f"{where}' must be an object, got {_kind(row)}")
+            if key not in row:
+                raise InputError(f"{where}' has no {key!r}")
+            _index(row[key], f"{where}.{key}'")
+            for name in _ROW_NUMBERS:
+                if name in row:
+                    _number(row[name], f"{where}.{name}'")
+            if "requests" in row:
+                _counts(row["requests"], f"{where}.requests'")
+            if table == "per_layer":
+                absent = [n for n in LAYER_FIELDS if n not in row]
+                if absent and "per_layer" in required:
+                    raise InputError(f"{where}' has no {absent[0]!r}")
+    grid = report.get("per_worker_layer")
+    if grid is not None:
+        if not isinstance(grid, Mapping):
+            raise InputError(f"report field 'per_worker_layer' must be an object, got "
+                             f"{_kind(grid)}")
+        for name, rows in grid.items():
+            where = f"report field 'per_worker_layer.{name}"
+            if not isinstance(rows, list):
+                raise InputError(f"{where}' must be a list of lists, got {_kind(rows)}")
+            for w, row in enumerate(rows):
+                if not isinstance(row, list):
+                    raise InputError(f"{where}[{w}]' must be a list of numbers, got "
+                                     f"{_kind(row)}")
+                for l, value in enumerate(row):
+                    _number(value, f"{where}[{w}][{l}]'")
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, shortened: a message never quotes the whole of a large value."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else "<huge int>"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, for messages."""
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _index(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{where} must be an integer, got {_short(value)}")
+    if not 0 <= value <= MAX_INDEX:
+        raise InputError(f"{where} must be in [0, {MAX_INDEX}], got {_short(value)}")
+    return value
+
+
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{where} must be a number, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not math.isfinite(value))):
+        raise InputError(f"{where} must be a finite number, got {_short(value)}")
     if value < 0:
-        raise InputError(f"{where} must be >= 0, got {value!r}")
+        raise InputError(f"{where} must be >= 0, got {_short(value)}")
+    if value > MAX_QUANTITY:
+        raise InputError(f"{where} is too large: {_short(value)} (at most {MAX_QUANTITY:.0f})")
     return float(value)
 
 
 def _counts(value: Any, where: str) -> dict[str, float]:
     if not isinstance(value, Mapping):
-        raise InputError(f"{where} must be a mapping of request kind to count, got {value!r}")
+        raise InputError(f"{where} must be a mapping of request kind to count, "
+                         f"got {_kind(value)}")
     return {str(k): _number(v, f"{where}[{k!r}]") for k, v in value.items()}
