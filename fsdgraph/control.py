@@ -5,7 +5,10 @@ waiting included: a heartbeat, so a silent worker is a dead one), ``done`` (its 
 written), ``error`` (the error's type and message, and the remote traceback as text: failures
 travel as data) or ``duplicate`` (a second invocation of a worker that already runs; it exits).
 Every status carries the wall-clock time it was sent, so the scheduler measures how late
-statuses reach it (``status_lag_s``).
+statuses reach it (``status_lag_s``), and a tag under the run's key (:mod:`fsdgraph.integrity`):
+a status whose tag does not verify (forged by whoever can write to the control queue, or
+damaged) is decoded as kind ``rejected``, which the scheduler counts and otherwise ignores, so a
+forged ``error`` never fails a run.
 
 The control plane must hold at a thousand workers: the heartbeat interval grows with the worker
 count (:func:`heartbeat_interval`, so all workers together send about :data:`STATUS_RATE`
@@ -37,6 +40,7 @@ import asyncio
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,7 +49,10 @@ from fsdgraph.resources import RunNames
 from fsdgraph.retry import retry
 from fsdgraph.transport import Entry, Limits, Message, MessageService, delete_received, entry_size
 
-KINDS = ("progress", "done", "error", "duplicate")
+KINDS = ("progress", "done", "error", "duplicate", "rejected")
+#: The fields a status is encoded with (and its tag covers), in order.
+FIELDS = ("kind", "worker", "layer", "message", "details", "launched_at", "error_type",
+          "sent_at")
 #: How long one poll of the scheduler waits before it checks its deadlines again, and the
 #: workers' default heartbeat interval (seconds); the cost estimate counts statuses with it.
 CONTROL_POLL_S = 0.5
@@ -80,7 +87,9 @@ def pollers(workers: int) -> int:
 class Status:
     """One status report of a worker."""
 
-    kind: str  #: one of :data:`KINDS`
+    #: one of :data:`KINDS` (``rejected``: a message that was not an authentic status, made by
+    #: the decoder only; ``message`` says why)
+    kind: str
     worker: int
     layer: int  #: layers completed so far (progress/done) or the failing layer (error)
     message: str = ""
@@ -118,22 +127,42 @@ class ControlPlane(ABC):
         """Scheduler side: statuses that arrived, waiting at most ``wait_s`` for the first."""
 
 
-def encode_status(run_id: str, status: Status) -> Entry:
-    body = json.dumps({"kind": status.kind, "worker": status.worker, "layer": status.layer,
-                       "message": status.message, "details": status.details,
-                       "launched_at": status.launched_at, "error_type": status.error_type,
-                       "sent_at": status.sent_at})
-    return Entry(body, {"run": run_id, "kind": status.kind})
+def _canonical(run_id: str, fields: Mapping[str, Any]) -> str:
+    return json.dumps([run_id, fields], sort_keys=True)
 
 
-def decode_status(msg: Message) -> Status:
+def encode_status(names: RunNames, status: Status) -> Entry:
+    """The message of a status: its fields as JSON, with their tag under the run's key."""
+    fields = {name: getattr(status, name) for name in FIELDS}
+    tag = names.key.tag(_canonical(names.run_id, fields))
+    return Entry(json.dumps({**fields, "tag": tag}), {"run": names.run_id, "kind": status.kind})
+
+
+def decode_status(names: RunNames, msg: Message) -> Status:
+    """The status a message carries; kind ``rejected`` (saying why) if it is not an authentic
+    status of this run. Nothing received is evaluated."""
     try:
-        d: dict[str, Any] = json.loads(msg.body)
-        return Status(str(d["kind"]), int(d["worker"]), int(d["layer"]), str(d["message"]),
-                      str(d["details"]), float(d["launched_at"]), str(d.get("error_type", "")),
-                      float(d.get("sent_at", 0.0)))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ProtocolError(f"malformed status message {msg.body[:200]!r}") from exc
+        d = json.loads(msg.body)
+    except ValueError:
+        return _rejected("not JSON", msg)
+    if not isinstance(d, dict) or set(d) != {*FIELDS, "tag"}:
+        return _rejected("not a status", msg)
+    tag = d.pop("tag")
+    if not names.key.verify(tag, _canonical(names.run_id, d)):
+        return _rejected("its tag does not verify", msg)
+    try:
+        return Status(**{name: _TYPES[name](d[name]) for name in FIELDS})
+    except (ValueError, TypeError, ProtocolError) as exc:  # authentic, yet malformed: a bug
+        raise ProtocolError(f"malformed status message {msg.body[:200]!r}: {exc}") from exc
+
+
+_TYPES: dict[str, type] = {"kind": str, "worker": int, "layer": int, "message": str,
+                           "details": str, "launched_at": float, "error_type": str,
+                           "sent_at": float}
+
+
+def _rejected(why: str, msg: Message) -> Status:
+    return Status("rejected", -1, 0, f"{why}: {msg.body[:100]!r}")
 
 
 class QueueControlPlane(ControlPlane):
@@ -159,7 +188,7 @@ class QueueControlPlane(ControlPlane):
         await self.messages.delete_queue(self.queue)
 
     async def report(self, status: Status) -> None:
-        entry = encode_status(self.names.run_id, self._fit(status))
+        entry = encode_status(self.names, self._fit(status))
         result = await self.messages.send_batch(self.queue, [entry])
         if not result.ok:
             f = result.failures[0]
@@ -170,7 +199,7 @@ class QueueControlPlane(ControlPlane):
         """The status, with its traceback (then message) cut to fit one message: the end of a
         traceback says most."""
         limit = min(self.limits.max_message_bytes, self.limits.max_batch_bytes)
-        while entry_size(encode_status(self.names.run_id, status)) > limit:
+        while entry_size(encode_status(self.names, status)) > limit:
             if len(status.details) > 64:
                 status = replace(status, details=status.details[-len(status.details) // 2:])
             elif status.details:
@@ -188,7 +217,7 @@ class QueueControlPlane(ControlPlane):
         ours = [m for m in messages if m.attributes.get("run") == self.names.run_id]
         if ours:  # what stays undeleted comes back later and is folded in again, harmlessly
             await delete_received(self.messages, self.queue, [m.receipt for m in ours])
-        return [decode_status(m) for m in ours]
+        return [decode_status(self.names, m) for m in ours]
 
 
 class Reporter:

@@ -22,11 +22,12 @@ from typing import Any
 
 from fsdgraph import tree
 from fsdgraph.errors import ProtocolError
+from fsdgraph.integrity import RunKey
 from fsdgraph.resources import RunNames
 from fsdgraph.wire import from_json
 
 #: Bump when a field changes meaning or a required field is added.
-EVENT_VERSION = 2
+EVENT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class WorkerEvent:
     progress_interval_s: float = 0.5
     #: Children per node of the invocation tree (``fsdgraph.tree``): who this worker starts.
     branching: int = 4
+    #: The run's key (:class:`~fsdgraph.integrity.RunKey`) as hex: a secret, never printed.
+    run_key: str = field(default="", repr=False)
     version: int = EVENT_VERSION
 
     def __post_init__(self) -> None:
@@ -55,7 +58,11 @@ class WorkerEvent:
 
     @property
     def names(self) -> RunNames:
-        return RunNames(self.run_id, self.namespace)
+        try:
+            key = RunKey.from_hex(self.run_key)
+        except ValueError:
+            raise ProtocolError("worker event: field 'run_key' is not a run key") from None
+        return RunNames(self.run_id, self.namespace, key)
 
     @property
     def children(self) -> list[int]:

@@ -29,7 +29,8 @@ from fsdgraph.transport import (
 
 #: The per-layer counters, in report order.
 COUNTERS = ("rows_sent", "nnz_sent", "bytes_sent", "messages_sent", "rows_received",
-            "nnz_received", "bytes_received", "messages_received", "duplicates_dropped")
+            "nnz_received", "bytes_received", "messages_received", "duplicates_dropped",
+            "unauthenticated_dropped")
 TIMERS = ("compute_s", "wait_s", "codec_s", "cpu_s")
 
 
@@ -47,6 +48,8 @@ class LayerMetrics:
     bytes_received: int = 0
     messages_received: int = 0
     duplicates_dropped: int = 0
+    #: Messages and objects of this run whose tag did not verify (forged or damaged): dropped.
+    unauthenticated_dropped: int = 0
     compute_s: float = 0.0
     wait_s: float = 0.0
     codec_s: float = 0.0

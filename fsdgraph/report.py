@@ -45,6 +45,7 @@ class RunFacts:
     progress_lag_s: float = 0.0  #: the latest any status reached the scheduler
     duplicate_invocations: int = 0  #: invocation events delivered twice (and made harmless)
     channel_setup: Mapping[str, Any] = field(default_factory=dict)  #: ``Channel.fit``'s choice
+    statuses_rejected: int = 0  #: control messages whose tag did not verify (dropped)
 
 
 def build_report(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mapping[str, Any],
@@ -129,6 +130,7 @@ def _sum_metrics(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mappi
         "status_lag_s": facts.status_lag_s,
         "progress_lag_s": facts.progress_lag_s,
         "duplicate_invocations": facts.duplicate_invocations,
+        "statuses_rejected": facts.statuses_rejected,
         "channel_setup": dict(facts.channel_setup),
         **totals,
         "peak_rss_bytes_max": max((w["peak_rss_bytes"] for w in per_worker), default=0),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from fsdgraph.integrity import RunKey
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,9 @@ class RunNames:
 
     run_id: str
     namespace: str = "fsd"
+    #: The run's secret (:mod:`fsdgraph.integrity`): what its processes send each other is
+    #: tagged with it. Never part of a name, never printed.
+    key: RunKey = field(default_factory=RunKey, repr=False, compare=False)
 
     @property
     def prefix(self) -> str:

@@ -58,6 +58,7 @@ from fsdgraph.codec import BlockCodec
 from fsdgraph.control import CONTROL_POLL_S, Status, heartbeat_interval, pollers
 from fsdgraph.errors import ConfigError, FsdError, InputError, RunError, RunTimeout
 from fsdgraph.event import WorkerEvent
+from fsdgraph.integrity import RunKey
 from fsdgraph.kernels import Block, categories
 from fsdgraph.metrics import WorkerMetrics, counted
 from fsdgraph.plan import Plan
@@ -102,6 +103,11 @@ class Result:
     report: dict[str, Any]
 
 
+#: How long the scheduler waits for more peer timeouts after the first, to name the edge that
+#: lost data: every worker downstream of it times out too, about as soon.
+TIMEOUT_GRACE_S = 2.0
+
+
 class RunState:
     """What the scheduler knows about every worker while a run is going."""
 
@@ -116,11 +122,19 @@ class RunState:
         self.duplicates = 0  #: invocations that found their worker running and exited
         self.status_lag_s = 0.0  #: the latest a ``done`` or ``error`` status arrived
         self.progress_lag_s = 0.0  #: the latest any status arrived
+        self.rejected = 0  #: messages on the control plane that were not authentic statuses
+        #: Workers' peer timeouts, held for :data:`TIMEOUT_GRACE_S` to report the one that
+        #: names the edge that lost data (the earliest layer), not the first to give up.
+        self.timeouts: list[Status] = []
+        self.timeouts_until = 0.0
 
     def apply(self, status: Status, now: float, received_at: float = 0.0) -> None:
         """Fold one status message in (received at wall-clock time ``received_at``, to measure
         its lag); raise RunError for an ``error`` status."""
         w = status.worker
+        if status.kind == "rejected":
+            self.rejected += 1
+            return
         if not 0 <= w < len(self.done_layers):
             return
         if status.sent_at and received_at:
@@ -134,10 +148,14 @@ class RunState:
         self.last_heard[w] = now
         self.heard_from[w] = True
         self.launched_at[w] = status.launched_at
+        if status.kind == "error" and status.error_type == "RunTimeout":
+            if not self.timeouts:
+                self.timeouts_until = now + TIMEOUT_GRACE_S
+            self.timeouts.append(status)
+            return
         if status.kind == "error":
-            error = RunTimeout if status.error_type == "RunTimeout" else RunError
-            raise error(f"worker {w} failed at layer {status.layer}: {status.message}",
-                        worker=w, layer=status.layer, details=status.details)
+            raise RunError(f"worker {w} failed at layer {status.layer}: {status.message}",
+                           worker=w, layer=status.layer, details=status.details)
         self.done_layers[w] = max(self.done_layers[w], status.layer)
         if status.kind == "done":
             self.finished.add(w)
@@ -147,6 +165,14 @@ class RunState:
         waiting = [w for w in range(len(self.done_layers)) if w not in self.finished]
         if not waiting:  # the last "done" came in time for this check: the run finished
             return
+        if self.timeouts and (now >= self.timeouts_until
+                              or {s.worker for s in self.timeouts} >= set(waiting)):
+            first = min(self.timeouts, key=lambda s: (s.layer, s.worker))
+            others = sorted({s.worker for s in self.timeouts} - {first.worker})
+            also = f" (workers {others} timed out after it)" if others else ""
+            raise RunTimeout(f"worker {first.worker} failed at layer {first.layer}: "
+                             f"{first.message}{also}", worker=first.worker, layer=first.layer,
+                             details=first.details)
         if now - self.started > config.timeout_s:
             raise RunTimeout(f"run timed out after {config.timeout_s:g} s; "
                              f"{self._describe(waiting)}", worker=waiting[0] if waiting else None)
@@ -202,7 +228,7 @@ class Scheduler:
         if not np.all(np.isfinite(y0.data)):
             raise InputError("inputs contain NaN or infinite values")
         submitted = time.perf_counter()
-        names = RunNames(uuid.uuid4().hex[:12], self.backend.namespace)
+        names = RunNames(uuid.uuid4().hex[:12], self.backend.namespace, RunKey.generate())
         coordinator = WorkerMetrics(-1)
         prices = self.prices or self.backend.prices()
         channel_config = self.channel.prepare(self.config.channel, prices)
@@ -244,7 +270,8 @@ class Scheduler:
             setup_s=phases.seconds["setup"], setup_requests=phases.requests["setup"],
             teardown_s=phases.seconds["teardown"], teardown_requests=phases.requests["teardown"],
             status_lag_s=state.status_lag_s, progress_lag_s=state.progress_lag_s,
-            duplicate_invocations=state.duplicates, channel_setup=channel_setup)
+            duplicate_invocations=state.duplicates, channel_setup=channel_setup,
+            statuses_rejected=state.rejected)
         report = build_report(worker_metrics, coordinator.to_dict(), plan, facts, self.channel,
                               self.config.channel, prices)
         return Result(activations, cats, report)
@@ -267,7 +294,8 @@ class Scheduler:
             run_id=names.run_id, namespace=names.namespace, worker=-1, workers=plan.workers,
             batch=batch, channel=self.channel.name, backend=self.backend.name,
             channel_config=asdict(channel_config), backend_config=services.description,
-            progress_interval_s=interval, branching=self.config.branching)
+            progress_interval_s=interval, branching=self.config.branching,
+            run_key=names.key.hex())
         state = RunState(plan.workers, plan.layers, time.monotonic())
         for root in roots(plan.workers, self.config.branching):
             payload = event.child(root).to_json()

@@ -19,7 +19,7 @@ from fsdgraph.graph import Graph, Layer, Node, sequential
 from fsdgraph.kernels import Block, LayerInputs, WeightRows, reference_inference
 from fsdgraph.partitioners import Partitioner
 from fsdgraph.plan import INPUT, SHARD_VERSION, Plan, WorkerShard
-from fsdgraph.scheduler import RunConfig, RunState
+from fsdgraph.scheduler import TIMEOUT_GRACE_S, RunConfig, RunState
 from fsdgraph.serialize import pack, unpack
 
 
@@ -518,12 +518,36 @@ def test_a_finished_worker_is_never_late(state: RunState) -> None:
 
 
 def test_an_error_status_with_a_worker_timeout_is_a_run_timeout(state: RunState) -> None:
+    state.apply(status("error", 2, 4, message="RunTimeout: nothing new from [1]",
+                       details="waiting for layer 4", error_type="RunTimeout"), now=T0 + 1)
+    state.check(T0 + 1 + TIMEOUT_GRACE_S / 2, CONFIG)  # held: others may name an earlier edge
     with pytest.raises(RunTimeout, match=exactly(
             "worker 2 failed at layer 4: RunTimeout: nothing new from [1]")) as caught:
-        state.apply(status("error", 2, 4, message="RunTimeout: nothing new from [1]",
-                           details="waiting for layer 4", error_type="RunTimeout"), now=T0 + 1)
+        state.check(T0 + 1 + TIMEOUT_GRACE_S, CONFIG)
     assert (caught.value.worker, caught.value.layer) == (2, 4)
     assert caught.value.details == "waiting for layer 4"
+
+
+def test_the_earliest_peer_timeout_names_the_lost_edge(state: RunState) -> None:
+    """A message lost on edge 2 -> 0 at layer 3: worker 0 times out at layer 3, and worker 1,
+    waiting for worker 0 at layer 4, times out first; the report names layer 3's edge."""
+    state.apply(status("error", 1, 4, message="RunTimeout: nothing new from [0]",
+                       error_type="RunTimeout"), now=T0 + 1)
+    state.apply(status("error", 0, 3, message="RunTimeout: layer 3 edge worker 2 -> worker 0",
+                       error_type="RunTimeout"), now=T0 + 1.5)
+    state.apply(status("error", 2, 4, message="RunTimeout: nothing new from [0]",
+                       error_type="RunTimeout"), now=T0 + 1.6)
+    with pytest.raises(RunTimeout, match=exactly(  # every unfinished worker spoke: no wait
+            "worker 0 failed at layer 3: RunTimeout: layer 3 edge worker 2 -> worker 0 "
+            "(workers [1, 2] timed out after it)")) as caught:
+        state.check(T0 + 1.6, CONFIG)
+    assert (caught.value.worker, caught.value.layer) == (0, 3)
+
+
+def test_a_rejected_status_is_counted_and_changes_nothing(state: RunState) -> None:
+    state.apply(status("rejected", -1, 0, message="its tag does not verify"), now=T0 + 1)
+    assert state.rejected == 1
+    state.check(T0 + 2, CONFIG)
 
 
 @pytest.mark.parametrize("error_type", ["RunError", "ValueError", ""])

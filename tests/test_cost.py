@@ -312,8 +312,9 @@ def test_estimate_object_follows_the_edges(small_plan: fsdgraph.Plan) -> None:
     assert b.total > 0
     assert b.item("S3", "PUT exchange").quantity == len(edges)
     assert b.item("S3", "GET exchange").quantity == 1.5 * len(edges)
-    # bytes: 100 images x neurons x 0.13 x 0.72 bytes (rounded up) + 24 per object
-    expected = sum(math.ceil(100 * len(e.neurons) * 0.13 * 0.72) + 24 for e in edges)
+    # bytes: 100 images x neurons x 0.13 x 0.72 bytes (rounded up) + 64 per object (format,
+    # run id, tag)
+    expected = sum(math.ceil(100 * len(e.neurons) * 0.13 * 0.72) + 64 for e in edges)
     assert b.item("data transfer", "in region").quantity * 2**30 == pytest.approx(expected)
     assert b.item("Lambda", "invocations").quantity == small_plan.workers
     assert b.item("Lambda", "duration (1769 MB)").quantity == pytest.approx(3 * 2.0 * 1769 / 1024)

@@ -206,7 +206,7 @@ def _init(address: str | None, **options: Any) -> None:
 def _services(actor: Any, run: RayRun, names: RunNames, limits: Limits,
               description: dict[str, Any]) -> Services:
     return Services(objects=RayObjectStore(actor, limits), control=RayControlPlane(
-        actor, names.run_id), functions=RayFunctions(actor), limits=limits,
+        actor, names), functions=RayFunctions(actor), limits=limits,
         description=description, extensions={"ray": run})
 
 

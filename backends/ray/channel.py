@@ -40,6 +40,7 @@ from ray.exceptions import RayError
 from fsdgraph.backend import Services
 from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk, WorkerContext
 from fsdgraph.errors import ConfigError, ProtocolError, TransportError
+from fsdgraph.integrity import checksum
 from fsdgraph.resources import RunNames
 
 from .store import RayRun, call
@@ -178,7 +179,7 @@ class RayChannel(Channel):
         for (_, l, src, index, count, _refs), payload in zip(ours, payloads, strict=True):
             m.messages_received += 1
             m.bytes_received += len(payload)
-            if self.inbox.offer(l, src, index, count, payload):
+            if self.inbox.offer(l, src, index, count, payload, checksum(payload)):
                 kept += 1
             else:
                 m.duplicates_dropped += 1

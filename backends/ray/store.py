@@ -37,6 +37,7 @@ from ray.exceptions import ActorUnavailableError, RayError
 from fsdgraph.backend import Functions
 from fsdgraph.control import ControlPlane, Status, decode_status, encode_status
 from fsdgraph.errors import NotFound, ProtocolError, TransportError
+from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits, Message, ObjectStore
 
 #: The Ray namespace of every named actor fsdgraph creates (apart from a user's own actors).
@@ -211,17 +212,17 @@ class RayControlPlane(ControlPlane):
     """Statuses through the run actor's queue, as the JSON bodies of
     :func:`fsdgraph.control.encode_status` (nothing received is evaluated)."""
 
-    def __init__(self, actor: Any, run_id: str) -> None:
+    def __init__(self, actor: Any, names: RunNames) -> None:
         self.actor = actor
-        self.run_id = run_id
+        self.names = names
 
     async def report(self, status: Status) -> None:
-        body = encode_status(self.run_id, status).body
+        body = encode_status(self.names, status).body
         await call(self.actor.report, body, what=f"worker {status.worker}: report {status.kind}")
 
     async def poll(self, wait_s: float) -> list[Status]:
         bodies = await call(self.actor.poll, float(wait_s), what="poll statuses")
-        return [decode_status(Message(str(body), {}, "")) for body in bodies]
+        return [decode_status(self.names, Message(str(body), {}, "")) for body in bodies]
 
 
 class RayFunctions(Functions):

@@ -23,20 +23,21 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
 from fsdgraph.channels.base import ChannelConfig, OutChunk
-from fsdgraph.channels.object import object_requests
+from fsdgraph.channels.object import object_requests, offer_edge, pack_edge, unpack_edge
 from fsdgraph.channels.queue import (
     MODEL_RUN_ID,
     QueueChannel,
     chunk_attributes,
     queue_requests,
     queue_setup_requests,
+    verified,
 )
 from fsdgraph.errors import ProtocolError
+from fsdgraph.integrity import checksum
 from fsdgraph.prices import Prices
 from fsdgraph.resources import RunNames
+from fsdgraph.retry import Backoff
 from fsdgraph.transport import CHUNK_BYTES, Entry, Message
 
 if TYPE_CHECKING:
@@ -92,10 +93,12 @@ class AutoChannel(QueueChannel):
                       f"{line} bytes)")
         object_requests(exchange, as_objects, empty_polls=0.0)  # the pointer says when
         names = RunNames(MODEL_RUN_ID)
-        pointers = [(e, Entry(names.exchange_key(e.layer, e.src, e.dst),
-                              {**chunk_attributes(MODEL_RUN_ID, OutChunk(e.layer, e.src, e.dst,
-                                                                          0, 1, b"")),
-                               "pointer": "1"})) for e, _ in as_objects]
+        pointers = []
+        for e, _ in as_objects:
+            key = names.exchange_key(e.layer, e.src, e.dst)
+            pointers.append((e, Entry(key, chunk_attributes(
+                names, OutChunk(e.layer, e.src, e.dst, 0, 1, b""), checksum(key.encode()),
+                "pointer"))))
         queue_requests(exchange, as_messages, pointers)
         queue_setup_requests(exchange)
 
@@ -118,27 +121,37 @@ class AutoChannel(QueueChannel):
                 m.channel["edges_via_queue"] += 1
                 continue
             key = self.names.exchange_key(layer, self.worker, dst)
-            body = msgpack.packb([self.names.run_id, payloads], use_bin_type=True)
+            body = pack_edge(self.names, key, payloads)
             puts.append(self.services.objects.put(key, body))
             m.channel["edges_via_object"] += 1
             m.bytes_sent += len(body)
             attributes = self._attributes(OutChunk(layer, self.worker, dst, 0, len(payloads),
-                                                   b""))
-            pointers.append(Entry(key, {**attributes, "pointer": "1"}))
+                                                   b""), checksum(key.encode()), "pointer")
+            pointers.append(Entry(key, attributes))
         await asyncio.gather(*puts)  # objects first: a pointer must never point at nothing
         await self._publish_entries(pointers + self._entries(small))
 
     async def _take(self, msg: Message, layer: int, src: int, index: int, count: int) -> bool:
-        if msg.attributes.get("pointer") != "1":
+        if msg.attributes["kind"] != "pointer":
             return await super()._take(msg, layer, src, index, count)
-        if msg.body != self.names.exchange_key(layer, src, self.worker):
-            raise ProtocolError(f"worker {self.worker}: pointer to unexpected key {msg.body!r}")
-        body = await self.services.objects.get(msg.body)
-        try:
-            run_id, payloads = msgpack.unpackb(body, raw=False)
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise ProtocolError(f"object {msg.body} is not a chunk list: {exc}") from exc
-        if run_id != self.names.run_id or len(payloads) != count:
-            raise ProtocolError(f"object {msg.body} does not hold the {count} chunks announced")
+        edge = self.inbox.edge(layer, src)
+        key = self.names.exchange_key(layer, src, self.worker)
+        if msg.body != key:
+            raise ProtocolError(f"{edge}: pointer to unexpected key {msg.body!r}")
+        verified(edge, msg.body.encode(), msg.attributes)
+        backoff = Backoff(self.config.peer_timeout_s)
+        while True:  # the pointer follows the PUT: a bad read is damage, read it again
+            body = await self.services.objects.get(key)
+            chunks = unpack_edge(self.names, key, body)
+            if chunks is not None:
+                break
+            self.metrics.current.unauthenticated_dropped += 1
+            if backoff.expired:
+                raise ProtocolError(f"{edge}: object {key} failed its integrity check on every "
+                                    f"read for {self.config.peer_timeout_s:g} s")
+            await backoff.wait()
+        if len(chunks) != count:
+            raise ProtocolError(f"{edge}: object {key} holds {len(chunks)} chunks, its pointer "
+                                f"announced {count}")
         self.metrics.current.bytes_received += len(body)
-        return any([self.inbox.offer(layer, src, i, count, p) for i, p in enumerate(payloads)])
+        return offer_edge(self.inbox, layer, src, chunks) > 0

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from fsdgraph import defaults
 from fsdgraph.backend import Services
 from fsdgraph.codec import WIRE_DENSE_ABOVE, BlockCodec, Chunk
-from fsdgraph.errors import ConfigError, RunTimeout
+from fsdgraph.errors import ConfigError, ProtocolError, RunTimeout
 from fsdgraph.kernels import Block
 from fsdgraph.metrics import WorkerMetrics
 from fsdgraph.resources import RunNames
@@ -103,26 +103,51 @@ class OutChunk:
 
 
 class Inbox:
-    """Received chunks by layer: deduplication and completeness, independent of transport."""
+    """Received chunks by layer: deduplication and completeness, independent of transport.
 
-    def __init__(self) -> None:
+    A chunk is offered with the checksum of its payload (verified by the channel): a second
+    delivery of the same identity is dropped when its content is the same, and is a
+    :class:`~fsdgraph.errors.ProtocolError` naming the edge when it differs (never first-wins).
+    """
+
+    def __init__(self, worker: int = -1) -> None:
+        self.worker = worker
         self._count: dict[tuple[int, int], int] = {}
-        self._seen: dict[tuple[int, int], set[int]] = {}
+        self._seen: dict[tuple[int, int], dict[int, str]] = {}
         self._ready: dict[int, list[tuple[int, bytes]]] = {}
+        self._notes: dict[tuple[int, int], str] = {}
         self._closed_below = 0
 
-    def offer(self, layer: int, src: int, index: int, count: int, payload: bytes) -> bool:
+    def offer(self, layer: int, src: int, index: int, count: int, payload: bytes,
+              digest: str = "") -> bool:
         """Keep a chunk unless it was seen before (or its layer is done); True if kept."""
         if layer < self._closed_below:
             return False
-        seen = self._seen.setdefault((layer, src), set())
+        if count < 0 or not (0 <= index < max(count, 1)):
+            raise ProtocolError(f"{self.edge(layer, src)}: chunk index {index} of {count}")
+        seen = self._seen.setdefault((layer, src), {})
+        known = self._count.get((layer, src))
+        if known is not None and known != count:
+            raise ProtocolError(f"{self.edge(layer, src)}: two deliveries disagree on the "
+                                f"number of chunks ({known} and {count})")
         if index in seen:
+            if seen[index] != digest:
+                raise ProtocolError(f"{self.edge(layer, src)}: two deliveries of chunk {index} "
+                                    f"of {count} with different content")
             return False
-        seen.add(index)
+        seen[index] = digest
         self._count[(layer, src)] = count
         if count:
             self._ready.setdefault(layer, []).append((src, payload))
         return True
+
+    def edge(self, layer: int, src: int) -> str:
+        """The edge ``src -> this worker`` of ``layer``, in words."""
+        return f"layer {layer} edge worker {src} -> worker {self.worker}"
+
+    def note(self, layer: int, src: int, what: str) -> None:
+        """Remember why an edge is not complete yet (said if its layer times out)."""
+        self._notes[(layer, src)] = what
 
     def take(self, layer: int) -> list[tuple[int, bytes]]:
         return self._ready.pop(layer, [])
@@ -137,6 +162,10 @@ class Inbox:
                 out[src] = "no chunk yet"
             elif seen < max(count, 1):
                 out[src] = f"{seen} of {count} chunks"
+            else:
+                continue
+            if (layer, src) in self._notes:
+                out[src] += f", {self._notes[(layer, src)]}"
         return out
 
     def close(self, layer: int) -> None:
@@ -145,6 +174,8 @@ class Inbox:
         for key in [k for k in self._seen if k[0] <= layer]:
             del self._seen[key]
             self._count.pop(key, None)
+        for key in [k for k in self._notes if k[0] <= layer]:
+            del self._notes[key]
 
 
 @dataclass
@@ -190,7 +221,7 @@ class Channel(ABC):
         self.config = context.config
         self.metrics = context.metrics
         self.codec = context.codec
-        self.inbox = Inbox()
+        self.inbox = Inbox(context.worker)
 
     # -- the run (scheduler side) -------------------------------------------------------------
     @classmethod
@@ -280,7 +311,10 @@ class Channel(ABC):
         while True:
             for src, payload in self.inbox.take(layer):
                 start = time.perf_counter()
-                chunk = self.codec.decode(payload)
+                try:
+                    chunk = self.codec.decode(payload)
+                except ProtocolError as exc:
+                    raise ProtocolError(f"{self.inbox.edge(layer, src)}: {exc}") from exc
                 m.codec_s += time.perf_counter() - start
                 m.rows_received += len(chunk.block.rows)
                 m.nnz_received += chunk.block.nnz
@@ -292,7 +326,8 @@ class Channel(ABC):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = self.inbox.missing(layer, sources)
-                detail = "; ".join(f"worker {s}: {what}" for s, what in missing.items())
+                detail = "; ".join(f"{self.inbox.edge(layer, s)}: {what}"
+                                   for s, what in missing.items())
                 raise RunTimeout(
                     f"worker {self.worker} layer {layer}: nothing new from "
                     f"{sorted(missing)} for {self.config.peer_timeout_s:g} s ({detail})",

@@ -3,8 +3,13 @@
 Sender ``src`` writes ``runs/<run>/x/<dst>/<layer>/<src>`` holding every chunk of the edge (an
 object holds up to ``max_object_bytes``, so one object nearly always suffices; a larger edge is
 split into several chunks inside the same object). An empty edge is an object with no chunks: the
-explicit empty marker. The reader knows every key it expects from the plan and GETs them, backing
-off while they are missing, instead of LISTing a prefix (a LIST costs as much as a PUT and lags).
+explicit empty marker. An object carries the tag of its key and of its chunks' checksums under
+the run's key (:func:`pack_edge`): one that does not verify (damaged, forged, another run's, or
+malformed) is counted (``unauthenticated_dropped``) and read again with backoff, as a missing
+one is; if it never verifies, the peer timeout names the edge and says so.
+
+The reader knows every key it expects from the plan and GETs them, backing off while they are
+missing, instead of LISTing a prefix (a LIST costs as much as a PUT and lags).
 
 At scale, S3's request rates bind (5 500 GETs/s per prefix, 503 SlowDown above, and a new run's
 prefix starts in one partition): keys start with their reader, so that S3 can split the readers
@@ -25,8 +30,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgpack
 
-from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk, WorkerContext
-from fsdgraph.errors import NotFound, ProtocolError, TransportError
+from fsdgraph.channels.base import Channel, ChannelConfig, Inbox, OutChunk, WorkerContext
+from fsdgraph.errors import NotFound, TransportError
+from fsdgraph.integrity import checksum
+from fsdgraph.resources import RunNames
 from fsdgraph.retry import retry
 
 if TYPE_CHECKING:
@@ -34,8 +41,33 @@ if TYPE_CHECKING:
     from fsdgraph.plan import Edge
     from fsdgraph.quotas import Quotas
 
-#: Bytes msgpack adds around an edge's payloads (``[run id, [payloads]]``).
-OBJECT_OVERHEAD = 24
+#: Bytes msgpack adds around an edge's payloads (``[format, run id, [payloads], tag]``).
+OBJECT_OVERHEAD = 64
+#: The first element of an edge object: its layout.
+EDGE_FORMAT = "fsd-edge-1"
+
+
+def pack_edge(names: RunNames, key: str, payloads: Sequence[bytes]) -> bytes:
+    """The object holding ``payloads``, the chunks of the edge stored under ``key``."""
+    tag = names.key.tag(names.run_id, key, str(len(payloads)), *map(checksum, payloads))
+    return bytes(msgpack.packb([EDGE_FORMAT, names.run_id, list(payloads), tag],
+                               use_bin_type=True))
+
+
+def unpack_edge(names: RunNames, key: str, body: bytes) -> list[tuple[bytes, str]] | None:
+    """The chunks (and their checksums) of the edge object ``body`` read from ``key``; None if it
+    is not an authentic object of this run at this key (damaged, forged, another run's)."""
+    try:
+        fmt, run_id, payloads, tag = msgpack.unpackb(body, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if (fmt != EDGE_FORMAT or run_id != names.run_id or not isinstance(payloads, list)
+            or not all(isinstance(p, bytes) for p in payloads)):
+        return None
+    sums = [checksum(p) for p in payloads]
+    if not names.key.verify(tag, names.run_id, key, str(len(payloads)), *sums):
+        return None
+    return list(zip(payloads, sums, strict=True))
 
 
 class ObjectChannel(Channel):
@@ -79,11 +111,10 @@ class ObjectChannel(Channel):
             by_edge.setdefault((c.layer, c.dst), []).append(c)
         puts = []
         for (layer, dst), edge in by_edge.items():
-            body = msgpack.packb([self.names.run_id, [c.payload for c in edge if c.count]],
-                                 use_bin_type=True)
+            key = self.names.exchange_key(layer, self.worker, dst)
+            body = pack_edge(self.names, key, [c.payload for c in edge if c.count])
             self.metrics.current.bytes_sent += len(body)
             self.metrics.current.messages_sent += 1
-            key = self.names.exchange_key(layer, self.worker, dst)
             puts.append(retry(partial(self.services.objects.put, key, body),
                               deadline_s=self.config.peer_timeout_s))
         await asyncio.gather(*puts)
@@ -106,7 +137,8 @@ class ObjectChannel(Channel):
                     self.metrics.current.channel["slowdowns"] += 1  # tried again below
                     absent.append(key)
                     continue
-                kept += self._unpack(layer, src, key, body)
+                got = self._unpack(layer, src, key, body)
+                kept += got or 0  # None: read it again after the backoff (it may be replaced)
             if kept or loop.time() >= until:
                 if kept:
                     self._delay = self.config.object_poll_min_s
@@ -125,20 +157,26 @@ class ObjectChannel(Channel):
                 await asyncio.sleep(delay)
             self._delay = min(self._delay * 2, self.config.object_poll_max_s)
 
-    def _unpack(self, layer: int, src: int, key: str, body: bytes) -> int:
-        try:
-            run_id, payloads = msgpack.unpackb(body, raw=False)
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise ProtocolError(f"object {key} is not a chunk list: {exc}") from exc
-        if run_id != self.names.run_id:
-            return 0  # never consume another run's data (keys carry the run id too)
+    def _unpack(self, layer: int, src: int, key: str, body: bytes) -> int | None:
+        """Chunks kept from an edge object; None if it did not verify (counted, noted for the
+        timeout's message)."""
         m = self.metrics.current
+        chunks = unpack_edge(self.names, key, body)
+        if chunks is None:
+            m.unauthenticated_dropped += 1
+            self.inbox.note(layer, src, f"object {key} failed its integrity check")
+            return None
         m.messages_received += 1
         m.bytes_received += len(body)
-        if not payloads:
-            return int(self.inbox.offer(layer, src, 0, 0, b""))
-        return sum(self.inbox.offer(layer, src, i, len(payloads), p)
-                   for i, p in enumerate(payloads))
+        return offer_edge(self.inbox, layer, src, chunks)
+
+
+def offer_edge(inbox: Inbox, layer: int, src: int, chunks: Sequence[tuple[bytes, str]]) -> int:
+    """Offer every chunk of a verified edge object to ``inbox``; how many were kept."""
+    if not chunks:
+        return int(inbox.offer(layer, src, 0, 0, b"", checksum(b"")))
+    return sum(inbox.offer(layer, src, i, len(chunks), p, digest)
+               for i, (p, digest) in enumerate(chunks))
 
 
 def object_requests(exchange: ExchangeEstimate, edges: Sequence[tuple[Edge, int]], *,

@@ -5,7 +5,12 @@ worker, the queue of worker ``w`` subscribed to shard ``w mod S`` with the filte
 ``{"target": [w]}``; ``S`` is the fewest shards SNS's filter-policy quota allows (one up to 200
 workers). A sender publishes each target's chunks on the target's shard. A chunk is one message:
 the base64 chunk as body, its identity as string attributes (``run``, ``layer``, ``src``,
-``target``, ``index``, ``count``). Chunks for the targets of one shard are packed into one batch
+``target``, ``index``, ``count``), the checksum of the chunk (``sum``) and the tag of all of these
+under the run's key (``tag``, :mod:`fsdgraph.integrity`). A message whose tag does not verify
+(forged, or damaged in its attributes) is deleted and counted (``unauthenticated_dropped``),
+never used; an authentic message whose body does not match its checksum, or that is malformed,
+fails the run with a :class:`~fsdgraph.errors.ProtocolError` naming the edge (a queue cannot be
+asked for the message again). Chunks for the targets of one shard are packed into one batch
 call (at most ``max_batch_entries`` entries and ``max_batch_bytes`` in all: the paper's payload
 packing). A message on a worker's queue that is not a chunk addressed to it (a late readiness
 probe, a misrouted message) is deleted and counted (``stray_dropped``), never fatal. Entries
@@ -24,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fsdgraph.backend import Services
@@ -33,6 +38,7 @@ from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk
 from fsdgraph.channels.queue_resources import PROBE, topic_shards
 from fsdgraph.codec import TextCodec
 from fsdgraph.errors import ProtocolError, RunError
+from fsdgraph.integrity import checksum
 from fsdgraph.resources import RunNames
 from fsdgraph.retry import Backoff
 from fsdgraph.transport import (
@@ -56,16 +62,33 @@ if TYPE_CHECKING:
 _text = TextCodec()
 
 
-def chunk_attributes(run_id: str, c: OutChunk) -> dict[str, str]:
-    """The string attributes that identify chunk ``c`` of run ``run_id`` on a queue."""
-    return {"run": run_id, "layer": str(c.layer), "src": str(c.src), "target": str(c.dst),
-            "index": str(c.index), "count": str(c.count)}
+#: The attributes a chunk's tag covers, in order (``kind`` is "chunk" or, on the auto channel,
+#: "pointer").
+TAGGED = ("run", "kind", "layer", "src", "target", "index", "count", "sum")
+
+
+def chunk_attributes(names: RunNames, c: OutChunk, digest: str,
+                     kind: str = "chunk") -> dict[str, str]:
+    """The string attributes of chunk ``c`` of run ``names`` on a queue: its identity, the
+    checksum ``digest`` of what the body carries, and their tag under the run's key."""
+    a = {"run": names.run_id, "kind": kind, "layer": str(c.layer), "src": str(c.src),
+         "target": str(c.dst), "index": str(c.index), "count": str(c.count), "sum": digest}
+    a["tag"] = names.key.tag(*(a[k] for k in TAGGED))
+    return a
+
+
+def authentic(names: RunNames, attributes: Mapping[str, str]) -> bool:
+    """Whether a message's attributes carry a valid tag under the run's key."""
+    if any(not isinstance(attributes.get(k), str) for k in TAGGED):
+        return False
+    return names.key.verify(attributes.get("tag"), *(attributes[k] for k in TAGGED))
 
 
 def queue_chunk_budget(limits: Limits, run_id: str) -> int:
     """The largest raw chunk whose base64 body and attributes fit one message and one batch."""
     widest = OutChunk(10**9, 10**6, 10**6, 10**6, 10**6, b"")
-    overhead = entry_size(Entry("", chunk_attributes(run_id, widest)))
+    attributes = chunk_attributes(RunNames(run_id), widest, checksum(b""), "pointer")
+    overhead = entry_size(Entry("", attributes))
     return _text.raw_budget(min(limits.max_message_bytes, limits.max_batch_bytes) - overhead)
 
 
@@ -98,14 +121,15 @@ class QueueChannel(Channel):
                                config: ChannelConfig) -> None:
         await queue_resources.delete(_messages_of(services), names, workers, config)
 
-    def _attributes(self, c: OutChunk) -> dict[str, str]:
-        return chunk_attributes(self.names.run_id, c)
+    def _attributes(self, c: OutChunk, digest: str, kind: str = "chunk") -> dict[str, str]:
+        return chunk_attributes(self.names, c, digest, kind)
 
     def chunk_budget(self) -> int:
         return queue_chunk_budget(self.services.limits, self.names.run_id)
 
     def _entries(self, chunks: list[OutChunk]) -> list[Entry]:
-        return [Entry(_text.encode(c.payload), self._attributes(c)) for c in chunks]
+        return [Entry(_text.encode(c.payload), self._attributes(c, checksum(c.payload)))
+                for c in chunks]
 
     async def _send_chunks(self, chunks: list[OutChunk]) -> None:
         await self._publish_entries(self._entries(chunks))
@@ -169,10 +193,15 @@ class QueueChannel(Channel):
                 m.channel["stray_dropped"] += 1
                 continue  # another run's message: never consume it
             receipts.append(msg.receipt)
-            identity = self._identity(msg)
-            if identity is None:
+            if msg.attributes.get("kind") == PROBE or msg.attributes.get("target") != str(
+                    self.worker):
                 m.channel["stray_dropped"] += 1
-            elif await self._take(msg, *identity):
+                continue
+            if not authentic(self.names, msg.attributes):
+                m.unauthenticated_dropped += 1
+                continue
+            identity = self._identity(msg)
+            if await self._take(msg, *identity):
                 kept += 1
                 m.messages_received += 1
                 m.bytes_received += entry_size(Entry(msg.body, msg.attributes))
@@ -183,12 +212,9 @@ class QueueChannel(Channel):
             await delete_received(self.messages, queue, receipts)
         return kept
 
-    def _identity(self, msg: Message) -> tuple[int, int, int, int] | None:
-        """``(layer, src, index, count)`` of a chunk addressed to this worker; None for a
-        message of this run that is not one (a readiness probe, another worker's chunk)."""
+    def _identity(self, msg: Message) -> tuple[int, int, int, int]:
+        """``(layer, src, index, count)`` of an authentic chunk addressed to this worker."""
         a = msg.attributes
-        if a.get("kind") == PROBE or a.get("target") != str(self.worker):
-            return None
         try:
             return int(a["layer"]), int(a["src"]), int(a["index"]), int(a["count"])
         except (KeyError, ValueError) as exc:
@@ -196,8 +222,16 @@ class QueueChannel(Channel):
                                 f"{dict(a)!r}") from exc
 
     async def _take(self, msg: Message, layer: int, src: int, index: int, count: int) -> bool:
-        """Keep the chunk a message carries; False if it was a duplicate."""
-        return self.inbox.offer(layer, src, index, count, _text.decode(msg.body))
+        """Keep the chunk an authentic message carries; False if it was a duplicate."""
+        if msg.attributes["kind"] != "chunk":
+            raise ProtocolError(f"{self.inbox.edge(layer, src)}: a {msg.attributes['kind']!r} "
+                                f"message on the {self.name} channel")
+        try:
+            payload = _text.decode(msg.body)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{self.inbox.edge(layer, src)}: {exc}") from exc
+        return self.inbox.offer(layer, src, index, count, payload,
+                                verified(self.inbox.edge(layer, src), payload, msg.attributes))
 
     # -- the cost model ---------------------------------------------------------------------------
     @classmethod
@@ -224,6 +258,15 @@ def queue_setup_requests(exchange: ExchangeEstimate) -> None:
     exchange.charge("SQS", "receive + delete (readiness probes)", "requests", sqs, 2 * P)
 
 
+def verified(edge: str, payload: bytes, attributes: Mapping[str, str]) -> str:
+    """The checksum of ``payload``, which must be the one its authentic attributes carry."""
+    digest = checksum(payload)
+    if digest != attributes["sum"]:
+        raise ProtocolError(f"{edge}: chunk {attributes['index']} of {attributes['count']} "
+                            f"does not match its checksum (damaged in transit)")
+    return digest
+
+
 def _messages_of(services: Services) -> MessageService:
     if services.messages is None:  # checked before a run starts (Channel.requires)
         raise RunError("this channel needs a message service; the backend has none")
@@ -240,8 +283,9 @@ def _edge_messages(e: Edge, size: int, budget: int, texts: dict[int, str]) -> li
     (only the length counts)."""
     count = max(1, math.ceil(size / budget))
     pieces = [min(budget, size - i * budget) for i in range(count)] if size else [0]
-    attributes = chunk_attributes(MODEL_RUN_ID, OutChunk(e.layer, e.src, e.dst, count - 1,
-                                                          count if size else 0, b""))
+    attributes = chunk_attributes(RunNames(MODEL_RUN_ID),
+                                  OutChunk(e.layer, e.src, e.dst, count - 1, count if size else 0,
+                                           b""), checksum(b""))
     entries = []
     for piece in pieces:
         n = TextCodec.encoded_size(piece)
