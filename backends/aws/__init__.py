@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from aiobotocore.session import AioSession
+from botocore.exceptions import EndpointConnectionError
 
 from fsdgraph.backend import Backend, Services
 from fsdgraph.backends.aws.config import (
@@ -43,6 +44,7 @@ from fsdgraph.backends.aws.transports import (
     SnsSqsMessageService,
     caller_account,
 )
+from fsdgraph.errors import ConfigError, NotFound, TransportError
 from fsdgraph.prices import REGIONS, Prices
 from fsdgraph.quotas import Quotas, load_quotas
 from fsdgraph.resources import RunNames
@@ -88,8 +90,15 @@ class AwsBackend(Backend):
     async def _account(self) -> str:
         if self.settings.account:
             return self.settings.account
-        account = await caller_account(AwsConfig(self.settings.region, self.settings.endpoints,
-                                                 profile=self.settings.profile))
+        try:
+            account = await caller_account(AwsConfig(self.settings.region,
+                                                     self.settings.endpoints,
+                                                     profile=self.settings.profile))
+        except TransportError as exc:
+            hint = _unreachable(exc, self.settings, "sts")
+            if hint is None:
+                raise
+            raise hint from exc
         self.settings = self.settings.with_account(account)
         return account
 
@@ -126,10 +135,49 @@ class AwsBackend(Backend):
         account's unreserved concurrency is below ``workers``, or the configured quotas do not
         hold them (:func:`~fsdgraph.backends.aws.functions.preflight`)."""
         functions = services.functions
-        if isinstance(functions, LambdaFunctions):
-            await preflight(functions, services.quotas, workers, timeout_s)
-        else:  # services of another making: the configured quotas only
-            await super().preflight(services, workers, timeout_s)
+        try:
+            if isinstance(functions, LambdaFunctions):
+                await preflight(functions, services.quotas, workers, timeout_s)
+            else:  # services of another making: the configured quotas only
+                await super().preflight(services, workers, timeout_s)
+        except TransportError as exc:
+            hint = _unreachable(exc, self.settings, "lambda")
+            if hint is None:
+                raise
+            raise hint from exc
+        if isinstance(services.objects, S3ObjectStore):
+            await self._check_bucket(services.objects)
+
+    async def _check_bucket(self, objects: S3ObjectStore) -> None:
+        """ConfigError, naming the bucket and saying to deploy, if it does not exist (else a
+        run would fail at its first PUT with ``NoSuchBucket``). Other answers (no permission
+        to HeadBucket, say) are left for the run's own requests to report."""
+        bucket = objects.config.bucket
+        try:
+            await objects._call("s3", "head_bucket", f"bucket {bucket!r}", Bucket=bucket)
+        except NotFound as exc:
+            s = self.settings
+            named = (f"; or fix the bucket setting ({s.sources['bucket']})"
+                     if s.bucket and "bucket" in s.sources else "")
+            raise ConfigError(
+                f"bucket {bucket!r} does not exist in {s.region} (NoSuchBucket): run `fsdgraph "
+                f"deploy` first (it creates the function, role and bucket of deployment "
+                f"{s.deployment!r}){named}") from exc
+        except TransportError as exc:
+            hint = _unreachable(exc, self.settings, "s3")
+            if hint is not None:
+                raise hint from exc
+
+
+def _unreachable(exc: TransportError, settings: AwsSettings,
+                 service: str) -> ConfigError | None:
+    """A ConfigError naming the setting to check when ``exc`` is a connection that could not
+    be made (an endpoint URL or a region that leads nowhere); None for any other error."""
+    if not isinstance(exc.__cause__, EndpointConnectionError):
+        return None
+    setting = f"endpoints.{service}" if service in settings.endpoints else "region"
+    return ConfigError(f"{exc}: check {settings.where(setting)}, and that the service is "
+                       f"reachable from here")
 
 
 @asynccontextmanager

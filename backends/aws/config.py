@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fsdgraph.config import coerce, read_table
 from fsdgraph.errors import ConfigError
@@ -49,6 +50,31 @@ AWS_LIMITS = Limits(max_invoke_payload_bytes=1 * MiB)
 DEPLOYMENT_TAG, RUN_TAG = "fsdgraph:deployment", "fsdgraph:run"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}[a-z0-9]$")
+#: What botocore accepts as a region name (botocore.utils.validate_region_name).
+_REGION = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
+#: A host name botocore accepts in an endpoint URL (botocore.utils.is_valid_endpoint_url).
+_HOST = re.compile(r"^((?!-)[A-Z\d-]{1,63}(?<!-)\.)*((?!-)[A-Z\d-]{1,63}(?<!-))$", re.IGNORECASE)
+
+
+def endpoint_problem(url: str) -> str | None:
+    """What is wrong with an endpoint URL botocore would refuse (with a ValueError traceback),
+    or None.
+
+    >>> endpoint_problem("http://127.0.0.1:5000"), endpoint_problem("htp:/x")
+    (None, "expected http://HOST[:PORT] or https://HOST[:PORT], got 'htp:/x'")
+    """
+    expected = f"expected http://HOST[:PORT] or https://HOST[:PORT], got {url!r}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return expected
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        return expected
+    if not (_HOST.match(host) or (":" in host and "[" in parts.netloc)) or len(host) > 255:
+        return f"bad host name {host!r} ({expected})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -75,8 +101,25 @@ class AwsSettings:
     limits: Limits = AWS_LIMITS
     #: The account id; empty: asked once from STS.
     account: str = ""
+    #: Where ``region`` and each ``endpoints.<service>`` came from (the config file and table,
+    #: or the environment variable), for the messages of errors they cause.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, setting: str) -> str:
+        """``setting`` and where it came from, for messages (``region = 'x' (from ...)``)."""
+        value = (self.region if setting == "region"
+                 else self.endpoints.get(setting.removeprefix("endpoints."), ""))
+        source = self.sources.get(setting, "the default" if setting == "region" else "")
+        return f"aws {setting} = {value!r}" + (f" (from {source})" if source else "")
 
     def __post_init__(self) -> None:
+        if not isinstance(self.region, str) or not _REGION.match(self.region):
+            raise ConfigError(f"{self.where('region')}: not a region name (expected one like "
+                              f"us-east-1)")
+        for service, url in self.endpoints.items():
+            problem = endpoint_problem(url) if isinstance(url, str) else "expected a URL"
+            if problem:
+                raise ConfigError(f"{self.where('endpoints.' + service)}: {problem}")
         if not _NAME.match(self.deployment):
             raise ConfigError(
                 f"aws deployment {self.deployment!r}: expected 2-32 lowercase letters, digits or "
@@ -122,10 +165,12 @@ def load_aws_settings(path: str | Path | None = None,
     values: dict[str, Any] = {}
     endpoints: dict[str, str] = {}
     limits: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for key, value in table.items():
         if key == "endpoints" and isinstance(value, dict):
             endpoints.update({k: coerce(f"endpoints.{k}", v, str, f"{where} [aws]")
                               for k, v in value.items()})
+            sources.update({f"endpoints.{k}": f"{where} [aws.endpoints]" for k in value})
         elif key == "limits" and isinstance(value, dict):
             known = {f.name for f in fields(Limits)}
             for k, v in value.items():
@@ -136,29 +181,35 @@ def load_aws_settings(path: str | Path | None = None,
         elif key in plain:
             values[key] = coerce(key, value, int if kinds[key] == "int" else str,
                                  f"{where} [aws]")
+            sources[key] = f"{where} [aws]"
         else:
             raise ConfigError(f"{where}: unknown setting aws.{key}; known: "
                               f"{', '.join(sorted([*plain, 'endpoints', 'limits']))}")
     # The AWS tools' own variables first, then ours.
-    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
-    if region:
-        values["region"] = region
+    for env in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if environ.get(env):
+            values["region"] = environ[env]
+            sources["region"] = f"environment variable {env}"
+            break
     if environ.get("AWS_PROFILE"):
         values["profile"] = environ["AWS_PROFILE"]
     for service in SERVICES:
-        url = environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or environ.get("AWS_ENDPOINT_URL")
-        if url:
-            endpoints[service] = url
+        for env in (f"AWS_ENDPOINT_URL_{service.upper()}", "AWS_ENDPOINT_URL"):
+            if environ.get(env):
+                endpoints[service] = environ[env]
+                sources[f"endpoints.{service}"] = f"environment variable {env}"
+                break
     for key in plain:
         env = f"FSDGRAPH_AWS_{key.upper()}"
         if env in environ:
             values[key] = coerce(key, environ[env], int if kinds[key] == "int" else str,
                                  f"environment variable {env}")
+            sources[key] = f"environment variable {env}"
     try:
         limits_obj = dataclasses.replace(AWS_LIMITS, **limits)
     except ConfigError as exc:
         raise ConfigError(f"{where} [aws.limits]: {exc}") from exc
-    return AwsSettings(**values, endpoints=endpoints, limits=limits_obj)
+    return AwsSettings(**values, endpoints=endpoints, limits=limits_obj, sources=sources)
 
 
 def partition(region: str) -> str:
