@@ -186,6 +186,21 @@ def _check_args(args: argparse.Namespace, settings: RunSettings) -> None:
                          f"worker must own at least one neuron of every layer")
     if args.synthetic:
         _check_synthetic_memory(args)
+    else:
+        from fsdgraph.sources.graphchallenge import find_file
+
+        if args.weights is None:
+            raise InputError("--weights DIR is required (or --synthetic)")
+        if not args.weights.is_dir():
+            raise InputError(f"--weights {args.weights}: not a directory")
+        if args.command == "graphchallenge":
+            if args.images is None:
+                raise InputError("--images FILE is required (or --synthetic)")
+            find_file(args.images)
+    if getattr(args, "truth", None) is not None:
+        from fsdgraph.sources.graphchallenge import find_file
+
+        find_file(args.truth)
     if args.bias is None:
         from fsdgraph.sources.graphchallenge import graphchallenge_bias
 
@@ -435,7 +450,11 @@ def _check_plottable(report: dict[str, Any]) -> None:
 def run_report(args: argparse.Namespace) -> int:
     from fsdgraph.cost import Prices, bill
     from fsdgraph.cost.bill import check_report
+    from fsdgraph.prices import MEMORY_RANGE
 
+    if not MEMORY_RANGE[0] <= args.memory_mb <= MEMORY_RANGE[1]:
+        raise InputError(f"--memory-mb must be in [{MEMORY_RANGE[0]}, {MEMORY_RANGE[1]}] "
+                         f"(Lambda's memory sizes), got {args.memory_mb}")
     if args.plots is not None:
         _check_plots_dir(args.plots)
     try:

@@ -36,6 +36,7 @@ from fsdgraph.sources.memory import check_memory, csr_bytes
 
 __all__ = [
     "BIASES",
+    "find_file",
     "graphchallenge_bias",
     "load_images",
     "load_truth",
@@ -74,6 +75,12 @@ def graphchallenge_bias(neurons: int) -> float:
         raise InputError(
             f"no Graph Challenge bias for {neurons!r} neurons; known sizes: {known}"
         ) from None
+
+
+def find_file(path: PathLike) -> Path:
+    """``path``, or its twin with ``.gz`` added or removed, whichever exists first; InputError
+    naming both if neither does (how the loaders look for images and truth files)."""
+    return _find(_variants(Path(path)))
 
 
 def load_weights(directory: PathLike, neurons: int, layers: int) -> list[sp.csr_matrix]:
