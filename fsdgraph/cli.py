@@ -259,6 +259,8 @@ def _check_writable(path: Path, option: str) -> None:
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{option} {path}: {folder} is not a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         existed = path.exists()

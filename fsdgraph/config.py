@@ -61,10 +61,10 @@ def check_setting(name: str, value: Any, where: str) -> None:
     >= 1 (``topics`` >= 0), times positive and finite (``not x > 0`` also catches NaN), names
     non-empty.
 
-    >>> check_setting("timeout_s", float("nan"), "environment variable FSDGRAPH_TIMEOUT_S")
+    >>> check_setting("timeout_s", float("nan"), "FSDGRAPH_TIMEOUT_S")
     Traceback (most recent call last):
     ...
-    fsdgraph.errors.ConfigError: environment variable FSDGRAPH_TIMEOUT_S: timeout_s must be a positive finite number of seconds, got nan
+    fsdgraph.errors.ConfigError: FSDGRAPH_TIMEOUT_S: timeout_s must be a positive finite ...
     """
     if name in ("workers", "branching"):
         ok, expected = value >= 1, "a positive integer"

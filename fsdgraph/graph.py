@@ -200,7 +200,7 @@ def sequential(
     if not weights:
         raise GraphError("sequential: no weights given (the graph would be empty)")
     g = Graph()
-    shape = getattr(weights[0], "shape", ())
+    shape: tuple[int, ...] = getattr(weights[0], "shape", ())
     if len(shape) != 2 or not (sp.issparse(weights[0]) or isinstance(weights[0], np.ndarray)):
         _as_weight(weights[0], "layer1")  # raises the GraphError that says what is wrong
     h: Node = g.input(shape[0])
@@ -231,7 +231,7 @@ def _as_weight(weight: Weight, name: str) -> sp.csr_matrix:
         raise GraphError(f"{name}: weight must have a float dtype, got {w.dtype}")
     if w.shape[0] == 0 or w.shape[1] == 0:
         raise GraphError(f"{name}: weight has an empty shape {w.shape}")
-    original = w.data
+    original = np.asarray(weight.data if sp.issparse(weight) else weight)
     # Checked after the cast: a float64 beyond float32's range becomes inf there.
     with np.errstate(over="ignore", invalid="ignore"):
         w = w.astype(np.float32)
@@ -247,9 +247,12 @@ def _check_finite(kept: np.ndarray, original: np.ndarray, what: str) -> None:
     if not bad:
         return
     if np.all(np.isfinite(original)):
+        top = float(np.finfo(np.float32).max)
         largest = float(np.max(np.abs(original)))
+        how = (f"the largest {largest:.4g}" if largest > top
+               else "once duplicate entries are summed")
         raise GraphError(f"{what} has {bad} values outside the float32 range (|x| <= "
-                         f"{float(np.finfo(np.float32).max):.4g}), the largest {largest:.4g}")
+                         f"{top:.4g}), {how}")
     raise GraphError(f"{what} has {bad} NaN or infinite values")
 
 
