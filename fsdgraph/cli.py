@@ -222,6 +222,10 @@ def _check_synthetic_memory(args: argparse.Namespace) -> None:
         count = _synthetic_count(args)
         need += RUN_COPIES * csr_bytes(count, int(count * args.neurons * SYNTHETIC_IMAGE_DENSITY))
         what += f" --images {count}"
+    elif args.activation_aware:  # plan generates its sample
+        rows = args.activation_aware
+        need += RUN_COPIES * csr_bytes(rows, int(rows * args.neurons * SYNTHETIC_IMAGE_DENSITY))
+        what += f" --activation-aware {rows}"
     check_memory(need, f"--synthetic {what}")
 
 

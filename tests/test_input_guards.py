@@ -113,6 +113,11 @@ def test_a_synthetic_network_too_big_for_the_machine_is_refused_with_an_estimate
     err = refused(["plan", "--synthetic", "--neurons", "1048576", "--layers", "12"], capsys)
     assert err == ("fsdgraph: error: --synthetic --neurons 1048576 --layers 12 needs about "
                    "18.4 GiB of memory, but this machine has 16.0 GiB available")
+    err = refused(["plan", "--synthetic", "--layers", "2", "--activation-aware", "10000000"],
+                  capsys)
+    assert err == ("fsdgraph: error: --synthetic --neurons 1024 --layers 2 --activation-aware "
+                   "10000000 needs about 57.5 GiB of memory, but this machine has 16.0 GiB "
+                   "available")
 
 
 def test_the_memory_check_never_refuses_where_the_memory_is_unknown(
