@@ -197,6 +197,11 @@ def _check_args(args: argparse.Namespace, settings: RunSettings) -> None:
             if args.images is None:
                 raise InputError("--images FILE is required (or --synthetic)")
             find_file(args.images)
+        elif args.activation_aware:
+            from fsdgraph.sources.memory import check_memory
+
+            check_memory(_sample_bytes(args), f"--activation-aware {args.activation_aware} "
+                                              f"generated images of {args.neurons} pixels")
     if getattr(args, "truth", None) is not None:
         from fsdgraph.sources.graphchallenge import find_file
 
@@ -222,11 +227,18 @@ def _check_synthetic_memory(args: argparse.Namespace) -> None:
         count = _synthetic_count(args)
         need += RUN_COPIES * csr_bytes(count, int(count * args.neurons * SYNTHETIC_IMAGE_DENSITY))
         what += f" --images {count}"
-    elif args.activation_aware:  # plan generates its sample
-        rows = args.activation_aware
-        need += RUN_COPIES * csr_bytes(rows, int(rows * args.neurons * SYNTHETIC_IMAGE_DENSITY))
-        what += f" --activation-aware {rows}"
+    else:
+        need += _sample_bytes(args)
+        what += f" --activation-aware {args.activation_aware}" if args.activation_aware else ""
     check_memory(need, f"--synthetic {what}")
+
+
+def _sample_bytes(args: argparse.Namespace) -> int:
+    """The memory of the images ``plan --activation-aware ROWS`` generates."""
+    from fsdgraph.sources.memory import csr_bytes
+
+    rows = args.activation_aware
+    return RUN_COPIES * csr_bytes(rows, int(rows * args.neurons * SYNTHETIC_IMAGE_DENSITY))
 
 
 def _synthetic_count(args: argparse.Namespace) -> int:
