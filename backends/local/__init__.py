@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fsdgraph.backend import Backend, Services
 from fsdgraph.backends.local.functions import (
@@ -60,11 +60,16 @@ from fsdgraph.errors import ConfigError, TransportError
 from fsdgraph.prices import Prices
 from fsdgraph.quotas import Quotas, load_quotas
 from fsdgraph.resources import RunNames
-from fsdgraph.transport import Limits
+from fsdgraph.transport import Limits, MessageService, ObjectStore
 from fsdgraph.wire import from_json
+
+if TYPE_CHECKING:
+    from fsdgraph.testing.faults import Faults
 
 #: The ``[local]`` settings of the config file, each also ``FSDGRAPH_LOCAL_<SETTING>``.
 SETTINGS: dict[str, type] = {"max_processes": int, "pool_processes": int}
+#: What ``LocalBackend.kill_signal`` may name: SIGKILL ends a worker, SIGSTOP hangs it.
+KILL_SIGNALS = {"KILL": signal.SIGKILL, "STOP": signal.SIGSTOP}
 
 
 def _default_parent() -> str:
@@ -89,6 +94,9 @@ class LocalDescription:
     duplicate_rate: float = 0.0
     shuffle: bool = False
     kill: list[int] | None = None  #: ``[worker, layer]``
+    kill_signal: str = "KILL"  #: how ``kill`` ends the worker's process: "KILL" or "STOP"
+    #: ``fsdgraph.testing.faults.Faults`` as a dict: what the transports inject (None: nothing).
+    faults: dict[str, Any] | None = None
     launcher: str | None = None  #: the warm launcher's socket (None: cold processes)
 
     def hosts(self, workers: int) -> int:
@@ -112,6 +120,11 @@ class LocalBackend(Backend):
     #: ``(worker, layer)``: that worker dies as it starts the layer, reporting nothing: its
     #: process is SIGKILLed, or, run as a task of a host, it alone vanishes.
     kill: tuple[int, int] | None = None
+    #: The signal ``kill`` sends a worker process: "KILL", or "STOP" (it hangs, silent, until
+    #: the end of the run kills it).
+    kill_signal: str = "KILL"
+    #: Faults the transports inject (``fsdgraph.testing.faults``; tests only). None: none.
+    faults: Faults | None = None
     #: Fork workers from a launcher that has the runtime imported (False: a cold process each,
     #: whatever the worker count: for debugging the entry point, not for large runs).
     warm: bool = True
@@ -137,6 +150,9 @@ class LocalBackend(Backend):
                                       or value < 1):
                 raise ConfigError(f"LocalBackend.{name} must be a positive integer or None "
                                   f"(automatic), got {value!r}")
+        if self.kill_signal not in KILL_SIGNALS:
+            raise ConfigError(f"LocalBackend.kill_signal must be one of "
+                              f"{', '.join(KILL_SIGNALS)}, got {self.kill_signal!r}")
         if not self.warm and self.pool_processes is not None:
             raise ConfigError("LocalBackend.pool_processes needs the warm launcher (warm=True): "
                               "cold workers are one process each")
@@ -191,7 +207,8 @@ class LocalBackend(Backend):
             root=run_dir, limits=asdict(self.limits), max_processes=max_processes,
             pool_processes=pool_processes, quotas=asdict(self.quotas),
             duplicate_rate=self.duplicate_rate, shuffle=self.shuffle,
-            kill=list(self.kill) if self.kill else None,
+            kill=list(self.kill) if self.kill else None, kill_signal=self.kill_signal,
+            faults=self.faults.to_dict() if self.faults is not None else None,
             launcher=self._pool.socket if self.warm and self._pool else None)
         services = _services(description, names)
         if isinstance(services.functions, ProcessFunctions):
@@ -225,18 +242,26 @@ def _services(description: LocalDescription, names: RunNames) -> Services:
     limits = Limits(**description.limits)
     quotas = from_json(Quotas, description.quotas, "local backend quotas")
     kill = description.kill
+    kill_signal = KILL_SIGNALS[description.kill_signal]
 
     def die_at(worker: int, layer: int) -> None:
         if kill and [worker, layer] == list(kill):
             if hosted():  # the host runs other workers too: only this one disappears
                 raise WorkerVanished(f"worker {worker} killed at layer {layer}")
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), kill_signal)
 
-    messages = SpoolMessageService(root / "messaging", limits,
-                                   duplicate_rate=description.duplicate_rate,
-                                   shuffle=description.shuffle, quotas=quotas)
+    messages: MessageService = SpoolMessageService(
+        root / "messaging", limits, duplicate_rate=description.duplicate_rate,
+        shuffle=description.shuffle, quotas=quotas)
+    objects: ObjectStore = DirectoryObjectStore(root / "objects", limits=limits)
+    if description.faults is not None:  # tests only: the test tools are not loaded otherwise
+        from fsdgraph.testing.faults import Faults, FaultyMessageService, FaultyObjectStore
+
+        faults = from_json(Faults, description.faults, "local backend faults")
+        messages = FaultyMessageService(messages, faults, names)
+        objects = FaultyObjectStore(objects, faults, names)
     return Services(
-        objects=DirectoryObjectStore(root / "objects", limits=limits),
+        objects=objects,
         messages=messages,
         control=QueueControlPlane(messages, names, limits),
         functions=ProcessFunctions(launcher=description.launcher, blocking=hosted()),
@@ -248,8 +273,9 @@ def _services(description: LocalDescription, names: RunNames) -> Services:
 
 
 def _close(services: Services) -> None:
-    if isinstance(services.messages, SpoolMessageService):
-        services.messages.close()
+    close = getattr(services.messages, "close", None)  # the spool's, or that of faults around it
+    if close is not None:
+        close()
 
 
 __all__ = ["SETTINGS", "LocalBackend", "LocalDescription"]
