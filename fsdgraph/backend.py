@@ -70,8 +70,8 @@ class Services:
     quotas: Quotas = field(default_factory=Quotas.unlimited)
     #: What a backend's own channels need (e.g. a handle to a cluster's object store).
     extensions: dict[str, Any] = field(default_factory=dict)
-    #: Called by the worker runtime as ``hook(worker, layer)`` before each layer (fault
-    #: injection in the local backend's tests; None elsewhere).
+    #: Called by the worker runtime as ``hook(worker, layer)`` before each layer of a worker's
+    #: first attempt (fault injection in the local backend's tests; None elsewhere).
     layer_hook: Callable[[int, int], None] | None = field(default=None)
 
 
@@ -113,6 +113,11 @@ class Backend(ABC):
         cannot succeed here (concurrency, function timeout...). Default: the workers must fit
         ``services.quotas.lambda_concurrency``."""
         check_workers(services.quotas, workers)
+
+    def time_limit_s(self) -> float:
+        """Seconds one function invocation may run (0: no limit known). Workers near it
+        checkpoint and continue in a new invocation. Default: none."""
+        return 0.0
 
     def prewarm(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Start whatever makes the first run faster (warm sandboxes); optional."""

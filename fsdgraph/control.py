@@ -3,7 +3,10 @@
 A worker reports ``progress`` (layers done, every ``interval_s`` for as long as it is alive,
 waiting included: a heartbeat, so a silent worker is a dead one), ``done`` (its output object is
 written), ``error`` (the error's type and message, and the remote traceback as text: failures
-travel as data) or ``duplicate`` (a second invocation of a worker that already runs; it exits).
+travel as data), ``duplicate`` (a second invocation of a worker that already runs, or an attempt
+the scheduler has replaced; it exits) or ``continued`` (near its function's time limit it
+checkpointed and invoked its next attempt, which carries on from there). Each status says which
+attempt of the worker sent it; the scheduler ignores attempts it has replaced.
 Every status carries the wall-clock time it was sent, so the scheduler measures how late
 statuses reach it (``status_lag_s``), and a tag under the run's key (:mod:`fsdgraph.integrity`):
 a status whose tag does not verify (forged by whoever can write to the control queue, or
@@ -49,13 +52,16 @@ from fsdgraph.resources import RunNames
 from fsdgraph.retry import retry
 from fsdgraph.transport import Entry, Limits, Message, MessageService, delete_received, entry_size
 
-KINDS = ("progress", "done", "error", "duplicate", "rejected")
+KINDS = ("progress", "done", "error", "duplicate", "continued", "rejected")
 #: The fields a status is encoded with (and its tag covers), in order.
 FIELDS = ("kind", "worker", "layer", "message", "details", "launched_at", "error_type",
-          "sent_at")
+          "sent_at", "attempt")
 #: How long one poll of the scheduler waits before it checks its deadlines again, and the
 #: workers' default heartbeat interval (seconds); the cost estimate counts statuses with it.
 CONTROL_POLL_S = 0.5
+#: ``Status.error_type`` of an invocation the backend reports failed (Lambda's on-failure
+#: record of a timeout, an out-of-memory kill...): the scheduler relaunches the worker.
+FUNCTION_FAILED = "FunctionFailed"
 #: Heartbeats per second of all workers together that the scheduler is sized for.
 STATUS_RATE = 100.0
 #: Statuses one poll returns at most (one SQS receive); pollers are added to drain more.
@@ -97,6 +103,8 @@ class Status:
     launched_at: float = 0.0
     error_type: str = ""  #: the class name of a worker's error (RunTimeout, RunError, ...)
     sent_at: float = 0.0  #: wall clock (epoch seconds) when the status was sent
+    #: Which invocation of the worker sent it (0 first; relaunches and continuations count up).
+    attempt: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -158,7 +166,7 @@ def decode_status(names: RunNames, msg: Message) -> Status:
 
 _TYPES: dict[str, type] = {"kind": str, "worker": int, "layer": int, "message": str,
                            "details": str, "launched_at": float, "error_type": str,
-                           "sent_at": float}
+                           "sent_at": float, "attempt": int}
 
 
 def _rejected(why: str, msg: Message) -> Status:
@@ -224,9 +232,10 @@ class Reporter:
     """A worker's side of the control plane: statuses with retries, and the heartbeat."""
 
     def __init__(self, control: ControlPlane, worker: int, *, interval_s: float = CONTROL_POLL_S,
-                 deadline_s: float = 60.0, launched_at: float = 0.0) -> None:
+                 deadline_s: float = 60.0, launched_at: float = 0.0, attempt: int = 0) -> None:
         self.control = control
         self.worker = worker
+        self.attempt = attempt
         self.interval_s = interval_s
         self.deadline_s = deadline_s  #: how long one status is retried before giving up
         self.launched_at = launched_at
@@ -237,7 +246,8 @@ class Reporter:
         """Send a status, retrying retryable failures until the deadline."""
         async def send() -> None:  # stamped at each try: the lag is measured from the last one
             await self.control.report(Status(kind, self.worker, layer, message, details,
-                                             self.launched_at, error_type, time.time()))
+                                             self.launched_at, error_type, time.time(),
+                                             self.attempt))
 
         await retry(send, deadline_s=self.deadline_s)
 

@@ -15,3 +15,5 @@ PEER_TIMEOUT_S = 60.0  #: a source that sends nothing new for this long fails th
 POLL_WAIT_S = 1.0  #: long-poll wait of one receive call
 VISIBILITY_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 900.0  #: queue channels: setup waits this long for subscriptions to apply
+RELAUNCHES = 3  #: workers the scheduler relaunches in a run before a silent one fails it
+RELAUNCH_AFTER_S = 10.0  #: a worker silent this long (and 4 heartbeats) is relaunched

@@ -50,6 +50,19 @@ class WorkerEvent:
     branching: int = 4
     #: The run's key (:class:`~fsdgraph.integrity.RunKey`) as hex: a secret, never printed.
     run_key: str = field(default="", repr=False)
+    #: 0 for the first invocation of this worker; a relaunch or a continuation counts up.
+    attempt: int = 0
+    #: Start from this worker's latest checkpoint (a relaunch or a continuation).
+    resume: bool = False
+    #: Invoke the children of the invocation tree (a relaunch or continuation does not: they
+    #: run already).
+    invoke_children: bool = True
+    #: Checkpoint the layer output every this many layers (0: never, unless the time limit is
+    #: near).
+    checkpoint_every: int = 0
+    #: Seconds this function may run (0: no limit known); near it, the worker checkpoints and
+    #: invokes its continuation. On Lambda the context's remaining time is used instead.
+    time_limit_s: float = 0.0
     version: int = EVENT_VERSION
 
     def __post_init__(self) -> None:

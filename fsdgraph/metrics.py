@@ -30,7 +30,7 @@ from fsdgraph.transport import (
 #: The per-layer counters, in report order.
 COUNTERS = ("rows_sent", "nnz_sent", "bytes_sent", "messages_sent", "rows_received",
             "nnz_received", "bytes_received", "messages_received", "duplicates_dropped",
-            "unauthenticated_dropped")
+            "unauthenticated_dropped", "checkpoints")
 TIMERS = ("compute_s", "wait_s", "codec_s", "cpu_s")
 
 
@@ -50,6 +50,7 @@ class LayerMetrics:
     duplicates_dropped: int = 0
     #: Messages and objects of this run whose tag did not verify (forged or damaged): dropped.
     unauthenticated_dropped: int = 0
+    checkpoints: int = 0  #: layer outputs made durable (for a relaunch or a continuation)
     compute_s: float = 0.0
     wait_s: float = 0.0
     codec_s: float = 0.0
@@ -87,6 +88,8 @@ class WorkerMetrics:
 
     def begin_layer(self, layer: int) -> LayerMetrics:
         self._close_current()
+        while len(self.layers) < layer:  # layers an earlier attempt ran (a resumed worker)
+            self.layers.append(LayerMetrics(len(self.layers)))
         self.current = LayerMetrics(layer, started_at=time.time())
         self.layers.append(self.current)
         return self.current

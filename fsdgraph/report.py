@@ -46,6 +46,8 @@ class RunFacts:
     duplicate_invocations: int = 0  #: invocation events delivered twice (and made harmless)
     channel_setup: Mapping[str, Any] = field(default_factory=dict)  #: ``Channel.fit``'s choice
     statuses_rejected: int = 0  #: control messages whose tag did not verify (dropped)
+    relaunches: int = 0  #: lost workers relaunched from their last checkpoint
+    continuations: int = 0  #: workers that handed over to a new invocation near a time limit
 
 
 def build_report(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mapping[str, Any],
@@ -131,6 +133,8 @@ def _sum_metrics(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mappi
         "progress_lag_s": facts.progress_lag_s,
         "duplicate_invocations": facts.duplicate_invocations,
         "statuses_rejected": facts.statuses_rejected,
+        "relaunches": facts.relaunches,
+        "continuations": facts.continuations,
         "channel_setup": dict(facts.channel_setup),
         **totals,
         "peak_rss_bytes_max": max((w["peak_rss_bytes"] for w in per_worker), default=0),

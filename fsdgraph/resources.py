@@ -48,10 +48,22 @@ class RunNames:
     def output_key(self, worker: int) -> str:
         return f"{self.prefix}out/{worker}"
 
-    def claim_key(self, worker: int) -> str:
-        """Created once, by the first copy of worker ``worker`` to start (a duplicated
-        invocation finds it and exits)."""
-        return f"{self.prefix}claim/{worker}"
+    def claim_key(self, worker: int, attempt: int = 0) -> str:
+        """Created once, by the first copy of attempt ``attempt`` of worker ``worker`` to start
+        (a duplicated invocation finds it and exits)."""
+        return f"{self.prefix}claim/{worker}/{attempt}"
+
+    def attempt_key(self, worker: int) -> str:
+        """The attempt of worker ``worker`` the scheduler relaunched last (absent: the first):
+        an older attempt that finds a newer one here stops."""
+        return f"{self.prefix}attempt/{worker}"
+
+    def checkpoint_prefix(self, worker: int) -> str:
+        return f"{self.prefix}ckpt/{worker}/"
+
+    def checkpoint_key(self, worker: int, layer: int) -> str:
+        """Worker ``worker``'s output columns after layer ``layer`` (a relaunch resumes there)."""
+        return f"{self.checkpoint_prefix(worker)}{layer:06d}"
 
     def exchange_key(self, layer: int, src: int, dst: int) -> str:
         # The reader first: each worker's reads stay under a prefix of its own, which S3 can

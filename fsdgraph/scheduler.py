@@ -42,7 +42,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -54,8 +54,15 @@ from fsdgraph import defaults
 from fsdgraph.backend import Backend, Services
 from fsdgraph.backends import get_backend
 from fsdgraph.channels import ChannelConfig, get_channel
+from fsdgraph.checkpoints import attempt_object, checkpoint_every
 from fsdgraph.codec import BlockCodec
-from fsdgraph.control import CONTROL_POLL_S, Status, heartbeat_interval, pollers
+from fsdgraph.control import (
+    CONTROL_POLL_S,
+    FUNCTION_FAILED,
+    Status,
+    heartbeat_interval,
+    pollers,
+)
 from fsdgraph.errors import ConfigError, FsdError, InputError, RunError, RunTimeout
 from fsdgraph.event import WorkerEvent
 from fsdgraph.integrity import RunKey
@@ -81,12 +88,24 @@ class RunConfig:
     progress: bool | None = None  #: progress bar; None = only on a terminal
     progress_interval_s: float = CONTROL_POLL_S  #: how often a worker reports progress
     channel: ChannelConfig = field(default_factory=ChannelConfig)
+    #: Workers relaunched (from their last checkpoint) in one run before a lost one fails it.
+    relaunches: int = defaults.RELAUNCHES
+    #: A worker silent this long (and at least four heartbeat intervals) is relaunched.
+    relaunch_after_s: float = defaults.RELAUNCH_AFTER_S
+    #: Layers between two checkpoints of a worker's output; None: chosen from their cost
+    #: (:func:`fsdgraph.checkpoints.checkpoint_every`), 0: never (no relaunch possible).
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
         if (isinstance(self.branching, bool) or not isinstance(self.branching, int)
                 or self.branching < 1):
             raise ConfigError(f"branching must be an integer >= 1, got {self.branching!r}")
-        for name in ("timeout_s", "stall_timeout_s", "progress_interval_s"):
+        for name in ("relaunches", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("timeout_s", "stall_timeout_s", "progress_interval_s", "relaunch_after_s"):
             value = getattr(self, name)
             # ``not x > 0`` also refuses NaN, which would never fire as a deadline.
             if not 0 < value < float("inf"):
@@ -127,6 +146,13 @@ class RunState:
         #: names the edge that lost data (the earliest layer), not the first to give up.
         self.timeouts: list[Status] = []
         self.timeouts_until = 0.0
+        self.attempt = [0] * workers  #: the current attempt of each worker
+        #: Workers whose invocation the backend reported failed (Lambda's on-failure records):
+        #: the status, until they are relaunched.
+        self.lost: dict[int, Status] = {}
+        self.last_first_heard = started  #: when a worker was last heard from for the first time
+        self.relaunches = 0  #: workers relaunched from their last checkpoint
+        self.continuations = 0  #: attempts that handed over near their time limit
 
     def apply(self, status: Status, now: float, received_at: float = 0.0) -> None:
         """Fold one status message in (received at wall-clock time ``received_at``, to measure
@@ -145,9 +171,23 @@ class RunState:
         if status.kind == "duplicate":
             self.duplicates += 1
             return
+        if status.attempt < self.attempt[w]:
+            return  # an attempt that was replaced: whatever it says is past
+        self.attempt[w] = status.attempt
+        if status.kind == "error" and status.error_type == FUNCTION_FAILED:
+            self.lost[w] = status  # relaunched by the scheduler (or fails the run, see lose)
+            return
+        if not self.heard_from[w]:
+            self.last_first_heard = now
         self.last_heard[w] = now
         self.heard_from[w] = True
-        self.launched_at[w] = status.launched_at
+        if status.attempt == 0:  # launch_s measures the invocation tree, not relaunches
+            self.launched_at[w] = status.launched_at
+        if status.kind == "continued":
+            self.continuations += 1
+            self.attempt[w] = status.attempt + 1
+            self.done_layers[w] = max(self.done_layers[w], status.layer)
+            return
         if status.kind == "error" and status.error_type == "RunTimeout":
             if not self.timeouts:
                 self.timeouts_until = now + TIMEOUT_GRACE_S
@@ -159,6 +199,29 @@ class RunState:
         self.done_layers[w] = max(self.done_layers[w], status.layer)
         if status.kind == "done":
             self.finished.add(w)
+
+    def due_relaunch(self, now: float, after_s: float) -> list[int]:
+        """Unfinished workers to relaunch: those the backend reported failed, those silent for
+        ``after_s``, and those never heard from ``after_s`` after the last worker started."""
+        due = []
+        for w in range(len(self.done_layers)):
+            if w in self.finished:
+                continue
+            silent = now - self.last_heard[w] > after_s
+            # One never heard from may still be waiting for its parent to invoke it: only once
+            # no worker has started for a while is it lost.
+            starting = not self.heard_from[w] and now - self.last_first_heard <= after_s
+            if w in self.lost or (silent and not starting):
+                due.append(w)
+        return due
+
+    def relaunched(self, w: int, now: float) -> int:
+        """Record that worker ``w`` is relaunched now; its new attempt number."""
+        self.attempt[w] += 1
+        self.last_heard[w] = now
+        self.lost.pop(w, None)
+        self.relaunches += 1
+        return self.attempt[w]
 
     def check(self, now: float, config: RunConfig) -> None:
         """Raise RunTimeout if the run or a worker is past its deadline."""
@@ -173,6 +236,11 @@ class RunState:
             raise RunTimeout(f"worker {first.worker} failed at layer {first.layer}: "
                              f"{first.message}{also}", worker=first.worker, layer=first.layer,
                              details=first.details)
+        if self.lost:  # reported failed and not relaunched: the budget is spent
+            w, status = next(iter(self.lost.items()))
+            raise RunError(f"worker {w} failed at layer {self.done_layers[w]}: "
+                           f"{status.message} (relaunch budget of {config.relaunches} spent)",
+                           worker=w, layer=self.done_layers[w], details=status.details)
         if now - self.started > config.timeout_s:
             raise RunTimeout(f"run timed out after {config.timeout_s:g} s; "
                              f"{self._describe(waiting)}", worker=waiting[0] if waiting else None)
@@ -271,7 +339,8 @@ class Scheduler:
             teardown_s=phases.seconds["teardown"], teardown_requests=phases.requests["teardown"],
             status_lag_s=state.status_lag_s, progress_lag_s=state.progress_lag_s,
             duplicate_invocations=state.duplicates, channel_setup=channel_setup,
-            statuses_rejected=state.rejected)
+            statuses_rejected=state.rejected, relaunches=state.relaunches,
+            continuations=state.continuations)
         report = build_report(worker_metrics, coordinator.to_dict(), plan, facts, self.channel,
                               self.config.channel, prices)
         return Result(activations, cats, report)
@@ -295,7 +364,9 @@ class Scheduler:
             batch=batch, channel=self.channel.name, backend=self.backend.name,
             channel_config=asdict(channel_config), backend_config=services.description,
             progress_interval_s=interval, branching=self.config.branching,
-            run_key=names.key.hex())
+            run_key=names.key.hex(), checkpoint_every=self._checkpoint_every(plan, channel_config),
+            time_limit_s=self.backend.time_limit_s())
+        relaunch_after = max(self.config.relaunch_after_s, 4 * interval)
         state = RunState(plan.workers, plan.layers, time.monotonic())
         for root in roots(plan.workers, self.config.branching):
             payload = event.child(root).to_json()
@@ -325,6 +396,10 @@ class Scheduler:
                     now = time.monotonic()
                     for status in statuses:
                         state.apply(status, now, received_at)
+                    for w in state.due_relaunch(now, relaunch_after):
+                        if state.relaunches >= self.config.relaunches:
+                            break  # a lost worker then fails the run (RunState.check)
+                        await self._relaunch(services, names, event, w, state.relaunched(w, now))
                     for task in drains:
                         if task.done():  # a poll that failed fails the run, with its error
                             task.result()
@@ -339,6 +414,25 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*drains, return_exceptions=True)
         return state
+
+    def _checkpoint_every(self, plan: Plan, channel_config: ChannelConfig) -> int:
+        if self.config.checkpoint_every is not None:
+            return self.config.checkpoint_every
+        if not self.config.relaunches:
+            return 0  # nobody would resume from a checkpoint
+        return checkpoint_every(plan.layers, layer_s=self.channel.estimate_layer_s,
+                                hold_limit_s=channel_config.visibility_timeout_s / 2)
+
+    async def _relaunch(self, services: Services, names: RunNames, event: WorkerEvent,
+                        worker: int, attempt: int) -> None:
+        """Start attempt ``attempt`` of a lost ``worker`` from its latest checkpoint; the
+        attempt object tells a replaced attempt that is still running to stop."""
+        await services.objects.put(names.attempt_key(worker),
+                                   attempt_object(names, worker, attempt))
+        payload = replace(event.child(worker), attempt=attempt, resume=True,
+                          invoke_children=False).to_json()
+        check_invoke_payload(payload, services.limits)
+        await services.functions.invoke(payload)
 
     async def _cleanup(self, services: Services, names: RunNames, plan: Plan,
                        channel_config: ChannelConfig) -> None:

@@ -21,14 +21,16 @@ import asyncio
 import time
 import traceback
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from fsdgraph.backend import Services
 from fsdgraph.channels import Channel, ChannelConfig, WorkerContext, get_channel
+from fsdgraph.channels.object import pack_edge, unpack_edge
 from fsdgraph.control import Reporter
-from fsdgraph.errors import FsdError, RunError
+from fsdgraph.errors import FsdError, NotFound, RunError
 from fsdgraph.event import WorkerEvent
 from fsdgraph.kernels import Block, LayerInputs, WeightRows
 from fsdgraph.metrics import WorkerMetrics, counted, precount_report
@@ -36,51 +38,78 @@ from fsdgraph.plan import INPUT, WorkerShard
 from fsdgraph.serialize import pack
 from fsdgraph.transport import ObjectStore, check_invoke_payload
 
+#: Seconds kept in hand, near a function's time limit, to checkpoint and invoke the
+#: continuation.
+HAND_OVER_MARGIN_S = 1.0
+
 
 def handler(event: Mapping[str, Any], context: object = None) -> dict[str, Any]:
-    """Function entry point: run one worker to completion."""
-    return asyncio.run(run_worker(event))
+    """Function entry point: run one worker to completion (or to its continuation)."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    limit_s = remaining() / 1000 if callable(remaining) else None
+    return asyncio.run(run_worker(event, limit_s))
 
 
-async def run_worker(raw_event: Mapping[str, Any]) -> dict[str, Any]:
-    """Attach, invoke children, run the layers; always report the outcome to the scheduler."""
+async def run_worker(raw_event: Mapping[str, Any],
+                     time_left_s: float | None = None) -> dict[str, Any]:
+    """Attach, invoke children, run the layers; always report the outcome to the scheduler.
+
+    ``time_left_s`` is how long this function may still run (Lambda's context says); by default
+    the event's ``time_limit_s`` from now, if it has one.
+    """
     from fsdgraph.backends import get_backend  # late: backends import this module's peers
 
     launched_at = time.time()
     event = WorkerEvent.from_json(raw_event)
+    if time_left_s is None and event.time_limit_s > 0:
+        time_left_s = event.time_limit_s
+    deadline = time.monotonic() + time_left_s if time_left_s else None
     names = event.names
     metrics = WorkerMetrics(event.worker)
     backend_cls = get_backend(event.backend)
     async with backend_cls.attach(event.backend_config, names) as raw_services:
         services = counted(raw_services, metrics)
         reporter = Reporter(services.control, event.worker, interval_s=event.progress_interval_s,
-                            launched_at=launched_at)
+                            launched_at=launched_at, attempt=event.attempt)
         heartbeat: asyncio.Future[None] | None = None
         try:
-            # Claim this worker first: an invocation event can be delivered twice, and a second
+            # Claim this attempt first: an invocation event can be delivered twice, and a second
             # copy must neither start the subtree again nor compete for the worker's messages.
-            if not await services.objects.put_if_absent(names.claim_key(event.worker),
-                                                        str(launched_at).encode()):
-                await reporter.report("duplicate", 0, "a second invocation of this worker "
-                                      "found it running and exited")
+            # An attempt the scheduler has replaced (a relaunch) stops too.
+            claimed = await services.objects.put_if_absent(
+                names.claim_key(event.worker, event.attempt), str(launched_at).encode())
+            if not claimed or await superseded(services, event):
+                await reporter.report("duplicate", 0, "a second invocation of this worker, or "
+                                      "one the scheduler replaced, found it running and exited")
                 return {"worker": event.worker, "status": "duplicate"}
             heartbeat = asyncio.ensure_future(reporter.heartbeat())
-            for child in event.children:
-                payload = event.child(child).to_json()
-                check_invoke_payload(payload, services.limits)
-                await services.functions.invoke(payload)
-            runtime = WorkerRuntime(services, event, metrics)
+            if event.invoke_children:
+                for child in event.children:
+                    payload = event.child(child).to_json()
+                    check_invoke_payload(payload, services.limits)
+                    await services.functions.invoke(payload)
+            runtime = WorkerRuntime(services, event, metrics, deadline)
             async for layer in runtime.layers():
                 reporter.layers_done = layer + 1
             heartbeat.cancel()
+            if runtime.continued_after is not None:
+                await runtime.channel.close()
+                await reporter.report("continued", runtime.continued_after + 1,
+                                      f"near the function's time limit: attempt "
+                                      f"{event.attempt + 1} carries on")
+                return {"worker": event.worker, "status": "continued"}
             # The output carries the metrics, so its own PUT and the final status are counted
             # before they happen and sent uncounted.
             metrics.request("put")
             precount_report(raw_services.control, metrics)
             await runtime.write_output(raw_services.objects)
-            final = Reporter(raw_services.control, event.worker, launched_at=launched_at)
+            final = Reporter(raw_services.control, event.worker, launched_at=launched_at,
+                             attempt=event.attempt)
             await final.report("done", runtime.layer_count)
             return {"worker": event.worker, "status": "done"}
+        except Superseded as exc:
+            await reporter.report("duplicate", 0, str(exc))
+            return {"worker": event.worker, "status": "duplicate"}
         except Exception as exc:
             if heartbeat is not None:
                 heartbeat.cancel()
@@ -95,20 +124,45 @@ async def run_worker(raw_event: Mapping[str, Any]) -> dict[str, Any]:
                 heartbeat.cancel()
 
 
+class Superseded(FsdError):
+    """This attempt of a worker was replaced by a relaunch: it stops without a word."""
+
+
+async def superseded(services: Services, event: WorkerEvent) -> bool:
+    """Whether the scheduler has relaunched this worker as a later attempt than ``event``'s."""
+    key = event.names.attempt_key(event.worker)
+    try:
+        body = await services.objects.get(key)
+    except NotFound:
+        return False
+    sealed = unpack_edge(event.names, key, body)
+    if sealed is None or not sealed[0][0].isdigit():  # not the scheduler's: never obeyed
+        return False
+    return int(sealed[0][0]) > event.attempt
+
+
 class WorkerRuntime:
     """The layer loop of one worker (see the module docstring)."""
 
-    def __init__(self, services: Services, event: WorkerEvent, metrics: WorkerMetrics) -> None:
+    def __init__(self, services: Services, event: WorkerEvent, metrics: WorkerMetrics,
+                 deadline: float | None = None) -> None:
         self.services = services
+        self.event = event
         self.names = event.names
         self.worker = event.worker
         self.batch = event.batch
         self.metrics = metrics
+        self.deadline = deadline  #: time.monotonic() by which this function must be gone
+        #: The layer after which this attempt handed over to its continuation, if it did.
+        self.continued_after: int | None = None
         config = ChannelConfig(**event.channel_config)
         self.codec = config.codec()
         channel_cls = get_channel(event.channel)
         self.channel: Channel = channel_cls(WorkerContext(
             services, self.names, self.worker, event.workers, config, metrics, self.codec))
+        # Received data is deleted only once a checkpoint has made it unnecessary, so that a
+        # relaunch or a continuation from that checkpoint finds it again.
+        self.channel.hold_until_durable = bool(event.checkpoint_every or deadline)
         self.output: Block | None = None
         self.shard: WorkerShard | None = None
 
@@ -116,21 +170,59 @@ class WorkerRuntime:
     def layer_count(self) -> int:
         return len(self.shard.layers) if self.shard else 0
 
-    async def _load(self) -> tuple[WorkerShard, Block]:
+    async def _load(self) -> tuple[WorkerShard, Block, int]:
+        """The shard, the activations to start from and the first layer to run: the input
+        columns and layer 0, or, resuming, the latest checkpoint and the layer after it."""
         objects = self.services.objects
-        shard_bytes, input_bytes = await asyncio.gather(
-            objects.get(self.names.shard_key(self.worker)),
-            objects.get(self.names.input_key(self.worker)))
+        shard_bytes = await objects.get(self.names.shard_key(self.worker))
         shard = WorkerShard.from_bytes(shard_bytes)
-        return shard, self.codec.decode(input_bytes).block
+        if self.event.resume:
+            latest = await self._latest_checkpoint()
+            if latest is not None:
+                layer, block = latest
+                return shard, block, layer + 1
+        input_bytes = await objects.get(self.names.input_key(self.worker))
+        return shard, self.codec.decode(input_bytes).block, 0
+
+    async def _latest_checkpoint(self) -> tuple[int, Block] | None:
+        keys = sorted(await self.services.objects.list(self.names.checkpoint_prefix(self.worker)))
+        for key in reversed(keys):
+            chunks = unpack_edge(self.names, key, await self.services.objects.get(key))
+            if chunks is not None and len(chunks) == 1:
+                return int(key.rsplit("/", 1)[1]), self.codec.decode(chunks[0][0]).block
+            self.metrics.current.unauthenticated_dropped += 1  # try the one before
+        return None
+
+    async def _checkpoint(self, layer: int, output: Block) -> None:
+        """Make ``output`` (after ``layer``) durable, then let go of the data it consumed."""
+        if await superseded(self.services, self.event):
+            raise Superseded(f"worker {self.worker} attempt {self.event.attempt} was replaced "
+                             f"by a relaunch; it stops at layer {layer}")
+        key = self.names.checkpoint_key(self.worker, layer)
+        await self.services.objects.put(key, pack_edge(self.names, key,
+                                                       [self.codec.encode(output)]))
+        self.metrics.current.checkpoints += 1
+        await self.channel.durable(layer)
+
+    def _hand_over(self, layer_s: float) -> bool:
+        """Whether to stop after this layer and continue in a new invocation: the time left is
+        less than four of the slowest layers so far plus a margin for the checkpoint."""
+        if self.deadline is None:
+            return False
+        return self.deadline - time.monotonic() < 4 * layer_s + HAND_OVER_MARGIN_S
 
     async def layers(self) -> Any:
         """Run every layer; yields the index of each layer once it is done."""
-        shard, prev = await self._load()
+        shard, prev, first = await self._load()
         self.shard = shard
         hook = self.services.layer_hook
+        every = self.event.checkpoint_every
+        slowest = 0.0
         for l, (spec, ls) in enumerate(zip(shard.specs, shard.layers, strict=True)):
-            if hook is not None:
+            if l < first:
+                continue
+            began = time.monotonic()
+            if hook is not None and self.event.attempt == 0:  # faults strike the first attempt
                 hook(self.worker, l)
             m = self.metrics.begin_layer(l)
             sending = asyncio.ensure_future(self.channel.send(
@@ -158,8 +250,26 @@ class WorkerRuntime:
                                  cap=spec.cap)
             m.compute_s += time.perf_counter() - start
             yield l
+            slowest = max(slowest, time.monotonic() - began)
+            last = l == len(shard.layers) - 1
+            hand_over = not last and self._hand_over(slowest)
+            if hand_over or (every and not last and (l + 1) % every == 0):
+                await self._checkpoint(l, prev)
+            if hand_over:
+                await self._continue()
+                self.continued_after = l
+                self.metrics.end_layers()
+                return
         self.metrics.end_layers()
         self.output = prev
+
+    async def _continue(self) -> None:
+        """Invoke the next attempt of this worker, resuming from the checkpoint just made."""
+        event = replace(self.event, attempt=self.event.attempt + 1, resume=True,
+                        invoke_children=False)
+        payload = event.to_json()
+        check_invoke_payload(payload, self.services.limits)
+        await self.services.functions.invoke(payload)
 
     async def write_output(self, objects: ObjectStore) -> None:
         """Put the final columns and the metrics (through ``objects``)."""

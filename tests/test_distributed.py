@@ -158,7 +158,7 @@ def test_a_killed_worker_is_named(network: Network, stall_s: float, peer_s: floa
                                   says: str) -> None:
     """Whichever deadline fires first, the error is a RunTimeout that names the dead worker."""
     graph, images, _ = network
-    config = fsdgraph.RunConfig(stall_timeout_s=stall_s, progress_interval_s=0.2,
+    config = fsdgraph.RunConfig(stall_timeout_s=stall_s, progress_interval_s=0.2, relaunches=0,
                                 channel=fsdgraph.ChannelConfig(peer_timeout_s=peer_s))
     backend = LocalBackend(kill=(2, 5))
     try:

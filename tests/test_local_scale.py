@@ -172,6 +172,7 @@ def test_a_killed_worker_in_a_pool_vanishes_alone(pooled: RecordingBackend,
     graph, images, _ = network
     pooled.kill = (5, 1)
     config = fsdgraph.RunConfig(progress=False, stall_timeout_s=5.0, progress_interval_s=0.2,
+                                relaunches=0,
                                 channel=fsdgraph.ChannelConfig(peer_timeout_s=120.0))
     plan = fsdgraph.compile(graph, workers=8, partitioner="contiguous")
     with pytest.raises(RunTimeout) as caught:
@@ -195,6 +196,7 @@ def test_a_killed_worker_process_still_dies_by_sigkill(network: Network) -> None
     graph, images, _ = network
     backend = RecordingBackend(kill=(2, 1), max_processes=8)
     config = fsdgraph.RunConfig(progress=False, stall_timeout_s=5.0, progress_interval_s=0.2,
+                                relaunches=0,
                                 channel=fsdgraph.ChannelConfig(peer_timeout_s=120.0))
     try:
         with pytest.raises(RunTimeout, match=r"^worker 2 stopped reporting"):
@@ -239,6 +241,7 @@ def test_hosts_leave_with_their_launcher_or_their_run(network: Network, ending: 
     graph, images, _ = network
     backend = RecordingBackend(max_processes=1, pool_processes=2, kill=(5, 1))
     config = fsdgraph.RunConfig(progress=False, stall_timeout_s=5.0, progress_interval_s=0.2,
+                                relaunches=0,
                                 channel=fsdgraph.ChannelConfig(peer_timeout_s=120.0))
     seen: dict[str, int] = {}
 
@@ -248,7 +251,7 @@ def test_hosts_leave_with_their_launcher_or_their_run(network: Network, ending: 
         # Every worker claims its identity once invoked: with all eight claimed, every
         # invocation of the run is done, so none is refused below and fails the run early.
         claims = record.run_dir / "objects" / "runs"
-        wait_until(lambda: len(list(claims.glob("*/claim/*"))) == 8, "all workers to start")
+        wait_until(lambda: len(list(claims.glob("*/claim/*/*"))) == 8, "all workers to start")
         seen.update(hosts_of(record))
         if ending == "launcher stops":
             backend.close()

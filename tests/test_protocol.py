@@ -357,7 +357,7 @@ def test_killed_worker_fails_the_run_cleanly(network: Network, channel: str) -> 
     with an error naming worker 2 and layer 5, no worker process is left and the run directory
     is gone."""
     backend = RecordingBackend(kill=(2, 5))
-    config = RunConfig(progress=False, stall_timeout_s=10,
+    config = RunConfig(progress=False, stall_timeout_s=10, relaunches=0,
                        channel=ChannelConfig(peer_timeout_s=3, poll_wait_s=0.2))
     backend.prewarm()
     pool = backend._pool

@@ -39,15 +39,13 @@ import asyncio
 import json
 from typing import Any
 
-from fsdgraph.control import QueueControlPlane, Status
+from fsdgraph.control import FUNCTION_FAILED, QueueControlPlane, Status
 from fsdgraph.errors import NotFound, ProtocolError, TransportError
 from fsdgraph.resources import RunNames
 from fsdgraph.transport import Limits, Message, MessageService, delete_received
 
 __all__ = ["FUNCTION_FAILED", "AwsControlPlane", "failure_status"]
 
-#: ``Status.error_type`` of an error Lambda reported for a worker's invocation.
-FUNCTION_FAILED = "FunctionFailed"
 #: One receive on the failures queue long-polls this long (SQS's longest): records are rare, so
 #: the queue costs about three requests a minute while none comes.
 FAILURES_WAIT_S = 20.0
@@ -146,7 +144,13 @@ def failure_status(body: str) -> tuple[str, Status]:
         "error", worker=worker, layer=0,
         message=f"the function invocation of worker {worker} failed: {error_type}: "
                 f"{error_message[:MAX_ERROR_CHARS]}",
-        details=trace, error_type=FUNCTION_FAILED)
+        details=trace, error_type=FUNCTION_FAILED, attempt=_attempt(payload))
+
+
+def _attempt(payload: dict[str, Any]) -> int:
+    """The attempt of the worker's event (0 for an event without one)."""
+    attempt = payload.get("attempt", 0)
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0
 
 
 def _cause(record: dict[str, Any]) -> tuple[str, str, str]:

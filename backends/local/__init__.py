@@ -141,9 +141,17 @@ class LocalBackend(Backend):
     #: What runs are billed at (their report's bill, the auto channel's line): AWS list prices
     #: by default, as if the same run were made on AWS.
     price_table: Prices = field(default_factory=Prices)
+    #: Seconds a worker process may run, as a Lambda function's timeout: a worker process
+    #: still running then is killed (SIGALRM); workers near it checkpoint and continue in a new
+    #: invocation. None: no limit. (Workers run as tasks of host processes are not killed.)
+    function_timeout_s: float | None = None
     _pool: WarmPool | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        limit = self.function_timeout_s
+        if limit is not None and not (isinstance(limit, (int, float)) and 0 < limit < 1e9):
+            raise ConfigError(f"LocalBackend.function_timeout_s must be a positive number of "
+                              f"seconds or None, got {limit!r}")
         for name in ("max_processes", "pool_processes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
@@ -189,6 +197,9 @@ class LocalBackend(Backend):
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+    def time_limit_s(self) -> float:
+        return self.function_timeout_s or 0.0
 
     def prices(self) -> Prices:
         return self.price_table

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import selectors
 import shutil
@@ -81,6 +82,9 @@ def run_invocation(event: dict[str, Any]) -> int:
     if record is None:
         return 0
     try:
+        limit = event.get("time_limit_s")
+        if isinstance(limit, (int, float)) and limit > 0:
+            signal.alarm(math.ceil(limit))  # as Lambda ends a function at its timeout
         handler(event)
         return 0
     except Exception:

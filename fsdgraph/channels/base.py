@@ -222,6 +222,9 @@ class Channel(ABC):
         self.metrics = context.metrics
         self.codec = context.codec
         self.inbox = Inbox(context.worker)
+        #: Set by the worker when it checkpoints: keep received data until :meth:`durable`
+        #: says a checkpoint no longer needs it (a relaunch must be able to read it again).
+        self.hold_until_durable = False
 
     # -- the run (scheduler side) -------------------------------------------------------------
     @classmethod
@@ -337,6 +340,11 @@ class Channel(ABC):
             m.wait_s += time.perf_counter() - start
             if kept:
                 deadline = time.monotonic() + self.config.peer_timeout_s
+
+    async def durable(self, layer: int) -> None:  # noqa: B027 - optional hook
+        """The worker's output after ``layer`` is checkpointed: data of layers up to ``layer``
+        will never be needed again and may be deleted. Default: nothing (a channel whose
+        received data stays readable, like the object channel's, has nothing to do)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the channel holds (background tasks, clients)."""

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from fsdgraph.backend import Services
 from fsdgraph.channels import queue_resources
-from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk
+from fsdgraph.channels.base import Channel, ChannelConfig, OutChunk, WorkerContext
 from fsdgraph.channels.queue_resources import PROBE, topic_shards
 from fsdgraph.codec import TextCodec
 from fsdgraph.errors import ProtocolError, RunError
@@ -99,6 +99,13 @@ class QueueChannel(Channel):
     requires = ("messages",)
     counters: ClassVar[tuple[str, ...]] = ("stray_dropped",)
     estimate_layer_s: ClassVar[float] = 0.1
+
+    def __init__(self, context: WorkerContext) -> None:
+        super().__init__(context)
+        #: Receipts of messages kept undeleted (``hold_until_durable``), by layer, and the
+        #: layer up to which a checkpoint covers everything.
+        self._held: dict[int, list[str]] = {}
+        self._durable = -1
 
     @property
     def messages(self) -> MessageService:
@@ -201,6 +208,8 @@ class QueueChannel(Channel):
                 m.unauthenticated_dropped += 1
                 continue
             identity = self._identity(msg)
+            if self.hold_until_durable and identity[0] > self._durable:
+                self._held.setdefault(identity[0], []).append(receipts.pop())
             if await self._take(msg, *identity):
                 kept += 1
                 m.messages_received += 1
@@ -211,6 +220,15 @@ class QueueChannel(Channel):
             # What cannot be deleted comes back later and is dropped as a duplicate.
             await delete_received(self.messages, queue, receipts)
         return kept
+
+    async def durable(self, layer: int) -> None:
+        """Delete the messages held for layers up to ``layer`` (a checkpoint covers them)."""
+        self._durable = max(self._durable, layer)
+        receipts = [r for l in sorted(self._held) if l <= layer for r in self._held.pop(l)]
+        per_call = self.services.limits.max_batch_entries
+        queue = self.names.queue(self.worker)
+        await asyncio.gather(*(delete_received(self.messages, queue, receipts[i:i + per_call])
+                               for i in range(0, len(receipts), per_call)))
 
     def _identity(self, msg: Message) -> tuple[int, int, int, int]:
         """``(layer, src, index, count)`` of an authentic chunk addressed to this worker."""

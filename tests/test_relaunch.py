@@ -1,0 +1,124 @@
+"""Relaunch and continuation: a worker that dies is relaunched from its last checkpoint and the
+run returns the exact result; a worker near its function's time limit checkpoints and continues
+in a new invocation, so a run outlasts any one function. On the embedded default (the local AWS
+servers: tests/test_aws_relaunch.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import fsdgraph
+from fsdgraph.backends.local import LocalBackend
+from fsdgraph.checkpoints import checkpoint_every
+from fsdgraph.errors import ConfigError
+from fsdgraph.sources.graphchallenge import graphchallenge_bias
+from fsdgraph.sources.images import synthetic_images
+from fsdgraph.sources.radixnet import radixnet
+
+LAYERS = 24
+Network = tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_matrix]
+
+
+@pytest.fixture(scope="module")
+def network() -> Network:
+    graph = fsdgraph.sequential(radixnet(1024, LAYERS, seed=5), graphchallenge_bias(1024), cap=32)
+    images = synthetic_images(1024, 200, seed=6)
+    return graph, images, fsdgraph.reference_inference(images, graph.layers())
+
+
+def exact(result: fsdgraph.Result, reference: sp.csr_matrix) -> None:
+    assert np.array_equal(result.activations.toarray(), reference.toarray())
+    assert np.array_equal(result.categories, fsdgraph.categories(reference))
+
+
+def config(**fields: object) -> fsdgraph.RunConfig:
+    """Short deadlines, so a lost worker is found (and its held messages come back) quickly; a
+    generous peer timeout, so peers wait for the relaunch."""
+    settings: dict[str, object] = {
+        "progress": False, "progress_interval_s": 0.2, "relaunch_after_s": 1.0,
+        "stall_timeout_s": 60,
+        "channel": fsdgraph.ChannelConfig(peer_timeout_s=60, visibility_timeout_s=2,
+                                          poll_wait_s=0.2)}
+    return fsdgraph.RunConfig(**{**settings, **fields})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("channel", ["queue", "object", "auto"])
+@pytest.mark.parametrize(("kill", "every"), [((2, 9), 4), ((0, 3), 1), ((3, 17), None)],
+                         ids=["every-4", "every-layer", "auto-interval"])
+def test_a_killed_worker_is_relaunched_and_the_result_is_exact(
+        network: Network, channel: str, kill: tuple[int, int], every: int | None) -> None:
+    graph, images, reference = network
+    backend = LocalBackend(kill=kill)
+    try:
+        result = fsdgraph.Scheduler(backend, channel, config(checkpoint_every=every)).run_sync(
+            fsdgraph.compile(graph, 4, "contiguous"), images)
+    finally:
+        backend.close()
+    exact(result, reference)
+    report = result.report
+    assert report["relaunches"] == 1
+    assert report["continuations"] == 0
+    expected = every if every is not None else checkpoint_every(
+        LAYERS, layer_s=fsdgraph.channels.get_channel(channel).estimate_layer_s,
+        hold_limit_s=1.0)
+    # Every worker checkpoints every ``expected`` layers but the last; the relaunched one
+    # reports only what its own attempt did.
+    assert report["checkpoints"] >= 3 * ((LAYERS - 1) // expected)
+
+
+def test_a_worker_killed_before_any_checkpoint_restarts_from_its_input(
+        network: Network) -> None:
+    graph, images, reference = network
+    backend = LocalBackend(kill=(1, 2))
+    try:
+        result = fsdgraph.Scheduler(backend, "queue", config(checkpoint_every=10)).run_sync(
+            fsdgraph.compile(graph, 3), images)
+    finally:
+        backend.close()
+    exact(result, reference)
+    assert result.report["relaunches"] == 1
+
+
+def test_the_relaunch_budget_spent_fails_naming_the_worker(network: Network) -> None:
+    graph, images, _ = network
+    backend = LocalBackend(kill=(1, 4))
+    try:
+        with pytest.raises(fsdgraph.RunTimeout, match=r"^worker 1 stopped reporting \(last "
+                                                      r"heard at layer \d+ of 24\)"):
+            fsdgraph.Scheduler(backend, "queue", config(relaunches=0, stall_timeout_s=3)
+                               ).run_sync(fsdgraph.compile(graph, 3), images)
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("channel", ["queue", "object"])
+def test_a_run_longer_than_the_function_time_limit_continues(network: Network,
+                                                             channel: str) -> None:
+    """Each worker process may live 2 s (killed by SIGALRM past it, as Lambda would); the run
+    is made slower than that, so every worker hands over to a continuation at least once."""
+    graph, images, reference = network
+    backend = LocalBackend(function_timeout_s=2.0)
+    try:
+        result = fsdgraph.Scheduler(backend, channel, config(checkpoint_every=0)).run_sync(
+            fsdgraph.compile(graph, 2), sp.vstack([images] * 40))
+    finally:
+        backend.close()
+    reference_rows = sp.vstack([reference] * 40)
+    exact(result, reference_rows)
+    assert result.report["continuations"] >= 2
+    assert result.report["relaunches"] == 0
+
+
+@pytest.mark.parametrize(("field", "value"), [("relaunches", -1), ("checkpoint_every", -2),
+                                              ("relaunch_after_s", 0.0),
+                                              ("relaunch_after_s", float("nan"))])
+def test_relaunch_settings_out_of_range_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=field):
+        fsdgraph.RunConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_a_function_timeout_out_of_range_is_refused() -> None:
+    with pytest.raises(ConfigError, match="function_timeout_s must be a positive number"):
+        LocalBackend(function_timeout_s=-1)
