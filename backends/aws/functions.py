@@ -13,7 +13,8 @@ The event's size is checked by the callers, for every backend alike, before ``in
 (:func:`fsdgraph.transport.invoke_payload`).
 
 Before a run creates anything, :func:`preflight` asks Lambda whether the run can succeed: the
-function exists, its timeout covers the run's, and the concurrency it may use (its reserved
+function exists, its timeout leaves a worker time to run and hand over (a run may outlast it:
+workers continue in new invocations), and the concurrency it may use (its reserved
 concurrency, else the account's unreserved concurrency) holds every worker at once, since each
 worker waits for its peers and a run whose workers cannot all run never ends. Each refusal is a
 :class:`~fsdgraph.errors.ConfigError` naming the setting or quota and what to change.
@@ -21,7 +22,6 @@ worker waits for its peers and a run whose workers cannot all run never ends. Ea
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -126,7 +126,7 @@ async def preflight(functions: LambdaFunctions, quotas: Quotas, workers: int,
     except NotFound as exc:
         raise ConfigError(f"function {name!r} does not exist in {region}: deploy it first with "
                           f"`fsdgraph deploy`") from exc
-    check_timeout(name, function.timeout_s, timeout_s, quotas.lambda_max_timeout_s)
+    check_timeout(name, function.timeout_s)
     need = f"{workers} workers need {workers} concurrent functions"
     if function.reserved_concurrency is not None:
         if workers > function.reserved_concurrency:
@@ -151,35 +151,27 @@ async def preflight(functions: LambdaFunctions, quotas: Quotas, workers: int,
     check_workers(quotas, workers)
 
 
-def check_timeout(function: str, function_timeout_s: int, run_timeout_s: float,
-                  max_timeout_s: float) -> None:
-    """ConfigError if a function that Lambda stops after ``function_timeout_s`` would cut a run
-    allowed ``run_timeout_s`` (every worker lives as long as the run).
+#: The shortest function timeout a run accepts (seconds): a worker must be able to start, run
+#: a layer and hand over to its continuation (checkpoint, invoke) within one invocation.
+MIN_FUNCTION_TIMEOUT_S = 10
 
-    >>> check_timeout("demo-worker", 300, 600, 900)
+
+def check_timeout(function: str, function_timeout_s: int) -> None:
+    """ConfigError if a function that Lambda stops after ``function_timeout_s`` is too short for
+    a worker to run and hand over. A run may last longer than the function's timeout: a worker
+    near it checkpoints and continues in a new invocation (:mod:`fsdgraph.worker`).
+
+    >>> check_timeout("demo-worker", 5)
     Traceback (most recent call last):
     ...
-    fsdgraph.errors.ConfigError: function 'demo-worker' has a timeout of 300 s, shorter than the \
-run's timeout of 600 s: Lambda would stop its workers before the run ends. Raise the function's \
-timeout to 600 s (timeout_s = 600 in the [aws] table of the config file, or \
-FSDGRAPH_AWS_TIMEOUT_S=600, then `fsdgraph deploy` again), or give the run a timeout of at most \
-300 s (--timeout 300, or timeout_s in [run])
+    fsdgraph.errors.ConfigError: function 'demo-worker' has a timeout of 5 s: a worker needs at \
+least 10 s to run and hand over to its continuation. Raise the function's timeout (timeout_s in \
+the [aws] table of the config file, or FSDGRAPH_AWS_TIMEOUT_S, then `fsdgraph deploy` again)
     """
-    if run_timeout_s <= function_timeout_s:
+    if function_timeout_s >= MIN_FUNCTION_TIMEOUT_S:
         return
-    cut = (f"function {function!r} has a timeout of {function_timeout_s} s, shorter than the "
-           f"run's timeout of {run_timeout_s:g} s: Lambda would stop its workers before the run "
-           f"ends")
-    smaller = (f"give the run a timeout of at most {function_timeout_s} s "
-               f"(--timeout {function_timeout_s}, or timeout_s in [run])")
-    need = math.ceil(run_timeout_s)
-    if need <= max_timeout_s:
-        raise ConfigError(f"{cut}. Raise the function's timeout to {need} s (timeout_s = {need} "
-                          f"in the [aws] table of the config file, or FSDGRAPH_AWS_TIMEOUT_S="
-                          f"{need}, then `fsdgraph deploy` again), or {smaller}")
-    longest = math.floor(max_timeout_s)
-    raise ConfigError(f"{cut}, and Lambda allows no function timeout above {longest} s "
-                      f"(quotas.lambda_max_timeout_s): {smaller}"
-                      + ("" if function_timeout_s >= longest else
-                         f", after raising the function's timeout to {longest} s "
-                         f"(FSDGRAPH_AWS_TIMEOUT_S={longest} fsdgraph deploy)"))
+    raise ConfigError(f"function {function!r} has a timeout of {function_timeout_s} s: a worker "
+                      f"needs at least {MIN_FUNCTION_TIMEOUT_S} s to run and hand over to its "
+                      f"continuation. Raise the function's timeout (timeout_s in the [aws] table "
+                      f"of the config file, or FSDGRAPH_AWS_TIMEOUT_S, then `fsdgraph deploy` "
+                      f"again)")
