@@ -8,7 +8,9 @@ twice and sends a failed invocation's record to the function's on-failure destin
   from one process on two cores is too slow to hold a run);
 - an account quota too small for one filter policy per worker: the channel sends directly;
 - every invocation event delivered twice: counted, and the answer is still the reference;
-- a worker killed mid-run: reported by name through the failures queue, not by a timeout.
+- a worker killed mid-run: relaunched from its checkpoint (the exact result), or, with no
+  relaunch allowed, reported by name through the failures queue, not by a timeout;
+- a function timeout shorter than the run: workers hand over to continuations.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +46,12 @@ def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def deployed(servers: LocalAws, directory: Path, deployment: str,
-             quotas: str = "") -> AwsBackend:
+             quotas: str = "", timeout_s: int = 900) -> AwsBackend:
     """``fsdgraph deploy`` on ``servers``; the backend configured from the same file (with
     ``quotas``, a ``[quotas]`` table: the account's quotas as the user knows them)."""
     config = directory / f"{deployment}.toml"
     config.write_text(servers.config_toml(deployment).replace(
-        "[aws]\n", "[aws]\ntimeout_s = 900\n") + quotas)
+        "[aws]\n", f"[aws]\ntimeout_s = {timeout_s}\n") + quotas)
     assert main(["deploy", "--config", str(config), "--no-dependencies"]) == EXIT_PASSED
     return AwsBackend.configure(config)
 
@@ -156,35 +158,103 @@ def test_a_worker_killed_mid_run_is_reported_by_name_through_the_failure_destina
     servers, backend = aws
     graph, inputs, _ = network
     lam = servers.endpoints["lambda"]
-    config = fsdgraph.RunConfig(progress=False, stall_timeout_s=600,
+    config = fsdgraph.RunConfig(progress=False, stall_timeout_s=600, relaunches=0,
                                 channel=fsdgraph.ChannelConfig(peer_timeout_s=600))
-
-    run_over = threading.Event()
-
-    def kill_worker_2() -> list[Any]:
-        """Kill worker 2's execution as soon as it runs (its peers then wait for it)."""
-        request = urllib.request.Request(f"{lam}/_fsdgraph/kill", method="POST",
-                                         data=json.dumps({"match": {"worker": 2}}).encode())
-        while not run_over.is_set():  # a run that ended first: nothing was killed
-            with urllib.request.urlopen(request, timeout=60) as answer:
-                killed: list[Any] = json.loads(answer.read())["killed"]
-            if killed:
-                return killed
-            time.sleep(0.005)
-        return []
+    killed = killing(lam, 2)
 
     async def main_() -> None:
         scheduler = fsdgraph.Scheduler(backend, "queue", config)
-        killer = asyncio.ensure_future(asyncio.to_thread(kill_worker_2))
-        try:
-            with pytest.raises(RunError) as caught:
-                await scheduler.run(fsdgraph.compile(graph, 4, "contiguous"), inputs)
-        finally:
-            run_over.set()
-            assert len(await killer) == 1
+        with killed, pytest.raises(RunError) as caught:
+            await scheduler.run(fsdgraph.compile(graph, 4, "contiguous"), inputs)
+        assert len(killed.result) == 1
         message = str(caught.value)
         assert message.startswith("worker 2 failed at layer 0: the function invocation of "
                                   "worker 2 failed: Runtime.ExitError"), message
         assert caught.value.worker == 2
 
     asyncio.run(main_())
+
+
+@pytest.mark.parametrize("channel", ["queue", "object"])
+def test_a_worker_killed_mid_run_is_relaunched_and_the_result_is_exact(
+        aws: tuple[LocalAws, AwsBackend], network: Any, channel: str) -> None:
+    """Lambda's failure record of the killed invocation makes the scheduler relaunch it from
+    its checkpoint; the run returns the reference's bits."""
+    import boto3
+
+    servers, backend = aws
+    graph = fsdgraph.sequential(radixnet(1024, 60, seed=0), graphchallenge_bias(1024), cap=32)
+    inputs = synthetic_images(1024, 64, seed=1)
+    reference = fsdgraph.reference_inference(inputs, graph.layers())
+    config = fsdgraph.RunConfig(progress=False, stall_timeout_s=600, checkpoint_every=1,
+                                channel=fsdgraph.ChannelConfig(peer_timeout_s=600,
+                                                               visibility_timeout_s=2))
+    s3 = boto3.client("s3", region_name=servers.region, endpoint_url=servers.endpoints["s3"])
+
+    def checkpointed() -> bool:  # worker 1 is past layer 2, and far from done
+        for bucket in s3.list_buckets()["Buckets"]:
+            listed = s3.list_objects_v2(Bucket=bucket["Name"])
+            if any("/ckpt/1/000002" in o["Key"] for o in listed.get("Contents", [])):
+                return True
+        return False
+
+    killed = killing(servers.endpoints["lambda"], 1, after=checkpointed)
+    with killed:
+        result = fsdgraph.Scheduler(backend, channel, config).run_sync(
+            fsdgraph.compile(graph, 3, "contiguous"), inputs)
+    assert len(killed.result) == 1
+    np.testing.assert_array_equal(result.activations.toarray(), reference.toarray())
+    assert result.report["relaunches"] == 1
+
+
+def test_a_run_longer_than_the_function_timeout_continues(tmp_path: Path) -> None:
+    """A function Lambda stops after 10 s; a run of about twice that: each worker hands over
+    to a continuation near its limit, and the result is the reference's."""
+    graph = fsdgraph.sequential(radixnet(1024, 120, seed=0), graphchallenge_bias(1024), cap=32)
+    inputs = synthetic_images(1024, 3000, seed=1)
+    reference = fsdgraph.reference_inference(inputs, graph.layers())
+    config = fsdgraph.RunConfig(progress=False, checkpoint_every=0,
+                                channel=fsdgraph.ChannelConfig(visibility_timeout_s=2))
+    with LocalAws(log_dir=tmp_path / "logs", quotas=Quotas()) as servers:
+        backend = deployed(servers, tmp_path, "brief", timeout_s=10)
+        result = fsdgraph.Scheduler(backend, "queue", config).run_sync(
+            fsdgraph.compile(graph, 2, "contiguous"), inputs)
+    np.testing.assert_array_equal(result.activations.toarray(), reference.toarray())
+    assert result.report["continuations"] >= 1, result.report["wall_s"]
+    assert result.report["relaunches"] == 0
+
+
+class killing:
+    """Kill the first execution of ``worker``'s invocation on the Lambda endpoint ``lam`` as
+    soon as it runs (from a thread, while the ``with`` block runs); ``result``: what was
+    killed."""
+
+    def __init__(self, lam: str, worker: int,
+                 after: Callable[[], bool] = lambda: True) -> None:
+        self.after = after
+        self.request = urllib.request.Request(
+            f"{lam}/_fsdgraph/kill", method="POST",
+            data=json.dumps({"match": {"worker": worker, "attempt": 0}}).encode())
+        self.over = threading.Event()
+        self.result: list[Any] = []
+        self.thread = threading.Thread(target=self._kill, daemon=True)
+
+    def _kill(self) -> None:
+        while not self.over.is_set():  # a run that ended first: nothing was killed
+            if not self.after():
+                time.sleep(0.005)
+                continue
+            with urllib.request.urlopen(self.request, timeout=60) as answer:
+                killed: list[Any] = json.loads(answer.read())["killed"]
+            if killed:
+                self.result = killed
+                return
+            time.sleep(0.005)
+
+    def __enter__(self) -> killing:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.over.set()
+        self.thread.join()
