@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 
-from fsdgraph.channels.object import pack_edge
 from fsdgraph.errors import ConfigError
 from fsdgraph.resources import RunNames
+from fsdgraph.sealed import seal
 
 #: Seconds one checkpoint PUT takes (an S3 PUT of a few hundred KB from Lambda: tens of ms).
 CHECKPOINT_S = 0.05
@@ -53,4 +53,4 @@ def checkpoint_every(layers: int, *, layer_s: float, checkpoint_s: float = CHECK
 def attempt_object(names: RunNames, worker: int, attempt: int) -> bytes:
     """The body of ``names.attempt_key(worker)``, written by the scheduler as it relaunches a
     worker: ``attempt`` is the current one, and an older attempt that reads it stops."""
-    return pack_edge(names, names.attempt_key(worker), [str(attempt).encode()])
+    return seal(names, names.attempt_key(worker), [str(attempt).encode()])

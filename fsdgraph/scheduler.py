@@ -73,6 +73,7 @@ from fsdgraph.prices import Prices
 from fsdgraph.report import RunFacts, build_report
 from fsdgraph.resources import RunNames
 from fsdgraph.retry import retry
+from fsdgraph.sealed import seal, unseal_one
 from fsdgraph.serialize import unpack
 from fsdgraph.transport import Limits, check_invoke_payload
 from fsdgraph.tree import depth, roots
@@ -323,7 +324,9 @@ class Scheduler:
                                                      channel_config)
                 outputs = await asyncio.gather(*(
                     services.objects.get(names.output_key(w)) for w in range(plan.workers)))
-                activations, worker_metrics = _assemble(outputs, y0.shape[0], plan.output_width)
+                activations, worker_metrics = _assemble(
+                    [unseal_one(names, names.output_key(w), body)
+                     for w, body in enumerate(outputs)], y0.shape[0], plan.output_width)
                 wall_s = time.perf_counter() - submitted
             finally:
                 with phases("teardown"):
@@ -351,8 +354,9 @@ class Scheduler:
         puts = []
         for w, shard in enumerate(plan.shards):
             block = Block.from_matrix(y0[:, shard.input_neurons])
-            puts.append(services.objects.put(names.input_key(w), codec.encode(block)))
-            puts.append(services.objects.put(names.shard_key(w), shard.to_bytes()))
+            for key, body in ((names.input_key(w), codec.encode(block)),
+                              (names.shard_key(w), shard.to_bytes())):
+                puts.append(services.objects.put(key, seal(names, key, [body])))
         await asyncio.gather(*puts)
 
     async def _launch_and_watch(self, services: Services, names: RunNames, plan: Plan,

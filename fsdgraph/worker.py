@@ -28,13 +28,13 @@ import numpy as np
 
 from fsdgraph.backend import Services
 from fsdgraph.channels import Channel, ChannelConfig, WorkerContext, get_channel
-from fsdgraph.channels.object import pack_edge, unpack_edge
 from fsdgraph.control import Reporter
 from fsdgraph.errors import FsdError, NotFound, RunError
 from fsdgraph.event import WorkerEvent
 from fsdgraph.kernels import Block, LayerInputs, WeightRows
 from fsdgraph.metrics import WorkerMetrics, counted, precount_report
 from fsdgraph.plan import INPUT, WorkerShard
+from fsdgraph.sealed import seal, unseal, unseal_one
 from fsdgraph.serialize import pack
 from fsdgraph.transport import ObjectStore, check_invoke_payload
 
@@ -135,7 +135,7 @@ async def superseded(services: Services, event: WorkerEvent) -> bool:
         body = await services.objects.get(key)
     except NotFound:
         return False
-    sealed = unpack_edge(event.names, key, body)
+    sealed = unseal(event.names, key, body)
     if sealed is None or not sealed[0][0].isdigit():  # not the scheduler's: never obeyed
         return False
     return int(sealed[0][0]) > event.attempt
@@ -173,21 +173,21 @@ class WorkerRuntime:
     async def _load(self) -> tuple[WorkerShard, Block, int]:
         """The shard, the activations to start from and the first layer to run: the input
         columns and layer 0, or, resuming, the latest checkpoint and the layer after it."""
-        objects = self.services.objects
-        shard_bytes = await objects.get(self.names.shard_key(self.worker))
-        shard = WorkerShard.from_bytes(shard_bytes)
+        objects, names = self.services.objects, self.names
+        key = names.shard_key(self.worker)
+        shard = WorkerShard.from_bytes(unseal_one(names, key, await objects.get(key)))
         if self.event.resume:
             latest = await self._latest_checkpoint()
             if latest is not None:
                 layer, block = latest
                 return shard, block, layer + 1
-        input_bytes = await objects.get(self.names.input_key(self.worker))
-        return shard, self.codec.decode(input_bytes).block, 0
+        key = names.input_key(self.worker)
+        return shard, self.codec.decode(unseal_one(names, key, await objects.get(key))).block, 0
 
     async def _latest_checkpoint(self) -> tuple[int, Block] | None:
         keys = sorted(await self.services.objects.list(self.names.checkpoint_prefix(self.worker)))
         for key in reversed(keys):
-            chunks = unpack_edge(self.names, key, await self.services.objects.get(key))
+            chunks = unseal(self.names, key, await self.services.objects.get(key))
             if chunks is not None and len(chunks) == 1:
                 return int(key.rsplit("/", 1)[1]), self.codec.decode(chunks[0][0]).block
             self.metrics.current.unauthenticated_dropped += 1  # try the one before
@@ -199,7 +199,7 @@ class WorkerRuntime:
             raise Superseded(f"worker {self.worker} attempt {self.event.attempt} was replaced "
                              f"by a relaunch; it stops at layer {layer}")
         key = self.names.checkpoint_key(self.worker, layer)
-        await self.services.objects.put(key, pack_edge(self.names, key,
+        await self.services.objects.put(key, seal(self.names, key,
                                                        [self.codec.encode(output)]))
         self.metrics.current.checkpoints += 1
         await self.channel.durable(layer)
@@ -278,5 +278,6 @@ class WorkerRuntime:
         body = pack({"block": self.codec.encode(self.output),
                      "columns": self.shard.layers[-1].out_cols,
                      "metrics": self.metrics.to_dict()})
-        await objects.put(self.names.output_key(self.worker), body)
+        key = self.names.output_key(self.worker)
+        await objects.put(key, seal(self.names, key, [body]))
         await self.channel.close()

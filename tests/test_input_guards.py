@@ -429,12 +429,12 @@ def test_an_empty_edge_completes_its_layer_on_the_auto_channel() -> None:
     from fsdgraph.channels import WorkerContext
     from fsdgraph.channels.auto import AutoChannel
     from fsdgraph.channels.base import OutChunk
-    from fsdgraph.channels.object import pack_edge
     from fsdgraph.codec import BlockCodec
     from fsdgraph.integrity import RunKey, checksum
     from fsdgraph.kernels import Block
     from fsdgraph.metrics import WorkerMetrics
     from fsdgraph.resources import RunNames
+    from fsdgraph.sealed import seal
     from fsdgraph.transport import Entry
 
     config = ChannelConfig(peer_timeout_s=3, poll_wait_s=0.05, auto_object_above_bytes=1)
@@ -459,7 +459,7 @@ def test_an_empty_edge_completes_its_layer_on_the_auto_channel() -> None:
                 assert await services.objects.list(names.prefix + "x/") == []
 
                 key = names.exchange_key(2, 0, 1)
-                await services.objects.put(key, pack_edge(names, key, []))
+                await services.objects.put(key, seal(names, key, []))
                 pointer = ch0._attributes(OutChunk(2, 0, 1, 0, 0, b""), checksum(key.encode()),
                                           "pointer")
                 await ch0._publish_entries([Entry(key, pointer)])

@@ -21,7 +21,7 @@ from fsdgraph.backends.local import LocalBackend
 from fsdgraph.backends.local.queues import SpoolMessageService
 from fsdgraph.channels import Channel, ChannelConfig, Inbox, WorkerContext
 from fsdgraph.channels.auto import AutoChannel
-from fsdgraph.channels.object import ObjectChannel, pack_edge, unpack_edge
+from fsdgraph.channels.object import ObjectChannel
 from fsdgraph.channels.queue import QueueChannel
 from fsdgraph.codec import BlockCodec, Chunk
 from fsdgraph.control import QueueControlPlane, Status, decode_status, encode_status
@@ -31,6 +31,7 @@ from fsdgraph.integrity import RunKey, checksum
 from fsdgraph.kernels import Block
 from fsdgraph.metrics import WorkerMetrics
 from fsdgraph.resources import RunNames
+from fsdgraph.sealed import seal, unseal
 from fsdgraph.transport import Entry, Limits, Message
 
 CONFIG = ChannelConfig(peer_timeout_s=3, poll_wait_s=0.05)
@@ -165,17 +166,17 @@ def test_a_damaged_body_fails_naming_the_edge() -> None:
 def test_edge_objects_verify_their_key_chunks_and_run() -> None:
     names = RunNames("r1", key=RunKey.generate())
     key = names.exchange_key(3, 0, 1)
-    body = pack_edge(names, key, [b"one", b"two"])
-    assert unpack_edge(names, key, body) == [(b"one", checksum(b"one")),
+    body = seal(names, key, [b"one", b"two"])
+    assert unseal(names, key, body) == [(b"one", checksum(b"one")),
                                              (b"two", checksum(b"two"))]
-    assert unpack_edge(names, names.exchange_key(4, 0, 1), body) is None, "replayed elsewhere"
-    assert unpack_edge(RunNames("r1", key=RunKey.generate()), key, body) is None
+    assert unseal(names, names.exchange_key(4, 0, 1), body) is None, "replayed elsewhere"
+    assert unseal(RunNames("r1", key=RunKey.generate()), key, body) is None
     flipped = bytearray(body)
     flipped[body.index(b"two")] ^= 1
-    assert unpack_edge(names, key, bytes(flipped)) is None
+    assert unseal(names, key, bytes(flipped)) is None
     for junk in (b"", b"\xc1", msgpack.packb({"a": 1, "b": 2}), msgpack.packb(["r1", []]),
-                 msgpack.packb(7), msgpack.packb(["fsd-edge-1", "r1", [1], "tag"])):
-        assert unpack_edge(names, key, junk) is None, junk
+                 msgpack.packb(7), msgpack.packb(["fsd-sealed-1", "r1", [1], "tag"])):
+        assert unseal(names, key, junk) is None, junk
 
 
 def test_a_damaged_object_is_read_again_until_the_real_one_is_there() -> None:
@@ -184,7 +185,7 @@ def test_a_damaged_object_is_read_again_until_the_real_one_is_there() -> None:
     async def main() -> None:
         async with channels(ObjectChannel) as (services, names, (ch0, ch1)):
             key = names.exchange_key(0, 0, 1)
-            forged = msgpack.packb(["fsd-edge-1", names.run_id, [], "0" * 32])  # a marker
+            forged = msgpack.packb(["fsd-sealed-1", names.run_id, [], "0" * 32])  # a marker
             await services.objects.put(key, forged)
             receiving = asyncio.ensure_future(collect(ch1, 0, [0]))
             await asyncio.sleep(0.2)

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fsdgraph.channels.base import ChannelConfig, OutChunk
-from fsdgraph.channels.object import object_requests, offer_edge, pack_edge, unpack_edge
+from fsdgraph.channels.object import object_requests, offer_edge
 from fsdgraph.channels.queue import (
     MODEL_RUN_ID,
     QueueChannel,
@@ -38,6 +38,7 @@ from fsdgraph.integrity import checksum
 from fsdgraph.prices import Prices
 from fsdgraph.resources import RunNames
 from fsdgraph.retry import Backoff
+from fsdgraph.sealed import seal, unseal
 from fsdgraph.transport import CHUNK_BYTES, Entry, Message
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class AutoChannel(QueueChannel):
                 m.channel["edges_via_queue"] += 1
                 continue
             key = self.names.exchange_key(layer, self.worker, dst)
-            body = pack_edge(self.names, key, payloads)
+            body = seal(self.names, key, payloads)
             puts.append(self.services.objects.put(key, body))
             m.channel["edges_via_object"] += 1
             m.bytes_sent += len(body)
@@ -142,7 +143,7 @@ class AutoChannel(QueueChannel):
         backoff = Backoff(self.config.peer_timeout_s)
         while True:  # the pointer follows the PUT: a bad read is damage, read it again
             body = await self.services.objects.get(key)
-            chunks = unpack_edge(self.names, key, body)
+            chunks = unseal(self.names, key, body)
             if chunks is not None:
                 break
             self.metrics.current.unauthenticated_dropped += 1

@@ -3,10 +3,10 @@
 Sender ``src`` writes ``runs/<run>/x/<dst>/<layer>/<src>`` holding every chunk of the edge (an
 object holds up to ``max_object_bytes``, so one object nearly always suffices; a larger edge is
 split into several chunks inside the same object). An empty edge is an object with no chunks: the
-explicit empty marker. An object carries the tag of its key and of its chunks' checksums under
-the run's key (:func:`pack_edge`): one that does not verify (damaged, forged, another run's, or
-malformed) is counted (``unauthenticated_dropped``) and read again with backoff, as a missing
-one is; if it never verifies, the peer timeout names the edge and says so.
+explicit empty marker. An object is sealed (:mod:`fsdgraph.sealed`: tagged under the run's key
+with its key and its chunks' checksums): one that does not verify (damaged, forged, another
+run's, or malformed) is counted (``unauthenticated_dropped``) and read again with backoff, as a
+missing one is; if it never verifies, the peer timeout names the edge and says so.
 
 The reader knows every key it expects from the plan and GETs them, backing off while they are
 missing, instead of LISTing a prefix (a LIST costs as much as a PUT and lags).
@@ -28,46 +28,19 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import msgpack
-
 from fsdgraph.channels.base import Channel, ChannelConfig, Inbox, OutChunk, WorkerContext
 from fsdgraph.errors import NotFound, TransportError
 from fsdgraph.integrity import checksum
-from fsdgraph.resources import RunNames
 from fsdgraph.retry import retry
+from fsdgraph.sealed import OVERHEAD, seal, unseal
 
 if TYPE_CHECKING:
     from fsdgraph.cost.estimate import ExchangeEstimate
     from fsdgraph.plan import Edge
     from fsdgraph.quotas import Quotas
 
-#: Bytes msgpack adds around an edge's payloads (``[format, run id, [payloads], tag]``).
-OBJECT_OVERHEAD = 64
-#: The first element of an edge object: its layout.
-EDGE_FORMAT = "fsd-edge-1"
-
-
-def pack_edge(names: RunNames, key: str, payloads: Sequence[bytes]) -> bytes:
-    """The object holding ``payloads``, the chunks of the edge stored under ``key``."""
-    tag = names.key.tag(names.run_id, key, str(len(payloads)), *map(checksum, payloads))
-    return bytes(msgpack.packb([EDGE_FORMAT, names.run_id, list(payloads), tag],
-                               use_bin_type=True))
-
-
-def unpack_edge(names: RunNames, key: str, body: bytes) -> list[tuple[bytes, str]] | None:
-    """The chunks (and their checksums) of the edge object ``body`` read from ``key``; None if it
-    is not an authentic object of this run at this key (damaged, forged, another run's)."""
-    try:
-        fmt, run_id, payloads, tag = msgpack.unpackb(body, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return None
-    if (fmt != EDGE_FORMAT or run_id != names.run_id or not isinstance(payloads, list)
-            or not all(isinstance(p, bytes) for p in payloads)):
-        return None
-    sums = [checksum(p) for p in payloads]
-    if not names.key.verify(tag, names.run_id, key, str(len(payloads)), *sums):
-        return None
-    return list(zip(payloads, sums, strict=True))
+#: Bytes an edge object adds around its payloads (:data:`fsdgraph.sealed.OVERHEAD`).
+OBJECT_OVERHEAD = OVERHEAD
 
 
 class ObjectChannel(Channel):
@@ -112,7 +85,7 @@ class ObjectChannel(Channel):
         puts = []
         for (layer, dst), edge in by_edge.items():
             key = self.names.exchange_key(layer, self.worker, dst)
-            body = pack_edge(self.names, key, [c.payload for c in edge if c.count])
+            body = seal(self.names, key, [c.payload for c in edge if c.count])
             self.metrics.current.bytes_sent += len(body)
             self.metrics.current.messages_sent += 1
             puts.append(retry(partial(self.services.objects.put, key, body),
@@ -161,7 +134,7 @@ class ObjectChannel(Channel):
         """Chunks kept from an edge object; None if it did not verify (counted, noted for the
         timeout's message)."""
         m = self.metrics.current
-        chunks = unpack_edge(self.names, key, body)
+        chunks = unseal(self.names, key, body)
         if chunks is None:
             m.unauthenticated_dropped += 1
             self.inbox.note(layer, src, f"object {key} failed its integrity check")
