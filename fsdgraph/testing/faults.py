@@ -658,10 +658,12 @@ def channels_for(kinds: Sequence[str]) -> list[str]:
 
 #: Peer and stall timeouts: short where a fault may end a run (it ends quickly), generous where
 #: nothing should fail (a loaded machine is slow, not wrong). With a worker killed or stopped,
-#: the stall is found first and the peers out-wait a relaunch.
+#: the scheduler relaunches it after a short silence, and its peers and the stall watch
+#: out-wait the relaunch.
 SHORT_PEER_S, LONG_PEER_S = 3.0, 20.0
-SHORT_STALL_S, LONG_STALL_S = 3.0, 20.0
-KILL_PEER_S = 15.0
+LONG_STALL_S = 20.0
+RELAUNCH_AFTER_S = 10.0
+KILL_PEER_S, KILL_STALL_S, KILL_RELAUNCH_AFTER_S = 20.0, 30.0, 1.0
 
 
 @dataclass(frozen=True)
@@ -679,6 +681,8 @@ class Schedule:
     auto_object_above_bytes: int = 0
     peer_timeout_s: float = LONG_PEER_S
     stall_timeout_s: float = LONG_STALL_S
+    #: A worker silent this long is relaunched (``RunConfig.relaunch_after_s``).
+    relaunch_after_s: float = RELAUNCH_AFTER_S
     #: "KILL" or "TERM": the coordinator process gets it mid-run (bench/faults.py).
     coordinator: str | None = None
 
@@ -736,7 +740,8 @@ class Schedule:
             "auto_object_above_bytes": rng.choice([1, 600, 2000]) if channel == "auto" else 0}
         ends_early = any("failed" in EXPECTED[k] for k in on)
         if on & set(WORKER_KINDS):
-            fields.update(peer_timeout_s=KILL_PEER_S, stall_timeout_s=SHORT_STALL_S)
+            fields.update(peer_timeout_s=KILL_PEER_S, stall_timeout_s=KILL_STALL_S,
+                          relaunch_after_s=KILL_RELAUNCH_AFTER_S)
         else:
             fields.update(peer_timeout_s=SHORT_PEER_S if ends_early else LONG_PEER_S,
                           stall_timeout_s=LONG_STALL_S)
@@ -898,9 +903,9 @@ class Runner:
 
         return fsdgraph.RunConfig(
             progress=False, timeout_s=120.0, stall_timeout_s=s.stall_timeout_s,
-            progress_interval_s=0.25,
+            progress_interval_s=0.25, relaunch_after_s=s.relaunch_after_s,
             channel=fsdgraph.ChannelConfig(
-                peer_timeout_s=s.peer_timeout_s, poll_wait_s=0.2, visibility_timeout_s=5.0,
+                peer_timeout_s=s.peer_timeout_s, poll_wait_s=0.2, visibility_timeout_s=2.0,
                 auto_object_above_bytes=s.auto_object_above_bytes))
 
     def leftovers(self) -> tuple[list[int], list[str]]:
@@ -970,11 +975,10 @@ def kill_coordinator(s: Schedule, root: str | Path, *, leak_grace_s: float = 10.
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    env = {**os.environ, "TMPDIR": str(root)}  # the launcher's own directory goes there too
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # its launcher's directory goes under root too (a short root)
         [sys.executable, "-m", "fsdgraph.testing.faults", "coordinate",
          json.dumps(s.to_dict()), str(root)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     workers = s.workers
 
     def started() -> bool:
@@ -988,14 +992,25 @@ def kill_coordinator(s: Schedule, root: str | Path, *, leak_grace_s: float = 10.
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL if s.coordinator == "KILL" else signal.SIGTERM)
         verdict = "killed"
-    else:  # the run was over before the signal could land (or the coordinator failed)
-        verdict = "finished" if proc.returncode == 0 else "bug"
+    else:  # the run was over before the signal could land
+        verdict = "finished"
+    assert proc.stdout is not None
+    printed = proc.stdout.read()
+    proc.stdout.close()
     proc.wait()
+    error = ""
+    if verdict == "finished":  # what the run itself ended in
+        try:
+            ran = json.loads(printed)
+            verdict, error = ("finished" if ran["verdict"] == "exact" else ran["verdict"],
+                              ran["error"])
+        except (ValueError, KeyError, TypeError):
+            verdict, error = "bug", f"the coordinator exited with {proc.returncode}"
     seen |= set(_pid_files(root).values())
     processes = settle(lambda: alive(sorted(seen | set(_pid_files(root).values()))),
                        leak_grace_s)
     paths = settle(lambda: sorted(p.name for p in root.iterdir()), leak_grace_s)
-    outcome = Outcome(s, verdict, "", processes, paths, time.monotonic() - start)
+    outcome = Outcome(s, verdict, error, processes, paths, time.monotonic() - start)
     for pid in alive(processes):  # ours: started by the coordinator above
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
