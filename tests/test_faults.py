@@ -47,6 +47,12 @@ NOT_YET: dict[str, str] = {}
 #: Seeded random schedules the CI test runs (each a small run of 2 to 7 workers).
 RANDOM_SCHEDULES = 100
 
+#: The report counter that shows a kind's faults were injected and met their defence.
+EVIDENCE = {"duplicate": "duplicates_dropped", "replay": "duplicates_dropped",
+            "relabel": "stray_dropped", "forge_marker": "unauthenticated_dropped",
+            "forge_object": "unauthenticated_dropped", "flip_get": "unauthenticated_dropped",
+            "forge_error": "statuses_rejected", "kill": "relaunches", "stop": "relaunches"}
+
 
 def kind_param(kind: str) -> object:
     marks = ([pytest.mark.xfail(strict=False, reason=NOT_YET[kind])] if kind in NOT_YET
@@ -85,6 +91,9 @@ def test_each_kind_ends_as_it_must(runner: Runner, kind: str) -> None:
     outcomes = run_all(runner, schedules)
     bad = [o for o in outcomes if o.verdict not in EXPECTED[kind] or o.leaked]
     assert not bad, report(bad)
+    exact = [o for o in outcomes if o.verdict == "exact"]
+    if kind in EVIDENCE and exact:  # the faults happened, and were dropped or recovered from
+        assert sum(o.counters[EVIDENCE[kind]] for o in exact) > 0, report(exact)
 
 
 def test_random_schedules(runner: Runner) -> None:

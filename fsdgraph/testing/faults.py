@@ -759,6 +759,8 @@ class Outcome:
     leaked_processes: list[int] = field(default_factory=list)
     leaked_paths: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: A finished run's report counters of what its defences dropped (:data:`COUNTERS`).
+    counters: dict[str, int] = field(default_factory=dict)
 
     @property
     def leaked(self) -> bool:
@@ -768,7 +770,14 @@ class Outcome:
         return {"seed": self.schedule.seed, "kinds": list(self.schedule.kinds),
                 "verdict": self.verdict, "error": self.error[:300],
                 "leaked_processes": self.leaked_processes, "leaked_paths": self.leaked_paths,
-                "seconds": round(self.seconds, 3), "schedule": self.schedule.to_dict()}
+                "seconds": round(self.seconds, 3), "counters": self.counters,
+                "schedule": self.schedule.to_dict()}
+
+
+#: Counters of a run's report that show a fault met its defence (copies, strays, forgeries and
+#: damage dropped, statuses rejected, workers relaunched).
+COUNTERS = ("duplicates_dropped", "stray_dropped", "unauthenticated_dropped",
+            "statuses_rejected", "relaunches")
 
 
 def _error_names() -> tuple[frozenset[str], frozenset[str]]:
@@ -928,6 +937,7 @@ class Runner:
         self.backend.kill_signal = s.faults.kill_signal
         start = time.monotonic()
         error = ""
+        counters: dict[str, int] = {}
         try:
             result = fsdgraph.Scheduler(self.backend, s.channel, self.config(s)).run_sync(
                 plan, images)
@@ -938,6 +948,7 @@ class Runner:
             same = got.shape == want.shape and np.array_equal(got.view(np.uint32),
                                                                want.view(np.uint32))
             verdict = "exact" if same else "wrong"
+            counters = {k: int(result.report.get(k, 0)) for k in COUNTERS}
             if not same:
                 error = f"{int((got != want).sum())} of {want.size} values differ"
         finally:
@@ -946,7 +957,7 @@ class Runner:
         seconds = time.monotonic() - start
         processes = settle(lambda: self.leftovers()[0], self.leak_grace_s)
         paths = settle(lambda: self.leftovers()[1], self.leak_grace_s)
-        return Outcome(s, verdict, error, processes, paths, seconds)
+        return Outcome(s, verdict, error, processes, paths, seconds, counters)
 
     def clean(self, outcome: Outcome) -> None:
         """Remove what a schedule leaked (its processes were started here), so that the next
