@@ -9,12 +9,16 @@ Commands:
 * ``fsdgraph report RUN.json`` — the itemised AWS bill and the per-layer table of a run report,
   and PNG plots with ``--plots DIR``;
 * ``fsdgraph deploy`` / ``fsdgraph teardown`` — create (or update) and remove the AWS backend's
-  function, role and bucket (docs/aws.md); ``--dry-run`` says what would be done.
+  function, role and bucket (docs/aws.md); ``--dry-run`` says what would be done;
+* ``fsdgraph cleanup`` — remove what killed runs left: local run and launcher directories of
+  dead coordinators and their processes, and with ``--backend aws`` the queues, topics and
+  objects of runs older than ``--older-than`` (:mod:`fsdgraph.cleanup`); JSON on stdout.
 
 Exit codes: 0 passed (or nothing to check), 1 the check failed, 2 bad usage or bad input (the
 message names the file, line or option), 3 the distributed run failed (the message names the
-worker, the layer and what was missing; for deploy and teardown: the AWS request that failed). No
-traceback is printed for any of these.
+worker, the layer and what was missing; for deploy and teardown: the AWS request that failed),
+and after the run's resources were removed: 129 hung up (SIGHUP), 130 interrupted (Ctrl-C,
+SIGINT), 143 terminated (SIGTERM). No traceback is printed for any of these.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import scipy.sparse as sp
 
 from fsdgraph.backends import get_backend
 from fsdgraph.channels import ChannelConfig, channel_names
+from fsdgraph.cleanup import Terminated, terminate_on_signals
 from fsdgraph.compiler import compile
 from fsdgraph.config import RunSettings, load_settings
 from fsdgraph.errors import FsdError, InputError
@@ -49,7 +54,8 @@ settings: options override environment variables FSDGRAPH_<OPTION> (e.g. FSDGRAP
 which override the [run] table of $FSDGRAPH_CONFIG_FILE (default ~/.fsdgraph/config.toml).
 
 exit codes: 0 passed (or nothing to check), 1 check failed, 2 bad usage or input,
-3 the distributed run (or an AWS request of deploy/teardown) failed."""
+3 the distributed run (or an AWS request of deploy/teardown) failed; 129 SIGHUP,
+130 Ctrl-C (SIGINT), 143 SIGTERM, each after the run's resources were removed."""
 
 
 def _add_plan_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -135,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
         aws.add_argument("--config", type=Path,
                          help="config file with an [aws] table (default ~/.fsdgraph/config.toml)")
         aws.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    clean = sub.add_parser(
+        "cleanup", help="remove what killed runs left (local directories and processes; AWS "
+                        "queues, topics, objects)",
+        description="Remove what runs whose coordinator was killed left: the local run and "
+                    "launcher directories of dead coordinators and their processes, and with "
+                    "--backend aws the queues, topics and objects of runs older than "
+                    "--older-than. Prints JSON of what was removed.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    clean.add_argument("--backend", choices=["local", "aws"], default="local",
+                       help="local (default): this machine only; aws: also the AWS deployment's "
+                            "run leftovers")
+    clean.add_argument("--older-than", default="1h", metavar="AGE",
+                       help="aws: only runs started longer ago than AGE (default 1h; s, m, h, d)")
+    clean.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    clean.add_argument("--config", type=Path, help="config file (default ~/.fsdgraph/config.toml)")
     deploy = sub.choices["deploy"]
     deploy.add_argument("--package", type=Path, help="a function zip (default: build one)")
     deploy.add_argument("--no-dependencies", action="store_true",
@@ -547,17 +568,35 @@ def run_deploy(args: argparse.Namespace) -> int:
     return EXIT_PASSED
 
 
+def run_cleanup(args: argparse.Namespace) -> int:
+    from fsdgraph.cleanup import cleanup, parse_duration
+
+    older_than_s = parse_duration(args.older_than)
+    removed = cleanup(args.backend, config_file=args.config, older_than_s=older_than_s,
+                      dry_run=args.dry_run, say=lambda line: print(line, file=sys.stderr))
+    print(json.dumps({"would_remove" if args.dry_run else "removed": removed}, indent=2))
+    return EXIT_PASSED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "graphchallenge":
+        return run_graphchallenge(args)
+    if args.command == "report":
+        return run_report(args)
+    if args.command in ("deploy", "teardown"):
+        return run_deploy(args)
+    if args.command == "cleanup":
+        return run_cleanup(args)
+    return run_plan(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "graphchallenge":
-            return run_graphchallenge(args)
-        if args.command == "report":
-            return run_report(args)
-        if args.command in ("deploy", "teardown"):
-            return run_deploy(args)
-        return run_plan(args)
+        # SIGTERM and SIGHUP unwind like Ctrl-C: the run's finally blocks remove its resources.
+        with terminate_on_signals():
+            return _dispatch(args)
     except InputError as exc:
         print(f"fsdgraph: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -573,6 +612,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if details:
             print(details.rstrip(), file=sys.stderr)
         return EXIT_RUN
+    except Terminated as exc:  # (a KeyboardInterrupt: first)
+        print(f"fsdgraph: terminated by {exc.name}; the run's resources were removed",
+              file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("fsdgraph: interrupted; the run's resources were removed", file=sys.stderr)
         return 130

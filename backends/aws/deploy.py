@@ -19,7 +19,10 @@ A deployment, named by ``AwsSettings.deployment``, is
 The runs' queues and topics are not part of it: each run creates its own, named
 ``<deployment>-<run id>-*`` and tagged with the run id, and removes them at its end.
 :func:`teardown` removes everything above and any queue or topic a killed run left behind;
-:func:`deploy` and :func:`teardown` with ``dry_run=True`` only say what they would do.
+:func:`remove_run_leftovers` (``fsdgraph cleanup --backend aws``) removes only what runs older
+than an age left (queues, topics, objects under ``runs/``) and keeps the deployment;
+:func:`deploy`, :func:`teardown` and :func:`remove_run_leftovers` with ``dry_run=True`` only say
+what they would do.
 
 >>> d = Deployment(AwsSettings(deployment="demo", region="eu-west-1"), "123456789012")
 >>> [r.kind for r in d.resources()]
@@ -35,11 +38,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -506,6 +510,111 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
                             f"{d.bucket_arn}/{s.prefix}*"),
                    lambda: _empty_bucket(clients, d, s.prefix, keep_bucket=True))
     return removed
+
+
+# ------------------------------------------------------------------------------------------------
+#: Error codes of a resource that is gone already (removing it again is not an error).
+_GONE = ("ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NotFound", "404",
+         "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "ResourceNotFound")
+#: A run's queue or topic: ``<deployment>-<run id>-ctl``, ``-w<worker>``, ``-t<shard>``
+#: (:class:`fsdgraph.resources.RunNames`); group 1 is the run id.
+_RUN_RESOURCE = r"^{}-([A-Za-z0-9_]+)-(?:ctl|w\d+|t\d+)$"
+
+
+@dataclass
+class _Run:
+    """What one run left: its queue URLs, topic ARNs and object keys, and when it started (the
+    earliest date among them; None if none is dated)."""
+
+    queues: list[str] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    started: float | None = None
+
+    def saw(self, when: float) -> None:
+        self.started = when if self.started is None else min(self.started, when)
+
+
+def remove_run_leftovers(settings: AwsSettings, *, older_than_s: float = 3600.0,
+                         dry_run: bool = False, say: Callable[[str], None] = print,
+                         now: float | None = None) -> list[Resource]:
+    """Remove what runs of the deployment left (a coordinator killed before its clean-up): the
+    queues and topics named ``<deployment>-<run id>-...`` and the objects under
+    ``<prefix>runs/<run id>/`` of every run that started more than ``older_than_s`` ago; return
+    what was (``dry_run``: would be) removed, one resource per queue and topic, one ``objects``
+    resource per run. The deployment itself stays (``teardown`` removes it).
+
+    A run's age is that of its oldest object (its inputs, staged before anything else) or queue
+    (``CreatedTimestamp``). Queues and topics are listed before objects: a run creates its
+    objects first and deletes them last, so a run still going whose queues or topics are seen
+    has its objects seen too, and is dated. A run of which only topics are left (no date) is
+    over: it is removed whatever its age."""
+    clients = _Clients(settings)
+    d = resolve(settings, clients)
+    s = d.settings
+    call = _ignoring(clients, *_GONE)
+    now = time.time() if now is None else now
+    pattern = re.compile(_RUN_RESOURCE.format(re.escape(s.deployment)))
+    runs: dict[str, _Run] = {}
+    with _aws_errors("listing the runs' resources"):
+        queues, topics = _run_leftovers(clients, d, say)
+        for url in queues:
+            match = pattern.match(url.rsplit("/", 1)[-1])
+            if match is None:
+                continue
+            run = runs.setdefault(match.group(1), _Run())
+            run.queues.append(url)
+            found = call("sqs", "get_queue_attributes", QueueUrl=url,
+                         AttributeNames=["CreatedTimestamp"])
+            if found is not None and "CreatedTimestamp" in found.get("Attributes", {}):
+                run.saw(float(found["Attributes"]["CreatedTimestamp"]))
+        for arn in topics:
+            match = pattern.match(arn.rsplit(":", 1)[-1])
+            if match is not None:
+                runs.setdefault(match.group(1), _Run()).topics.append(arn)
+        base = f"{s.prefix}runs/"
+        if call("s3", "head_bucket", Bucket=d.bucket) is not None:
+            pages = clients["s3"].get_paginator("list_objects_v2").paginate(Bucket=d.bucket,
+                                                                            Prefix=base)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    run_id = obj["Key"][len(base):].split("/", 1)[0]
+                    if run_id:
+                        run = runs.setdefault(run_id, _Run())
+                        run.keys.append(obj["Key"])
+                        run.saw(obj["LastModified"].timestamp())
+    removed: list[Resource] = []
+
+    def remove(resource: Resource, action: Callable[[], object]) -> None:
+        say(f"{'would remove' if dry_run else 'removing'} {resource.kind} {resource.name}")
+        if not dry_run:
+            with _aws_errors(f"removal of {resource.kind} {resource.name}"):
+                action()
+        removed.append(resource)
+
+    for run_id, run in sorted(runs.items()):
+        age = None if run.started is None else now - run.started
+        if age is not None and age < older_than_s:
+            say(f"keeping run {run_id}: started {age:.0f} s ago (--older-than {older_than_s:g} s)")
+            continue
+        for arn in run.topics:  # first: they deliver to the queues
+            remove(Resource("topic", arn.rsplit(":", 1)[-1], arn),
+                   functools.partial(_delete_topic, clients, call, arn))
+        for url in run.queues:
+            name = url.rsplit("/", 1)[-1]
+            remove(Resource("queue", name, d._arn("sqs", name)),
+                   functools.partial(call, "sqs", "delete_queue", QueueUrl=url))
+        if run.keys:
+            remove(Resource("objects", f"s3://{d.bucket}/{base}{run_id}/",
+                            f"{d.bucket_arn}/{base}{run_id}/*"),
+                   functools.partial(_delete_keys, clients, d.bucket, run.keys))
+    return removed
+
+
+def _delete_keys(clients: _Clients, bucket: str, keys: list[str]) -> None:
+    for i in range(0, len(keys), 1000):  # DeleteObjects takes up to 1000 keys
+        clients["s3"].delete_objects(Bucket=bucket, Delete={
+            "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
 
 
 def _run_leftovers(clients: _Clients, d: Deployment,

@@ -53,6 +53,7 @@ from fsdgraph.backends.local.hosts import (
     hosts_for,
 )
 from fsdgraph.backends.local.objectstore import DirectoryObjectStore
+from fsdgraph.backends.local.owner import make_directory, sweep
 from fsdgraph.backends.local.queues import SpoolMessageService
 from fsdgraph.config import read_settings
 from fsdgraph.control import QueueControlPlane
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
     from fsdgraph.testing.faults import Faults
 
 #: The ``[local]`` settings of the config file, each also ``FSDGRAPH_LOCAL_<SETTING>``.
-SETTINGS: dict[str, type] = {"max_processes": int, "pool_processes": int}
+SETTINGS: dict[str, type] = {"max_processes": int, "pool_processes": int, "root": str}
 #: What ``LocalBackend.kill_signal`` may name: SIGKILL ends a worker, SIGSTOP hangs it.
 KILL_SIGNALS = {"KILL": signal.SIGKILL, "STOP": signal.SIGSTOP}
 
@@ -152,6 +153,7 @@ class LocalBackend(Backend):
         if limit is not None and not (isinstance(limit, (int, float)) and 0 < limit < 1e9):
             raise ConfigError(f"LocalBackend.function_timeout_s must be a positive number of "
                               f"seconds or None, got {limit!r}")
+        _check_options(self)
         for name in ("max_processes", "pool_processes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
@@ -190,7 +192,8 @@ class LocalBackend(Backend):
         """Start the warm launcher now (it imports the runtime while the caller does other
         work); runs reuse it until :meth:`close`."""
         if self.warm and (self._pool is None or not self._pool.alive):
-            self._pool = WarmPool()
+            self.close()  # a launcher that died: its directory goes
+            self._pool = WarmPool(self.root)
 
     def close(self) -> None:
         """Stop the warm launcher (also done when the backend is garbage collected)."""
@@ -206,32 +209,42 @@ class LocalBackend(Backend):
 
     @asynccontextmanager
     async def session(self, names: RunNames) -> AsyncIterator[Services]:
-        run_dir = tempfile.mkdtemp(prefix=f"fsdgraph-{names.run_id}-",
-                                   dir=self.root or _default_parent())
-        for sub in ("pids", "logs"):  # workers never create these: a run over stays gone
-            os.mkdir(os.path.join(run_dir, sub))
-        if self.warm:
-            self.prewarm()
-            assert self._pool is not None
-        max_processes, pool_processes = self.placement()
-        description = LocalDescription(
-            root=run_dir, limits=asdict(self.limits), max_processes=max_processes,
-            pool_processes=pool_processes, quotas=asdict(self.quotas),
-            duplicate_rate=self.duplicate_rate, shuffle=self.shuffle,
-            kill=list(self.kill) if self.kill else None, kill_signal=self.kill_signal,
-            faults=self.faults.to_dict() if self.faults is not None else None,
-            launcher=self._pool.socket if self.warm and self._pool else None)
-        services = _services(description, names)
-        if isinstance(services.functions, ProcessFunctions):
-            services.functions.pool = self._pool
+        """The run's directory (``<root>/fsdgraph-<run id>-XXXXXXXX``, recording this process
+        as its owner) and its services. Whatever happens once anything exists, the run's
+        processes are stopped and its directory removed. What coordinators that died left in
+        ``root`` is swept first (:func:`~fsdgraph.backends.local.owner.sweep`)."""
+        parent = self.root or _default_parent()
+        sweep(parent)
+        run_dir: str | None = None
+        services: Services | None = None
         try:
+            run_dir = make_directory(parent, f"fsdgraph-{names.run_id}-")
+            for sub in ("pids", "logs"):  # workers never create these: a run over stays gone
+                os.mkdir(os.path.join(run_dir, sub))
+            if self.warm:
+                self.prewarm()
+                assert self._pool is not None
+            max_processes, pool_processes = self.placement()
+            description = LocalDescription(
+                root=run_dir, limits=asdict(self.limits), max_processes=max_processes,
+                pool_processes=pool_processes, quotas=asdict(self.quotas),
+                duplicate_rate=self.duplicate_rate, shuffle=self.shuffle,
+                kill=list(self.kill) if self.kill else None, kill_signal=self.kill_signal,
+                faults=self.faults.to_dict() if self.faults is not None else None,
+                launcher=self._pool.socket if self.warm and self._pool else None)
+            services = _services(description, names)
+            if isinstance(services.functions, ProcessFunctions):
+                services.functions.pool = self._pool
             yield services
         finally:
-            stop_workers(run_dir)
-            if isinstance(services.functions, ProcessFunctions):
-                services.functions.reap()
-            _close(services)
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if run_dir is not None:
+                stop_workers(run_dir)
+            if services is not None:
+                if isinstance(services.functions, ProcessFunctions):
+                    services.functions.reap()
+                _close(services)
+            if run_dir is not None:
+                shutil.rmtree(run_dir, ignore_errors=True)
 
     @classmethod
     @asynccontextmanager
@@ -246,6 +259,34 @@ class LocalBackend(Backend):
             yield services
         finally:  # a hosted worker ends, its process does not: release what it holds
             _close(services)
+
+
+def _check_options(backend: LocalBackend) -> None:
+    """ConfigError for an option no run could use (checked when the backend is made, before
+    anything exists)."""
+    rate = backend.duplicate_rate
+    if (isinstance(rate, bool) or not isinstance(rate, (int, float))
+            or not 0.0 <= rate <= 1.0):
+        raise ConfigError(f"LocalBackend.duplicate_rate must be a probability between 0 and 1, "
+                          f"got {rate!r}")
+    for name in ("shuffle", "warm"):
+        if not isinstance(getattr(backend, name), bool):
+            raise ConfigError(f"LocalBackend.{name} must be True or False, "
+                              f"got {getattr(backend, name)!r}")
+    kill = backend.kill
+    if kill is not None and not (
+            isinstance(kill, (tuple, list)) and len(kill) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in kill)):
+        raise ConfigError(f"LocalBackend.kill must be (worker, layer), two integers >= 0, or "
+                          f"None, got {kill!r}")
+    if backend.root is not None and (not isinstance(backend.root, (str, os.PathLike))
+                                     or not os.path.isdir(backend.root)):
+        raise ConfigError(f"LocalBackend.root must be an existing directory, got "
+                          f"{backend.root!r}")
+    if not isinstance(backend.limits, Limits):
+        raise ConfigError(f"LocalBackend.limits must be a Limits, got {backend.limits!r}")
+    if not isinstance(backend.quotas, Quotas):
+        raise ConfigError(f"LocalBackend.quotas must be a Quotas, got {backend.quotas!r}")
 
 
 def _services(description: LocalDescription, names: RunNames) -> Services:

@@ -28,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -40,6 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from fsdgraph.backend import Functions
+from fsdgraph.backends.local.owner import (
+    CLOSED,
+    LAUNCHER_PREFIX,
+    make_directory,
+    read_owner,
+    recorded_process,
+    sweep,
+)
 from fsdgraph.errors import TransportError
 from fsdgraph.retry import Backoff
 from fsdgraph.transport import invoke_payload
@@ -53,9 +63,12 @@ _RETRY_S = (0.005, 0.1)
 #: The longest a blocking exchange with the launcher may hold up its caller's event loop.
 _BLOCKING_S = 0.25
 #: A directory so named was made for one launcher (by its :class:`WarmPool`): socket and log.
-DIRECTORY_PREFIX = "fsdgraph-launcher-"
-#: In a run directory: the mark of a run that is over (see :func:`stop_workers`).
-CLOSED = "closed"
+DIRECTORY_PREFIX = LAUNCHER_PREFIX
+#: The longest path of a UNIX socket that every system takes (Linux: 107 bytes, macOS: 103).
+SOCKET_PATH_MAX = 100
+#: How often a worker process checks that its launcher (or, cold, its coordinator) and its run
+#: are still there (seconds).
+WATCH_S = 0.5
 
 
 class ProcessFunctions(Functions):
@@ -81,7 +94,7 @@ class ProcessFunctions(Functions):
         if self.launcher:
             await self._invoke_warm(Path(self.launcher), payload)
         else:
-            self._invoke_cold(payload)
+            self._invoke_cold(payload, event)
 
     async def _invoke_warm(self, path: Path, payload: bytes) -> None:
         if self.blocking:
@@ -117,12 +130,25 @@ class ProcessFunctions(Functions):
                 raise TransportError(failure)
             await backoff.wait()
 
-    def _invoke_cold(self, payload: bytes) -> None:
+    def _invoke_cold(self, payload: bytes, event: Mapping[str, Any]) -> None:
+        # Never the caller's stdout or stderr: a reader of the coordinator's output must see it
+        # end when the coordinator does. What the worker writes before it opens its own log
+        # (an import error, say) goes to that log too.
+        log: int | None = None
+        with contextlib.suppress(KeyError, TypeError, ValueError, OSError):
+            log = os.open(Path(event["backend_config"]["root"]) / "logs"
+                          / f"worker-{int(event['worker'])}.log",
+                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             proc = subprocess.Popen([sys.executable, "-m", _MODULE, "run"],
-                                    stdin=subprocess.PIPE, close_fds=True, env=_worker_env())
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL if log is None else log,
+                                    close_fds=True, env=_worker_env())
         except OSError as exc:
             raise TransportError(f"cannot start a local worker process: {exc}") from exc
+        finally:
+            if log is not None:
+                os.close(log)
         assert proc.stdin is not None
         proc.stdin.write(payload)
         proc.stdin.close()
@@ -169,17 +195,39 @@ def _send_blocking(path: Path, payload: bytes) -> bytes:
 
 
 class WarmPool:
-    """A running launcher (:mod:`fsdgraph.backends.local.launcher`) and its socket."""
+    """A running launcher (:mod:`fsdgraph.backends.local.launcher`) and its socket.
 
-    def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix=DIRECTORY_PREFIX)
+    Its directory (``<parent>/fsdgraph-launcher-XXXXXXXX``: socket, log, the launcher's pid)
+    records this process as its owner; directories of launchers whose owner died are swept
+    first. The launcher is tied to this process three ways, so that it never outlives it: it
+    watches the read end of a pipe whose write end only this process holds (the end of the
+    pipe, when this process dies however it dies, is its cue to stop its runs' workers, remove
+    their directories and its own, and exit); on Linux the kernel signals it when this process
+    ends (``PR_SET_PDEATHSIG``); and it checks every second that its parent is still this
+    process. It never holds this process's stdout or stderr (both go to its log)."""
+
+    def __init__(self, parent: str | None = None) -> None:
+        where = parent if parent is not None and _fits_socket(parent) else tempfile.gettempdir()
+        sweep(where)  # what launchers of dead coordinators left
+        self.directory = make_directory(where, DIRECTORY_PREFIX)
         self.socket = str(Path(self.directory) / "launcher.sock")
         self._log = Path(self.directory) / "launcher.log"
-        with open(self._log, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", _MODULE, "serve", self.socket],
-                                            stdin=subprocess.DEVNULL, stderr=log,
-                                            close_fds=True, env=_worker_env())
-        self._finalizer = weakref.finalize(self, _stop_pool, self.process, self.directory)
+        watch, self._watch = os.pipe()  # both ends close on exec: passed on explicitly
+        try:
+            with open(self._log, "wb") as log:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", _MODULE, "serve", self.socket, "--watch", str(watch),
+                     "--owner", str(os.getpid())],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+                    pass_fds=(watch,), env=_worker_env())
+        except BaseException:
+            os.close(self._watch)
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+        finally:
+            os.close(watch)
+        self._finalizer = weakref.finalize(self, _stop_pool, self.process, self.directory,
+                                           self._watch)
 
     @property
     def alive(self) -> bool:
@@ -197,12 +245,18 @@ class WarmPool:
         self._finalizer()
 
 
-def _stop_pool(process: subprocess.Popen[bytes], directory: str) -> None:
-    process.kill()
+def _stop_pool(process: subprocess.Popen[bytes], directory: str, watch: int) -> None:
+    process.kill()  # first: the end of the pipe would have it stop the runs as orphans
     process.wait()
-    import shutil
-
+    with contextlib.suppress(OSError):
+        os.close(watch)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def _fits_socket(parent: str) -> bool:
+    """Whether a launcher's socket in a new directory of ``parent`` has a path short enough."""
+    return len(os.fsencode(os.path.abspath(parent))) + len(
+        f"/{DIRECTORY_PREFIX}XXXXXXXX/launcher.sock.tmp") <= SOCKET_PATH_MAX
 
 
 def _worker_env() -> dict[str, str]:
@@ -240,21 +294,31 @@ def stop_workers(run_dir: str | Path) -> int:
     pids = run_dir / "pids"
     if not pids.is_dir():
         return 0
-    (run_dir / CLOSED).touch()
-    for f in pids.iterdir():
-        try:
-            pid = int(f.read_text())
+    with contextlib.suppress(FileNotFoundError):  # removed meanwhile (by its launcher)
+        (run_dir / CLOSED).touch()
+    with contextlib.suppress(OSError):
+        for f in pids.iterdir():
             # A pid file can outlive its process (SIGKILL) and the pid be reused: check first.
-            if _is_worker(pid):
-                os.kill(pid, signal.SIGKILL)
-                stopped += 1
-        except (OSError, ValueError):
-            pass
+            pid = recorded_process(f)
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    stopped += 1
     return stopped
 
 
-def _is_worker(pid: int) -> bool:
-    try:
-        return _MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+def watch_process(run_dir: Path, launcher: int | None) -> None:
+    """Exit this worker process (at once: nothing it does matters any more) when its run is over
+    or its launcher (pid ``launcher``) is gone or, for a cold worker (``launcher`` None), when
+    the coordinator that owns the run is gone. Watched from a daemon thread, every
+    :data:`WATCH_S`: the portable counterpart of the parent-death signal set on Linux."""
+    owner = read_owner(run_dir) if launcher is None else None
+
+    def watch() -> None:
+        while True:
+            time.sleep(WATCH_S)
+            if (run_over(run_dir) or (launcher is not None and os.getppid() != launcher)
+                    or (owner is not None and not owner.alive())):
+                os._exit(0)
+
+    threading.Thread(target=watch, name="fsdgraph-watch", daemon=True).start()
