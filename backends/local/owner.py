@@ -107,6 +107,13 @@ def pid_alive(pid: int) -> bool:
     return not _zombie(pid)
 
 
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class Owner:
     """The process a directory belongs to."""
@@ -114,15 +121,18 @@ class Owner:
     pid: int
     start: str | None = None  #: :func:`process_start` of ``pid`` when it wrote the record
     host: str = field(default_factory=socket.gethostname)
+    #: The pid namespace ``pid`` is in (containers sharing /dev/shm see each other's records).
+    namespace: str | None = field(default_factory=_pid_namespace)
 
     @classmethod
     def me(cls) -> Owner:
         return cls(os.getpid(), process_start(os.getpid()))
 
     def alive(self) -> bool:
-        """Whether the owner still runs. Of another machine (a shared temp dir), or where it
-        cannot be told, it is taken to be alive: nothing of it is ever removed then."""
-        if self.host != socket.gethostname():
+        """Whether the owner still runs. Of another machine or container (a shared temp dir or
+        /dev/shm), or where it cannot be told, it is taken to be alive: nothing of it is ever
+        removed then."""
+        if self.host != socket.gethostname() or self.namespace != _pid_namespace():
             return True
         if not pid_alive(self.pid):
             return False
@@ -145,9 +155,10 @@ def read_owner(directory: str | Path) -> Owner | None:
     """The owner recorded in ``directory``; None if there is no (readable, well-formed) record."""
     try:
         found: Any = json.loads((Path(directory) / OWNER).read_text())
-        start = found.get("start")
+        start, namespace = found.get("start"), found.get("namespace")
         return Owner(pid=int(found["pid"]), start=None if start is None else str(start),
-                     host=str(found["host"]))
+                     host=str(found["host"]),
+                     namespace=None if namespace is None else str(namespace))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
