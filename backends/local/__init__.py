@@ -6,8 +6,9 @@ and logs of the run's processes; the session removes it, and stops any of those 
 alive, when the run ends.
 The transports keep the cloud semantics the protocol must survive: atomic objects, at-least-once
 queues with visibility timeouts and size limits, and AWS's quotas (topics, filter policies;
-``quotas``). The fault-injection knobs (``duplicate_rate``, ``shuffle``, ``kill``) exist so tests
-can prove that it does.
+``quotas``). The fault-injection knobs (``duplicate_rate``, ``shuffle``, ``kill`` and
+``kill_signal``, and ``faults``: lost, damaged and forged traffic, :mod:`fsdgraph.testing.faults`)
+exist so tests can prove that it does.
 
 Where workers run: up to ``max_processes`` workers in a run, each is an OS process of its own;
 above, they are asyncio tasks of ``pool_processes`` host processes of the run
