@@ -3,16 +3,22 @@
 :func:`handler` is the function entry point (Lambda-shaped: ``handler(event, context)``). A
 worker
 
-1. attaches to its backend's services from the event and claims its identity (an atomic create
-   of ``runs/<run>/claim/<worker>``: a duplicated invocation event finds the claim, reports
-   ``duplicate`` and exits); then invokes its children in the invocation tree
-   (:mod:`fsdgraph.tree`) before anything else, so the tree fans out fast;
-2. downloads only its own plan shard and input columns;
+1. attaches to its backend's services from the event and claims its attempt (an atomic create
+   of ``runs/<run>/claim/<worker>/<attempt>``: a duplicated invocation event finds the claim,
+   reports ``duplicate`` and exits, as does an attempt a relaunch has replaced); then invokes its
+   children in the invocation tree (:mod:`fsdgraph.tree`) before anything else, so the tree fans
+   out fast (a relaunch or a continuation does not: they run already);
+2. downloads only its own plan shard and input columns (or, resuming, its latest checkpoint);
 3. per layer: sends each peer the activation rows it needs (started first, so peers are not kept
    waiting), places its own columns and then each peer chunk, as it arrives, into
-   :class:`~fsdgraph.kernels.LayerInputs`, and runs the fused product + bias/ReLU/cap;
+   :class:`~fsdgraph.kernels.LayerInputs`, and runs the fused product + bias/ReLU/cap; every
+   ``checkpoint_every`` layers it checkpoints its output, and near its function's time limit it
+   checkpoints and invokes its continuation (docs/protocol.md, "Checkpoints, relaunch and
+   continuation");
 4. writes its final columns and metrics to the object store and reports ``done`` — or, on any
    failure, reports ``error`` with the traceback so the scheduler can raise it.
+
+Everything it reads and writes in the object store is sealed (:mod:`fsdgraph.sealed`).
 """
 
 from __future__ import annotations
@@ -125,7 +131,7 @@ async def run_worker(raw_event: Mapping[str, Any],
 
 
 class Superseded(FsdError):
-    """This attempt of a worker was replaced by a relaunch: it stops without a word."""
+    """This attempt of a worker was replaced by a relaunch: it reports ``duplicate`` and stops."""
 
 
 async def superseded(services: Services, event: WorkerEvent) -> bool:

@@ -305,6 +305,18 @@ def small_plan() -> fsdgraph.Plan:
     return fsdgraph.compile(fsdgraph.sequential([w] * 3, bias=-0.01, cap=32), workers=3)
 
 
+def test_estimate_counts_checkpoints_and_attempt_checks(small_plan: fsdgraph.Plan) -> None:
+    plain = estimate(small_plan, channel="object", batch=100, runtime_s=2.0)
+    every = estimate(small_plan, channel="object", batch=100, runtime_s=2.0, checkpoint_every=1)
+    P, L = small_plan.workers, small_plan.layers
+    assert every.item("S3", "PUT checkpoints").quantity == P * (L - 1)
+    assert every.item("S3", "GET attempt checks (before a checkpoint)").quantity == P * (L - 1)
+    assert plain.item("S3", "GET staging, attempt checks + outputs").quantity == 4 * P
+    assert every.total > plain.total
+    with pytest.raises(KeyError):
+        plain.item("S3", "PUT checkpoints")
+
+
 def test_estimate_object_follows_the_edges(small_plan: fsdgraph.Plan) -> None:
     edges = small_plan.edges
     assert edges

@@ -87,7 +87,7 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
              bytes_per_nonzero: float = DEFAULT_BYTES_PER_NONZERO,
              empty_polls: float = DEFAULT_EMPTY_POLLS,
              object_above_bytes: int | None = None, direct: bool = False,
-             quotas: Quotas | None = None) -> Bill:
+             quotas: Quotas | None = None, checkpoint_every: int = 0) -> Bill:
     """The predicted bill of running ``plan`` on ``batch`` inputs over ``channel``.
 
     Every exchange edge ``(layer, src, dst, neurons)`` of the plan carries
@@ -103,7 +103,9 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     Each worker runs
     ``runtime_s`` (default: :data:`DEFAULT_START_S` plus the channel's ``estimate_layer_s`` per
     layer).
-    Staging (shard and input per worker), each worker's claim, outputs, the control queue
+    Staging (shard and input per worker), each worker's claim and attempt check, its
+    checkpoints (one PUT every ``checkpoint_every`` layers but after the last), outputs, the
+    control queue
     (heartbeats at :func:`~fsdgraph.control.heartbeat_interval`, polled by
     :func:`~fsdgraph.control.pollers` concurrent receives) and cleanup are included.
 
@@ -182,7 +184,14 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     ledger.charge("SQS", "delete queue (control)", "requests", sqs, 1)
     ledger.charge("S3", "PUT staging, claims + outputs", "requests", put, 4 * P,
                   workers={w: 2.0 for w in range(P)})
-    ledger.charge("S3", "GET staging + outputs", "requests", get, 3 * P,
-                  workers={w: 2.0 for w in range(P)})
+    ledger.charge("S3", "GET staging, attempt checks + outputs", "requests", get, 4 * P,
+                  workers={w: 3.0 for w in range(P)})
+    if checkpoint_every:
+        per_worker = (plan.layers - 1) // checkpoint_every
+        if per_worker:
+            ledger.charge("S3", "PUT checkpoints", "requests", put, P * per_worker,
+                          workers={w: float(per_worker) for w in range(P)})
+            ledger.charge("S3", "GET attempt checks (before a checkpoint)", "requests", get,
+                          P * per_worker, workers={w: float(per_worker) for w in range(P)})
     ledger.charge("S3", "cleanup (LIST + DeleteObjects)", "requests", put, 2)
     return ledger.bill()
