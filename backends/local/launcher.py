@@ -69,7 +69,12 @@ from fsdgraph.backends.local.functions import (
     watch_process,
 )
 from fsdgraph.backends.local.hosts import FRAME, hosts_for, serve_host
-from fsdgraph.backends.local.owner import LAUNCHER_PID, read_owner, set_parent_death_signal
+from fsdgraph.backends.local.owner import (
+    LAUNCHER_PID,
+    pid_alive,
+    read_owner,
+    set_parent_death_signal,
+)
 
 #: Connections waiting to be accepted; the kernel caps it (``net.core.somaxconn``).
 BACKLOG = 65535
@@ -80,6 +85,9 @@ MAX_EVENT_BYTES = 16 * 1024 * 1024
 PIPE_BYTES = 1024 * 1024
 #: How often runs that are over are looked for, and the parent checked (seconds).
 PRUNE_S = 1.0
+#: How long the launcher waits for its coordinator to be gone once the watched pipe has ended
+#: (it ends as the coordinator's files close, a moment before the process is gone).
+OWNER_EXIT_S = 10.0
 #: What the kernel sends the launcher when its parent ends (Linux). Not SIGTERM, whose default
 #: (to exit) stays for whoever wants the launcher gone; the handler checks the parent first.
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
@@ -189,7 +197,7 @@ class Launcher:
 
     # -- the coordinator ----------------------------------------------------------------------
     def _owner_alive(self) -> bool:
-        return os.getppid() == self.owner
+        return os.getppid() == self.owner and pid_alive(self.owner)
 
     def _read_watch(self) -> None:
         try:
@@ -198,15 +206,28 @@ class Launcher:
             return
         except OSError:
             data = b""
-        if not data:  # every write end is closed: the coordinator is gone
-            self._orphaned()
+        if data:
+            return
+        # Every write end is closed: the coordinator is exiting (its files close before it is
+        # gone) or, oddly, closed it. Wait until it is gone; if it lives on, the other two ties
+        # remain.
+        self.selector.unregister(self.watch)
+        os.close(self.watch)
+        self.watch = -1
+        deadline = time.monotonic() + OWNER_EXIT_S
+        while time.monotonic() < deadline:
+            if not self._owner_alive():
+                self._orphaned()
+            time.sleep(0.01)
+        print(f"launcher: its coordinator (pid {self.owner}) closed the watched pipe but runs "
+              f"on", file=sys.stderr, flush=True)
 
     def _orphaned(self) -> None:
         """The coordinator is gone: stop what it can no longer stop, then exit. A run whose
-        directory names a live owner is left alone (it is not the dead coordinator's)."""
+        directory names another, live owner is left alone."""
         for run_dir in sorted(self.runs):
             owner = read_owner(run_dir)
-            if owner is None or not owner.alive():
+            if owner is None or owner.pid == self.owner or not owner.alive():
                 stop_workers(run_dir)
                 shutil.rmtree(run_dir, ignore_errors=True)
         for host in list(self.hosts.values()):
