@@ -3,7 +3,8 @@
 Nothing to start by hand and no network: each run gets a fresh directory (on ``/dev/shm`` when it
 exists, so "files" live in memory) holding the object store, the queues and topics, the pid files
 and logs of the run's processes; the session removes it, and stops any of those processes still
-alive, when the run ends.
+alive, when the run ends. If the coordinator is killed before, its launcher does, or else the
+next session on the same root (the directory records its owner: :mod:`.owner`).
 The transports keep the cloud semantics the protocol must survive: atomic objects, at-least-once
 queues with visibility timeouts and size limits, and AWS's quotas (topics, filter policies;
 ``quotas``). The fault-injection knobs (``duplicate_rate``, ``shuffle``, ``kill`` and

@@ -331,6 +331,10 @@ def _parent(pid: int) -> int:
         return -1
 
 
+#: libc's ``prctl`` once looked up (a launcher looks it up before it forks: each fork is cheap).
+_prctl: list[Any] = []
+
+
 def set_parent_death_signal(signum: int) -> bool:
     """Ask the kernel to send ``signum`` to this process when its parent thread ends
     (``prctl(PR_SET_PDEATHSIG)``, Linux); whether that could be set."""
@@ -339,10 +343,11 @@ def set_parent_death_signal(signum: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
+        if not _prctl:
+            import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(1, signum, 0, 0, 0)) == 0  # 1: PR_SET_PDEATHSIG
+            _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
+        return int(_prctl[0](1, signum, 0, 0, 0)) == 0  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return False
 
