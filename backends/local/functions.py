@@ -207,7 +207,9 @@ class WarmPool:
     process. It never holds this process's stdout or stderr (both go to its log)."""
 
     def __init__(self, parent: str | None = None) -> None:
-        where = parent if parent is not None and _fits_socket(parent) else tempfile.gettempdir()
+        # The first place whose socket path fits (a long $TMPDIR does not: then /tmp).
+        candidates = [d for d in (parent, tempfile.gettempdir(), "/tmp") if d is not None]
+        where = next((d for d in candidates if _fits_socket(d)), candidates[-1])
         sweep(where)  # what launchers of dead coordinators left
         self.directory = make_directory(where, DIRECTORY_PREFIX)
         self.socket = str(Path(self.directory) / "launcher.sock")
