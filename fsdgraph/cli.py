@@ -347,6 +347,8 @@ def run_graphchallenge(args: argparse.Namespace) -> int:
         _check_writable(args.report, "--report")
     config = RunConfig(branching=settings.branching, timeout_s=settings.timeout_s,
                        stall_timeout_s=settings.stall_timeout_s,
+                       relaunches=settings.relaunches,
+                       relaunch_after_s=settings.relaunch_after_s,
                        progress=False if args.no_progress else None,
                        channel=ChannelConfig(topics=settings.topics, direct=settings.direct,
                                              peer_timeout_s=settings.peer_timeout_s))

@@ -46,6 +46,8 @@ class RunSettings:
     timeout_s: float = defaults.TIMEOUT_S
     stall_timeout_s: float = defaults.STALL_TIMEOUT_S
     peer_timeout_s: float = defaults.PEER_TIMEOUT_S
+    relaunches: int = defaults.RELAUNCHES  #: lost workers relaunched per run (0: none)
+    relaunch_after_s: float = defaults.RELAUNCH_AFTER_S  #: silence after which one is lost
     #: A TOML/JSON price table for the bill and the auto channel ("": the backend's prices).
     prices: str = ""
 
@@ -68,7 +70,7 @@ def check_setting(name: str, value: Any, where: str) -> None:
     """
     if name in ("workers", "branching"):
         ok, expected = value >= 1, "a positive integer"
-    elif name == "topics":
+    elif name in ("topics", "relaunches"):
         ok, expected = value >= 0, "an integer >= 0"
     elif name.endswith("_s"):
         ok, expected = value > 0 and math.isfinite(value), "a positive finite number of seconds"

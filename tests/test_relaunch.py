@@ -5,6 +5,8 @@ servers: tests/test_aws_relaunch.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -12,6 +14,7 @@ import scipy.sparse as sp
 import fsdgraph
 from fsdgraph.backends.local import LocalBackend
 from fsdgraph.checkpoints import checkpoint_every
+from fsdgraph.config import load_settings
 from fsdgraph.errors import ConfigError
 from fsdgraph.sources.graphchallenge import graphchallenge_bias
 from fsdgraph.sources.images import synthetic_images
@@ -122,3 +125,13 @@ def test_relaunch_settings_out_of_range_are_refused(field: str, value: float) ->
 def test_a_function_timeout_out_of_range_is_refused() -> None:
     with pytest.raises(ConfigError, match="function_timeout_s must be a positive number"):
         LocalBackend(function_timeout_s=-1)
+
+
+def test_relaunch_settings_come_from_the_environment_and_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[run]\nrelaunches = 5\nrelaunch_after_s = 30\n")
+    settings = load_settings(config, environ={"FSDGRAPH_RELAUNCHES": "0"})
+    assert (settings.relaunches, settings.relaunch_after_s) == (0, 30.0)
+    with pytest.raises(ConfigError, match="FSDGRAPH_RELAUNCHES: relaunches must be an integer "
+                                          ">= 0, got -1"):
+        load_settings(config, environ={"FSDGRAPH_RELAUNCHES": "-1"})
