@@ -30,13 +30,15 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from fsdgraph.backend import Services
 from fsdgraph.channels import Channel, ChannelConfig, WorkerContext, get_channel
 from fsdgraph.control import Reporter
-from fsdgraph.errors import FsdError, NotFound, RunError
+from fsdgraph.errors import FsdError, NotFound, ProtocolError, RunError
 from fsdgraph.event import WorkerEvent
+from fsdgraph.integrity import checksum
 from fsdgraph.kernels import Block, LayerInputs, WeightRows
 from fsdgraph.metrics import WorkerMetrics, counted, precount_report
 from fsdgraph.plan import INPUT, WorkerShard
@@ -191,22 +193,42 @@ class WorkerRuntime:
         return shard, self.codec.decode(unseal_one(names, key, await objects.get(key))).block, 0
 
     async def _latest_checkpoint(self) -> tuple[int, Block] | None:
+        """The latest checkpoint that verifies: its layer and output; the chunks a predecessor
+        handed over with it go back into the channel's inbox."""
         keys = sorted(await self.services.objects.list(self.names.checkpoint_prefix(self.worker)))
         for key in reversed(keys):
-            chunks = unseal(self.names, key, await self.services.objects.get(key))
-            if chunks is not None and len(chunks) == 1:
-                return int(key.rsplit("/", 1)[1]), self.codec.decode(chunks[0][0]).block
+            parts = unseal(self.names, key, await self.services.objects.get(key))
+            if parts is not None and len(parts) in (1, 2):
+                if len(parts) == 2:
+                    self._restore(key, parts[1][0])
+                return int(key.rsplit("/", 1)[1]), self.codec.decode(parts[0][0]).block
             self.metrics.current.unauthenticated_dropped += 1  # try the one before
         return None
 
-    async def _checkpoint(self, layer: int, output: Block) -> None:
-        """Make ``output`` (after ``layer``) durable, then let go of the data it consumed."""
+    def _restore(self, key: str, data: bytes) -> None:
+        """Offer the chunks a predecessor had received early (``Inbox.export``) again."""
+        try:
+            items = msgpack.unpackb(data, raw=False)
+            for layer, src, index, count, digest, payload in items:
+                if digest != checksum(payload if count else b""):
+                    raise ValueError(f"chunk {index} of layer {layer} from worker {src}")
+                self.channel.inbox.offer(layer, src, index, count, payload, digest)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise ProtocolError(f"checkpoint {key}: malformed chunks handed over: {exc}") from exc
+
+    async def _checkpoint(self, layer: int, output: Block, handing_over: bool = False) -> None:
+        """Make ``output`` (after ``layer``) durable, then let go of the data it consumed.
+        Handing over, the chunks of later layers already received go with it (their messages
+        stay invisible to the continuation until the visibility timeout)."""
         if await superseded(self.services, self.event):
             raise Superseded(f"worker {self.worker} attempt {self.event.attempt} was replaced "
                              f"by a relaunch; it stops at layer {layer}")
         key = self.names.checkpoint_key(self.worker, layer)
-        await self.services.objects.put(key, seal(self.names, key,
-                                                       [self.codec.encode(output)]))
+        parts = [self.codec.encode(output)]
+        if handing_over:
+            parts.append(bytes(msgpack.packb(self.channel.inbox.export(layer),
+                                             use_bin_type=True)))
+        await self.services.objects.put(key, seal(self.names, key, parts))
         self.metrics.current.checkpoints += 1
         await self.channel.durable(layer)
 
@@ -248,9 +270,21 @@ class WorkerRuntime:
                 inputs.add(prev.select_columns(own_cols), mine)
             m.compute_s += time.perf_counter() - start
             await sending  # a failed send must fail this worker now, not after a peer timeout
-            async for src, chunk in self.channel.receive(l, remote):
-                cols = positions[src][chunk.col0:chunk.col0 + chunk.block.ncols]
-                inputs.add(chunk.block, cols)
+            receiving = self._receive(l, remote, positions, inputs)
+            if self.deadline is None or l == first:  # each attempt completes a layer at least
+                await receiving
+            else:
+                # Waiting for peers must not outlast the function: near its limit, hand over
+                # from the previous layer's output, with what this layer has received so far.
+                try:
+                    await asyncio.wait_for(
+                        receiving, self.deadline - HAND_OVER_MARGIN_S - time.monotonic())
+                except TimeoutError:
+                    await self._checkpoint(l - 1, prev, handing_over=True)
+                    await self._continue()
+                    self.continued_after = l - 1
+                    self.metrics.end_layers()
+                    return
             start = time.perf_counter()
             prev = inputs.finish(ls.bias, bias_on_nonzero=spec.bias_on_nonzero, relu=spec.relu,
                                  cap=spec.cap)
@@ -260,7 +294,7 @@ class WorkerRuntime:
             last = l == len(shard.layers) - 1
             hand_over = not last and self._hand_over(slowest)
             if hand_over or (every and not last and (l + 1) % every == 0):
-                await self._checkpoint(l, prev)
+                await self._checkpoint(l, prev, handing_over=hand_over)
             if hand_over:
                 await self._continue()
                 self.continued_after = l
@@ -268,6 +302,13 @@ class WorkerRuntime:
                 return
         self.metrics.end_layers()
         self.output = prev
+
+    async def _receive(self, layer: int, remote: list[int], positions: dict[int, np.ndarray],
+                       inputs: LayerInputs) -> None:
+        """Place every peer chunk of ``layer`` into ``inputs`` as it arrives."""
+        async for src, chunk in self.channel.receive(layer, remote):
+            cols = positions[src][chunk.col0:chunk.col0 + chunk.block.ncols]
+            inputs.add(chunk.block, cols)
 
     async def _continue(self) -> None:
         """Invoke the next attempt of this worker, resuming from the checkpoint just made."""

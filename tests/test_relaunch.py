@@ -13,9 +13,11 @@ import scipy.sparse as sp
 
 import fsdgraph
 from fsdgraph.backends.local import LocalBackend
+from fsdgraph.channels import Inbox
 from fsdgraph.checkpoints import checkpoint_every
 from fsdgraph.config import load_settings
 from fsdgraph.errors import ConfigError
+from fsdgraph.integrity import checksum
 from fsdgraph.sources.graphchallenge import graphchallenge_bias
 from fsdgraph.sources.images import synthetic_images
 from fsdgraph.sources.radixnet import radixnet
@@ -135,3 +137,38 @@ def test_relaunch_settings_come_from_the_environment_and_the_config_file(tmp_pat
     with pytest.raises(ConfigError, match="FSDGRAPH_RELAUNCHES: relaunches must be an integer "
                                           ">= 0, got -1"):
         load_settings(config, environ={"FSDGRAPH_RELAUNCHES": "-1"})
+
+
+def test_an_inbox_hands_over_what_it_received_early() -> None:
+    """What a worker received for later layers goes to its continuation with the checkpoint:
+    the same chunks, the same completeness, nothing of the layers the checkpoint covers."""
+    old = Inbox(worker=1)
+    for layer, src, index, count, payload in [(3, 0, 0, 1, b"done"), (4, 0, 0, 2, b"a"),
+                                              (4, 2, 0, 0, b""), (5, 0, 1, 2, b"b")]:
+        old.offer(layer, src, index, count, payload, checksum(payload))
+    handed = old.export(after=3)
+    assert [item[:4] for item in handed] == [[4, 0, 0, 2], [4, 2, 0, 0], [5, 0, 1, 2]]
+    new = Inbox(worker=1)
+    for layer, src, index, count, digest, payload in handed:
+        assert new.offer(layer, src, index, count, payload, digest)
+    assert new.missing(4, [0, 2]) == {0: "1 of 2 chunks"}
+    assert new.take(4) == [(0, b"a")]
+    assert new.missing(5, [0]) == {0: "1 of 2 chunks"}
+
+
+@pytest.mark.parametrize("channel", ["queue", "object"])
+def test_a_worker_waiting_at_its_time_limit_hands_over_mid_layer(network: Network,
+                                                                 channel: str) -> None:
+    """Worker 1 dies at layer 5; worker 0, waiting for it, reaches its 3 s limit before the
+    relaunch catches up: it hands over from layer 4 with what layer 5 had received, and the
+    run still returns the exact result."""
+    graph, images, reference = network
+    backend = LocalBackend(kill=(1, 5), function_timeout_s=3.0)
+    try:
+        result = fsdgraph.Scheduler(backend, channel, config(relaunch_after_s=2.5)).run_sync(
+            fsdgraph.compile(graph, 2, "contiguous"), images)
+    finally:
+        backend.close()
+    exact(result, reference)
+    assert result.report["relaunches"] == 1
+    assert result.report["continuations"] >= 1

@@ -114,7 +114,9 @@ class Inbox:
         self.worker = worker
         self._count: dict[tuple[int, int], int] = {}
         self._seen: dict[tuple[int, int], dict[int, str]] = {}
-        self._ready: dict[int, list[tuple[int, bytes]]] = {}
+        self._ready: dict[int, dict[tuple[int, int], bytes]] = {}  #: layer: (src, index): data
+        #: What :meth:`take` gave out, until its layer closes (a hand-over exports it too).
+        self._taken: dict[int, dict[tuple[int, int], bytes]] = {}
         self._notes: dict[tuple[int, int], str] = {}
         self._closed_below = 0
 
@@ -138,7 +140,7 @@ class Inbox:
         seen[index] = digest
         self._count[(layer, src)] = count
         if count:
-            self._ready.setdefault(layer, []).append((src, payload))
+            self._ready.setdefault(layer, {})[(src, index)] = payload
         return True
 
     def edge(self, layer: int, src: int) -> str:
@@ -150,7 +152,25 @@ class Inbox:
         self._notes[(layer, src)] = what
 
     def take(self, layer: int) -> list[tuple[int, bytes]]:
-        return self._ready.pop(layer, [])
+        ready = self._ready.pop(layer, {})
+        self._taken.setdefault(layer, {}).update(ready)
+        return [(src, payload) for (src, _), payload in ready.items()]
+
+    def export(self, after: int) -> list[list[Any]]:
+        """Every chunk kept for a layer after ``after`` (received early, or taken from a layer
+        not yet closed), as
+        ``[layer, src, index, count, checksum, payload]``: what a continuation that resumes
+        after ``after`` would otherwise wait for (its messages stay invisible for the
+        visibility timeout). :meth:`offer` each to restore them."""
+        out: list[list[Any]] = []
+        for (layer, src), seen in sorted(self._seen.items()):
+            if layer <= after:
+                continue
+            count = self._count[(layer, src)]
+            kept = {**self._taken.get(layer, {}), **self._ready.get(layer, {})}
+            out += [[layer, src, index, count, digest, kept.get((src, index), b"")]
+                    for index, digest in sorted(seen.items())]
+        return out
 
     def missing(self, layer: int, sources: Sequence[int]) -> dict[int, str]:
         """Sources of ``layer`` still incomplete, with what is missing in words."""
@@ -176,6 +196,8 @@ class Inbox:
             self._count.pop(key, None)
         for key in [k for k in self._notes if k[0] <= layer]:
             del self._notes[key]
+        for closed in [k for k in self._taken if k <= layer]:
+            del self._taken[closed]
 
 
 @dataclass
