@@ -9,8 +9,9 @@ sitting, each configuration ``--repeat`` times (the median is kept):
 * ``killed``: the same, and worker 1 killed (SIGKILL) as it starts layer 60: found silent after
   ``relaunch_after_s`` (1 s here), relaunched from its checkpoint; its held messages come back
   after the queue's visibility timeout (2 s here);
-* ``continued``: no periodic checkpoint, and every worker process limited to a third of the plain
-  run's wall time (``LocalBackend.function_timeout_s``): workers hand over to continuations.
+* ``continued``: no periodic checkpoint, and every worker process limited to ``--limit`` seconds
+  (``LocalBackend.function_timeout_s``; a worker hands over 1 s before its limit, so each attempt
+  has ``limit - 1`` s of work): workers hand over to continuations again and again.
 
 Every run is checked bit for bit against the serial reference. Ratios are to ``plain`` of the
 same channel in the same sitting (the machine is shared: absolute times are noisy).
@@ -70,6 +71,8 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=10, help="layers between checkpoints")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--channels", default="queue,object")
+    parser.add_argument("--limit", type=float, default=1.5,
+                        help="function time limit of the continued runs (seconds)")
     args = parser.parse_args()
     graph, images = network(args.data)
     reference = fsdgraph.reference_inference(images, graph.layers())
@@ -89,7 +92,7 @@ def main() -> int:
                                           reference) for _ in range(args.repeat)])
         rows["killed"] = median([run(LocalBackend(kill=(1, 60)), channel, every, plan, images,
                                      reference) for _ in range(args.repeat)])
-        limit = max(2.0, rows["plain"]["wall_s"] / 3)
+        limit = args.limit
         never = fsdgraph.RunConfig(**base, checkpoint_every=0)  # type: ignore[arg-type]
         rows["continued"] = median([run(LocalBackend(function_timeout_s=limit), channel, never,
                                         plan, images, reference) for _ in range(args.repeat)])
