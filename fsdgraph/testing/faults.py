@@ -888,6 +888,9 @@ class Runner:
         self.root.mkdir(parents=True, exist_ok=True)
         self.leak_grace_s = leak_grace_s
         self.backend = LocalBackend(root=str(self.root))
+        #: Processes under this one before a schedule runs (a test session's servers, say):
+        #: never the schedule's, never counted or killed as its leftovers.
+        self._before: set[int] = set()
         self._networks: dict[tuple[int, int, int, int], Any] = {}
 
     def close(self) -> None:
@@ -918,12 +921,12 @@ class Runner:
                 auto_object_above_bytes=s.auto_object_above_bytes))
 
     def leftovers(self) -> tuple[list[int], list[str]]:
-        """Processes under this one and paths under the root, but the warm launcher's (it
-        serves every run)."""
+        """Processes under this one that the schedule started and paths under the root, but
+        the warm launcher's (it serves every run)."""
         pool = self.backend._pool
         pid, directory = ((pool.process.pid, Path(pool.directory).name)
                           if pool is not None and pool.alive else (None, None))
-        return ([p for p in descendants() if p != pid],
+        return ([p for p in descendants() if p != pid and p not in self._before],
                 sorted(p.name for p in self.root.iterdir() if p.name != directory))
 
     def run(self, s: Schedule) -> Outcome:
@@ -932,6 +935,7 @@ class Runner:
         import fsdgraph
 
         plan, images, reference = self.network(s)
+        self._before = set(descendants())
         self.backend.faults = s.faults
         self.backend.kill = s.faults.kill
         self.backend.kill_signal = s.faults.kill_signal
