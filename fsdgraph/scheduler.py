@@ -176,7 +176,7 @@ class RunState:
             return  # an attempt that was replaced: whatever it says is past
         self.attempt[w] = status.attempt
         if status.kind == "error" and status.error_type == FUNCTION_FAILED:
-            self.lost[w] = status  # relaunched by the scheduler (or fails the run, see lose)
+            self.lost[w] = status  # relaunched by the scheduler, or fails the run (check)
             return
         if not self.heard_from[w]:
             self.last_first_heard = now

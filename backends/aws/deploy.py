@@ -453,6 +453,23 @@ def _wait_active(lam: Any, name: str, timeout_s: float = 300.0) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+
+class _Remover:
+    """Removes one resource at a time (or, ``dry_run``, only says so) and lists what it did."""
+
+    def __init__(self, say: Callable[[str], None], dry_run: bool) -> None:
+        self.say = say
+        self.dry_run = dry_run
+        self.removed: list[Resource] = []
+
+    def __call__(self, resource: Resource, action: Callable[[], object]) -> None:
+        self.say(f"{'would remove' if self.dry_run else 'removing'} {resource.kind} "
+                 f"{resource.name}")
+        if not self.dry_run:
+            with _aws_errors(f"removal of {resource.kind} {resource.name}"):
+                action()
+        self.removed.append(resource)
+
 def teardown(settings: AwsSettings, *, dry_run: bool = False,
              say: Callable[[str], None] = print) -> list[Resource]:
     """Remove the deployment and whatever its runs left behind; return what was (or, dry, would
@@ -463,14 +480,7 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
     gone = ("ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NotFound", "404",
             "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "ResourceNotFound")
     call = _ignoring(clients, *gone)
-    removed: list[Resource] = []
-
-    def remove(resource: Resource, action: Callable[[], object]) -> None:
-        say(f"{'would remove' if dry_run else 'removing'} {resource.kind} {resource.name}")
-        if not dry_run:
-            with _aws_errors(f"removal of {resource.kind} {resource.name}"):
-                action()
-        removed.append(resource)
+    remove = _Remover(say, dry_run)
 
     with _aws_errors("listing the deployment's resources"):
         queues, topics = _run_leftovers(clients, d, say)
@@ -509,7 +519,7 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
             remove(Resource("objects", f"s3://{d.bucket}/{s.prefix}",
                             f"{d.bucket_arn}/{s.prefix}*"),
                    lambda: _empty_bucket(clients, d, s.prefix, keep_bucket=True))
-    return removed
+    return remove.removed
 
 
 # ------------------------------------------------------------------------------------------------
@@ -583,14 +593,7 @@ def remove_run_leftovers(settings: AwsSettings, *, older_than_s: float = 3600.0,
                         run = runs.setdefault(run_id, _Run())
                         run.keys.append(obj["Key"])
                         run.saw(obj["LastModified"].timestamp())
-    removed: list[Resource] = []
-
-    def remove(resource: Resource, action: Callable[[], object]) -> None:
-        say(f"{'would remove' if dry_run else 'removing'} {resource.kind} {resource.name}")
-        if not dry_run:
-            with _aws_errors(f"removal of {resource.kind} {resource.name}"):
-                action()
-        removed.append(resource)
+    remove = _Remover(say, dry_run)
 
     for run_id, run in sorted(runs.items()):
         age = None if run.started is None else now - run.started
@@ -608,7 +611,7 @@ def remove_run_leftovers(settings: AwsSettings, *, older_than_s: float = 3600.0,
             remove(Resource("objects", f"s3://{d.bucket}/{base}{run_id}/",
                             f"{d.bucket_arn}/{base}{run_id}/*"),
                    functools.partial(_delete_keys, clients, d.bucket, run.keys))
-    return removed
+    return remove.removed
 
 
 def _delete_keys(clients: _Clients, bucket: str, keys: list[str]) -> None:
