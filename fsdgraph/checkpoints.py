@@ -26,7 +26,7 @@ import math
 
 from fsdgraph.errors import ConfigError
 from fsdgraph.resources import RunNames
-from fsdgraph.sealed import seal
+from fsdgraph.sealed import seal, unseal
 
 #: Seconds one checkpoint PUT takes (an S3 PUT of a few hundred KB from Lambda: tens of ms).
 CHECKPOINT_S = 0.05
@@ -54,3 +54,12 @@ def attempt_object(names: RunNames, worker: int, attempt: int) -> bytes:
     """The body of ``names.attempt_key(worker)``, written by the scheduler as it relaunches a
     worker: ``attempt`` is the current one, and an older attempt that reads it stops."""
     return seal(names, names.attempt_key(worker), [str(attempt).encode()])
+
+
+def read_attempt(names: RunNames, worker: int, body: bytes) -> int | None:
+    """The attempt an :func:`attempt_object` says is current; None for an object the scheduler
+    did not write (damaged or forged: never obeyed)."""
+    parts = unseal(names, names.attempt_key(worker), body)
+    if parts is None or len(parts) != 1 or not parts[0][0].isdigit():
+        return None
+    return int(parts[0][0])

@@ -40,6 +40,7 @@ its coordinator directly (an in-process or cluster backend) implements the four 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from abc import ABC, abstractmethod
@@ -51,11 +52,9 @@ from fsdgraph.errors import MessageTooLarge, ProtocolError, TransportError
 from fsdgraph.resources import RunNames
 from fsdgraph.retry import retry
 from fsdgraph.transport import Entry, Limits, Message, MessageService, delete_received, entry_size
+from fsdgraph.wire import from_json
 
 KINDS = ("progress", "done", "error", "duplicate", "continued", "rejected")
-#: The fields a status is encoded with (and its tag covers), in order.
-FIELDS = ("kind", "worker", "layer", "message", "details", "launched_at", "error_type",
-          "sent_at", "attempt")
 #: How long one poll of the scheduler waits before it checks its deadlines again, and the
 #: workers' default heartbeat interval (seconds); the cost estimate counts statuses with it.
 CONTROL_POLL_S = 0.5
@@ -135,6 +134,10 @@ class ControlPlane(ABC):
         """Scheduler side: statuses that arrived, waiting at most ``wait_s`` for the first."""
 
 
+#: The fields a status is encoded with (and its tag covers), in order.
+FIELDS = tuple(f.name for f in dataclasses.fields(Status))
+
+
 def _canonical(run_id: str, fields: Mapping[str, Any]) -> str:
     return json.dumps([run_id, fields], sort_keys=True)
 
@@ -158,15 +161,7 @@ def decode_status(names: RunNames, msg: Message) -> Status:
     tag = d.pop("tag")
     if not names.key.verify(tag, _canonical(names.run_id, d)):
         return _rejected("its tag does not verify", msg)
-    try:
-        return Status(**{name: _TYPES[name](d[name]) for name in FIELDS})
-    except (ValueError, TypeError, ProtocolError) as exc:  # authentic, yet malformed: a bug
-        raise ProtocolError(f"malformed status message {msg.body[:200]!r}: {exc}") from exc
-
-
-_TYPES: dict[str, type] = {"kind": str, "worker": int, "layer": int, "message": str,
-                           "details": str, "launched_at": float, "error_type": str,
-                           "sent_at": float, "attempt": int}
+    return from_json(Status, d, "status message")  # authentic, yet malformed: a bug
 
 
 def _rejected(why: str, msg: Message) -> Status:

@@ -35,6 +35,7 @@ import numpy as np
 
 from fsdgraph.backend import Services
 from fsdgraph.channels import Channel, ChannelConfig, WorkerContext, get_channel
+from fsdgraph.checkpoints import read_attempt
 from fsdgraph.control import Reporter
 from fsdgraph.errors import FsdError, NotFound, ProtocolError, RunError
 from fsdgraph.event import WorkerEvent
@@ -138,15 +139,12 @@ class Superseded(FsdError):
 
 async def superseded(services: Services, event: WorkerEvent) -> bool:
     """Whether the scheduler has relaunched this worker as a later attempt than ``event``'s."""
-    key = event.names.attempt_key(event.worker)
     try:
-        body = await services.objects.get(key)
+        body = await services.objects.get(event.names.attempt_key(event.worker))
     except NotFound:
         return False
-    sealed = unseal(event.names, key, body)
-    if sealed is None or not sealed[0][0].isdigit():  # not the scheduler's: never obeyed
-        return False
-    return int(sealed[0][0]) > event.attempt
+    latest = read_attempt(event.names, event.worker, body)
+    return latest is not None and latest > event.attempt
 
 
 class WorkerRuntime:
@@ -232,7 +230,7 @@ class WorkerRuntime:
         self.metrics.current.checkpoints += 1
         await self.channel.durable(layer)
 
-    def _hand_over(self, layer_s: float) -> bool:
+    def _near_limit(self, layer_s: float) -> bool:
         """Whether to stop after this layer and continue in a new invocation: the time left is
         less than four of the slowest layers so far plus a margin for the checkpoint."""
         if self.deadline is None:
@@ -280,10 +278,7 @@ class WorkerRuntime:
                     await asyncio.wait_for(
                         receiving, self.deadline - HAND_OVER_MARGIN_S - time.monotonic())
                 except TimeoutError:
-                    await self._checkpoint(l - 1, prev, handing_over=True)
-                    await self._continue()
-                    self.continued_after = l - 1
-                    self.metrics.end_layers()
+                    await self._hand_over(l - 1, prev)
                     return
             start = time.perf_counter()
             prev = inputs.finish(ls.bias, bias_on_nonzero=spec.bias_on_nonzero, relu=spec.relu,
@@ -292,14 +287,11 @@ class WorkerRuntime:
             yield l
             slowest = max(slowest, time.monotonic() - began)
             last = l == len(shard.layers) - 1
-            hand_over = not last and self._hand_over(slowest)
-            if hand_over or (every and not last and (l + 1) % every == 0):
-                await self._checkpoint(l, prev, handing_over=hand_over)
-            if hand_over:
-                await self._continue()
-                self.continued_after = l
-                self.metrics.end_layers()
+            if not last and self._near_limit(slowest):
+                await self._hand_over(l, prev)
                 return
+            if every and not last and (l + 1) % every == 0:
+                await self._checkpoint(l, prev)
         self.metrics.end_layers()
         self.output = prev
 
@@ -310,13 +302,17 @@ class WorkerRuntime:
             cols = positions[src][chunk.col0:chunk.col0 + chunk.block.ncols]
             inputs.add(chunk.block, cols)
 
-    async def _continue(self) -> None:
-        """Invoke the next attempt of this worker, resuming from the checkpoint just made."""
+    async def _hand_over(self, layer: int, output: Block) -> None:
+        """Checkpoint ``output`` (after ``layer``) with what has been received since, and invoke
+        the next attempt of this worker to resume there; this attempt's layers end."""
+        await self._checkpoint(layer, output, handing_over=True)
         event = replace(self.event, attempt=self.event.attempt + 1, resume=True,
                         invoke_children=False)
         payload = event.to_json()
         check_invoke_payload(payload, self.services.limits)
         await self.services.functions.invoke(payload)
+        self.continued_after = layer
+        self.metrics.end_layers()
 
     async def write_output(self, objects: ObjectStore) -> None:
         """Put the final columns and the metrics (through ``objects``)."""

@@ -209,7 +209,9 @@ class QueueChannel(Channel):
                 continue
             identity = self._identity(msg)
             if self.hold_until_durable and identity[0] > self._durable:
-                self._held.setdefault(identity[0], []).append(receipts.pop())
+                # Not deleted until a checkpoint covers its layer (``durable``).
+                self._held.setdefault(identity[0], []).append(msg.receipt)
+                receipts.remove(msg.receipt)
             if await self._take(msg, *identity):
                 kept += 1
                 m.messages_received += 1

@@ -853,16 +853,10 @@ def descendants(pid: int | None = None) -> list[int]:
 def alive(pids: Sequence[int]) -> list[int]:
     """Those of ``pids`` still running (not zombies) and still fsdgraph processes (a pid
     can be reused)."""
-    out = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if state != "Z" and b"fsdgraph" in cmdline:
-            out.append(pid)
-    return out
+    from fsdgraph.backends.local.owner import command_line, pid_alive
+
+    return [pid for pid in pids
+            if pid_alive(pid) and any("fsdgraph" in arg for arg in command_line(pid))]
 
 
 def settle(check: Callable[[], list[Any]], grace_s: float) -> list[Any]:
