@@ -96,7 +96,9 @@ class RecordingBackend(LocalBackend):
                 yield services
             finally:
                 for f in (record.run_dir / "pids").iterdir():
-                    record.pids_at_end[f.name.rsplit(".", 1)[0]] = int(f.read_text())
+                    # A process that exits removes its record: listed, then gone.
+                    with contextlib.suppress(FileNotFoundError):
+                        record.pids_at_end[f.name.rsplit(".", 1)[0]] = int(f.read_text())
                 record.alive_at_end = {name: alive(pid)
                                        for name, pid in record.pids_at_end.items()}
                 record.logs = {f.name: f.read_text(errors="replace")
