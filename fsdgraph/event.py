@@ -63,6 +63,11 @@ class WorkerEvent:
     #: Seconds this function may run (0: no limit known); near it, the worker checkpoints and
     #: invokes its continuation. On Lambda the context's remaining time is used instead.
     time_limit_s: float = 0.0
+    #: The layer kernel (``fsdgraph.kernels.choice``: auto, numba, scipy); empty: the
+    #: function's own ``FSDGRAPH_KERNEL``, else auto.
+    kernel: str = ""
+    #: Threads per layer product; 0: the function's own choice (one per vCPU on Lambda).
+    kernel_threads: int = 0
     version: int = EVENT_VERSION
 
     def __post_init__(self) -> None:

@@ -85,6 +85,9 @@ class WorkerMetrics:
         self.current = self.setup
         self.started = time.time()
         self._cpu_mark = time.process_time()
+        #: The layer kernel that ran (``fsdgraph.kernels.choice``) and its threads.
+        self.kernel = ""
+        self.kernel_threads = 1
 
     def begin_layer(self, layer: int) -> LayerMetrics:
         self._close_current()
@@ -110,7 +113,8 @@ class WorkerMetrics:
         return {"worker": self.worker, "started": self.started, "finished": time.time(),
                 "setup": self.setup.to_dict(),
                 "layers": [m.to_dict() for m in self.layers],
-                "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds()}
+                "peak_rss_bytes": peak_rss_bytes(), "cpu_s": cpu_seconds(),
+                "kernel": self.kernel, "kernel_threads": self.kernel_threads}
 
 
 def cpu_seconds() -> float:

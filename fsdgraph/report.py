@@ -111,6 +111,8 @@ def _sum_metrics(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mappi
         w["duration_s"] = w["finished_at"] - w["launched_at"]
         w["peak_rss_bytes"] = wm.get("peak_rss_bytes", 0)
         w["process_cpu_s"] = wm.get("cpu_s", 0.0)
+        w["kernel"] = wm.get("kernel", "")
+        w["kernel_threads"] = wm.get("kernel_threads", 1)
         per_worker.append(w)
     requests.update(LayerMetrics.from_dict(coordinator["setup"]).requests)
     totals = {name: sum(w[name] for w in per_worker) for name in (*COUNTERS, *channel_counters)}
@@ -139,6 +141,8 @@ def _sum_metrics(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mappi
         **totals,
         "peak_rss_bytes_max": max((w["peak_rss_bytes"] for w in per_worker), default=0),
         "cpu_s": sum(w["process_cpu_s"] for w in per_worker),
+        # The layer kernels the workers ran (one name unless their environments differ).
+        "kernel": ", ".join(sorted({w["kernel"] for w in per_worker if w["kernel"]})),
         "requests": dict(sorted(requests.items())),
         "per_layer": per_layer,
         "per_worker": per_worker,

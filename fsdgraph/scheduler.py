@@ -67,6 +67,7 @@ from fsdgraph.errors import ConfigError, FsdError, InputError, RunError, RunTime
 from fsdgraph.event import WorkerEvent
 from fsdgraph.integrity import RunKey
 from fsdgraph.kernels import Block, categories
+from fsdgraph.kernels.choice import NAMES as KERNELS
 from fsdgraph.metrics import WorkerMetrics, counted
 from fsdgraph.plan import Plan
 from fsdgraph.prices import Prices
@@ -96,12 +97,21 @@ class RunConfig:
     #: Layers between two checkpoints of a worker's output; None: chosen from their cost
     #: (:func:`fsdgraph.checkpoints.checkpoint_every`), 0: never (no relaunch possible).
     checkpoint_every: int | None = None
+    #: The workers' layer kernel (auto, numba, scipy: ``fsdgraph.kernels.choice``); None: each
+    #: function's own ``FSDGRAPH_KERNEL``, else auto. All give the same results.
+    kernel: str | None = None
+    #: Threads per layer product in a worker; 0: the function's own choice (one per vCPU on
+    #: Lambda, else 1).
+    kernel_threads: int = 0
 
     def __post_init__(self) -> None:
         if (isinstance(self.branching, bool) or not isinstance(self.branching, int)
                 or self.branching < 1):
             raise ConfigError(f"branching must be an integer >= 1, got {self.branching!r}")
-        for name in ("relaunches", "checkpoint_every"):
+        if self.kernel is not None and self.kernel not in ("auto", *KERNELS):
+            raise ConfigError(f"kernel {self.kernel!r}: expected one of auto, "
+                              f"{', '.join(KERNELS)}")
+        for name in ("relaunches", "checkpoint_every", "kernel_threads"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 0):
@@ -369,7 +379,8 @@ class Scheduler:
             channel_config=asdict(channel_config), backend_config=services.description,
             progress_interval_s=interval, branching=self.config.branching,
             run_key=names.key.hex(), checkpoint_every=self._checkpoint_every(plan, channel_config),
-            time_limit_s=self.backend.time_limit_s())
+            time_limit_s=self.backend.time_limit_s(), kernel=self.config.kernel or "",
+            kernel_threads=self.config.kernel_threads)
         relaunch_after = max(self.config.relaunch_after_s, 4 * interval)
         state = RunState(plan.workers, plan.layers, time.monotonic())
         for root in roots(plan.workers, self.config.branching):

@@ -41,6 +41,7 @@ from fsdgraph.errors import FsdError, NotFound, ProtocolError, RunError
 from fsdgraph.event import WorkerEvent
 from fsdgraph.integrity import checksum
 from fsdgraph.kernels import Block, LayerInputs, WeightRows
+from fsdgraph.kernels.choice import kernel_from_env, preload
 from fsdgraph.metrics import WorkerMetrics, counted, precount_report
 from fsdgraph.plan import INPUT, WorkerShard
 from fsdgraph.sealed import seal, unseal, unseal_one
@@ -171,6 +172,8 @@ class WorkerRuntime:
         self.channel.hold_until_durable = bool(event.checkpoint_every or deadline)
         self.output: Block | None = None
         self.shard: WorkerShard | None = None
+        self.kernel = kernel_from_env(event.kernel or None, event.kernel_threads or None)
+        metrics.kernel, metrics.kernel_threads = self.kernel.name, self.kernel.threads
 
     @property
     def layer_count(self) -> int:
@@ -241,6 +244,8 @@ class WorkerRuntime:
         """Run every layer; yields the index of each layer once it is done."""
         shard, prev, first = await self._load()
         self.shard = shard
+        # Each weight shard in the layouts the kernels read, prepared once, not per layer.
+        weights = [WeightRows(ls.weight) for ls in shard.layers]
         hook = self.services.layer_hook
         every = self.event.checkpoint_every
         slowest = 0.0
@@ -255,7 +260,7 @@ class WorkerRuntime:
                 l, [(s.dst, prev.select_columns(s.columns)) for s in ls.sends]))
             await asyncio.sleep(0)  # let the sends leave before computing
             start = time.perf_counter()
-            inputs = LayerInputs(self.batch, WeightRows(ls.weight))
+            inputs = LayerInputs(self.batch, weights[l], self.kernel)
             if not spec.bias_on_nonzero:
                 inputs.touch_all()
             positions = {r.src: r.positions for r in ls.sources}
@@ -324,3 +329,8 @@ class WorkerRuntime:
         key = self.names.output_key(self.worker)
         await objects.put(key, seal(self.names, key, [body]))
         await self.channel.close()
+
+
+# The compiled kernel is loaded at import: in Lambda's init phase, and once in a local launcher
+# or Lambda zygote before it forks the workers, not in every worker's first layer.
+preload()

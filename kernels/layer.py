@@ -11,8 +11,9 @@ died are dropped.
 
 The representation is chosen by the measured density of the assembled inputs: CSR x CSR below
 :data:`~fsdgraph.kernels.block.DENSE_ABOVE` (the density threshold, and why it is 0.4, are
-written once there), else a feature-major dense block times the transposed weight (scipy's
-``csr_matvecs``). Rows that no piece carries cost nothing in either.
+written once there), else a feature-major dense block times the transposed weight. Rows that no
+piece carries cost nothing in either. The products themselves are a :class:`~fsdgraph.kernels.
+choice.Kernel`: the compiled one when numba is installed, else scipy's (same results).
 
 >>> import numpy as np, scipy.sparse as sp
 >>> layer = LayerInputs(batch=4, weight=WeightRows(sp.csr_matrix(np.eye(2, dtype=np.float32))))
@@ -29,28 +30,18 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsdgraph.kernels.block import DENSE_ABOVE, Block
-
-
-class WeightRows:
-    """A weight shard (inputs x outputs), kept in both layouts the products need."""
-
-    def __init__(self, csr: sp.csr_matrix) -> None:
-        self.csr = sp.csr_matrix(csr, dtype=np.float32)
-        self.csr.sort_indices()
-        self.transposed = self.csr.T.tocsr()  # for dense inputs: W^T @ dense_t
-        self.transposed.sort_indices()
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self.csr.shape[0]), int(self.csr.shape[1]))
+from fsdgraph.kernels.choice import Kernel, kernel_from_env
+from fsdgraph.kernels.fallback import sorted_indices
+from fsdgraph.kernels.weights import WeightRows
 
 
 class LayerInputs:
     """The inputs of one layer of one worker, gathered piece by piece; see the module docstring."""
 
-    def __init__(self, batch: int, weight: WeightRows) -> None:
+    def __init__(self, batch: int, weight: WeightRows, kernel: Kernel | None = None) -> None:
         self.batch = batch
         self.weight = weight
+        self.kernel = kernel or kernel_from_env()
         # Pieces by the input positions they fill; several pieces for the same positions are row
         # chunks of one edge (disjoint rows).
         self._groups: dict[tuple[int, int, int], tuple[np.ndarray, list[Block]]] = {}
@@ -109,19 +100,15 @@ class LayerInputs:
             return Block.empty(width)  # no input, no nonzero product: nothing gets a bias
         nnz = sum(b.nnz for _, b in pieces)
         if bias_on_nonzero and nnz < DENSE_ABOVE * len(rows) * n_in:
-            return self._sparse(pieces, bias, relu, cap)
-        z_t = np.asarray(self.weight.transposed @ self._dense_inputs(pieces, rows))
-        if bias_on_nonzero:
-            z_t += np.where(z_t != 0, bias[:, None], np.float32(0))
-        else:
-            z_t += bias[:, None]
-        _clip(z_t, relu, cap)
+            return self.kernel.sparse(self._sparse_inputs(pieces), self.weight, bias,
+                                      relu=relu, cap=cap)
+        z_t = self.kernel.dense(self._dense_inputs(pieces, rows), self.weight, bias,
+                                bias_on_nonzero=bias_on_nonzero, relu=relu, cap=cap)
         return Block.from_dense_t(rows, z_t)
 
-    def _sparse(self, pieces: list[tuple[np.ndarray, Block]], bias: np.ndarray, relu: bool,
-                cap: float | None) -> Block:
-        # Side by side over the whole batch (an empty row costs one indptr entry), then column
-        # ids mapped to input positions; sorted ids give the reference's summation order.
+    def _sparse_inputs(self, pieces: list[tuple[np.ndarray, Block]]) -> sp.csr_matrix:
+        """The pieces side by side over the whole batch (an empty row costs one indptr entry),
+        column ids mapped to input positions and sorted: the reference's summation order."""
         n_in = self.weight.shape[0]
         if len(pieces) == 1 and np.array_equal(pieces[0][0], np.arange(n_in)):
             x = pieces[0][1].to_matrix(self.batch)  # one piece with every input, in order
@@ -130,18 +117,18 @@ class LayerInputs:
             positions = np.concatenate([p for p, _ in pieces]).astype(np.int32)
             x = sp.csr_matrix((side.data, positions[side.indices], side.indptr),
                               shape=(self.batch, n_in))
-        x = sorted_indices(x)  # only a check when the pieces' positions do not interleave
-        # Sorted here, once per output, the next layer's pieces arrive in order and its inputs
-        # need no sort (on every worker that receives them).
-        z = sorted_indices(sp.csr_matrix(x @ self.weight.csr))
-        z.eliminate_zeros()  # bias goes only where the sum is nonzero
-        z.data += bias[z.indices]
-        _clip(z.data, relu, cap)
-        return Block.from_csr(np.arange(self.batch, dtype=np.int32), z)
+        # Only a check when the pieces' positions do not interleave: every kernel sorts its
+        # outputs, so the next layer's pieces arrive in order on every worker.
+        return sorted_indices(x)
 
     def _dense_inputs(self, pieces: list[tuple[np.ndarray, Block]],
                       rows: np.ndarray) -> np.ndarray:
-        x_t = np.zeros((self.weight.shape[0], len(rows)), dtype=np.float32)
+        n_in = self.weight.shape[0]
+        if (len(pieces) == 1 and pieces[0][1].dense_t is not None
+                and len(pieces[0][1].rows) == len(rows)
+                and np.array_equal(pieces[0][0], np.arange(n_in))):
+            return pieces[0][1].dense_t  # one piece with every input and row, in order
+        x_t = np.zeros((n_in, len(rows)), dtype=np.float32)
         for positions, piece in pieces:
             same_rows = len(piece.rows) == len(rows)
             if piece.dense_t is not None and same_rows:
@@ -153,17 +140,3 @@ class LayerInputs:
                 x_t[positions[coo.col], np.searchsorted(rows, piece.rows[coo.row])] = coo.data
         return x_t
 
-
-def sorted_indices(m: sp.csr_matrix) -> sp.csr_matrix:
-    """``m`` with ascending column ids in every row. Two linear transpositions (counting sorts)
-    beat scipy's per-row comparison sort several times over on products' outputs."""
-    if m.has_sorted_indices:
-        return m
-    return m.tocsc().tocsr()
-
-
-def _clip(values: np.ndarray, relu: bool, cap: float | None) -> None:
-    if relu:
-        np.maximum(values, 0, out=values)
-    if cap is not None:
-        np.minimum(values, np.float32(cap), out=values)

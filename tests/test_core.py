@@ -17,6 +17,7 @@ from fsdgraph.control import Status
 from fsdgraph.errors import ConfigError, GraphError, InputError, ProtocolError, RunError, RunTimeout
 from fsdgraph.graph import Graph, Layer, Node, sequential
 from fsdgraph.kernels import Block, LayerInputs, WeightRows, reference_inference
+from fsdgraph.kernels.choice import KERNEL_ENV, THREADS_ENV, fast_available
 from fsdgraph.partitioners import Partitioner
 from fsdgraph.plan import INPUT, SHARD_VERSION, Plan, WorkerShard
 from fsdgraph.scheduler import TIMEOUT_GRACE_S, RunConfig, RunState
@@ -603,22 +604,35 @@ SPLIT = [
 ]
 
 
+@pytest.fixture(params=["scipy", "numba", "numba-threads"])
+def kernel_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every layer kernel, chosen as a function's environment chooses it (the numba ones are
+    skipped where numba is not installed; in CI it always is)."""
+    name = str(request.param)
+    if name.startswith("numba") and not fast_available():
+        pytest.skip("numba is not installed: only the scipy kernel can run")
+    monkeypatch.setenv(KERNEL_ENV, name.split("-")[0])
+    monkeypatch.setenv(THREADS_ENV, "3" if name.endswith("threads") else "1")
+    return name
+
+
 @pytest.fixture
-def path(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def path(monkeypatch: pytest.MonkeyPatch, kernel_env: str) -> Iterator[list[str]]:
     """Records which product ``finish`` used: "sparse" or "dense"."""
     taken: list[str] = []
-    sparse, dense = LayerInputs._sparse, LayerInputs._dense_inputs
+    sparse, dense = LayerInputs._sparse_inputs, LayerInputs._dense_inputs
 
-    def spy_sparse(self: LayerInputs, *args: Any) -> Block:
+    def spy_sparse(self: LayerInputs, *args: Any) -> sp.csr_matrix:
         taken.append("sparse")
-        return sparse(self, *args)
+        x: sp.csr_matrix = sparse(self, *args)
+        return x
 
     def spy_dense(self: LayerInputs, *args: Any) -> np.ndarray:
         taken.append("dense")
         x_t: np.ndarray = dense(self, *args)
         return x_t
 
-    monkeypatch.setattr(LayerInputs, "_sparse", spy_sparse)
+    monkeypatch.setattr(LayerInputs, "_sparse_inputs", spy_sparse)
     monkeypatch.setattr(LayerInputs, "_dense_inputs", spy_dense)
     yield taken
 
@@ -671,7 +685,7 @@ def test_one_piece_with_every_input(path: list[str], density: float, taken: str)
 
 
 @pytest.mark.parametrize("density", [0.1, 0.9])
-def test_touch_all_changes_nothing_with_bias_on_nonzeros(density: float) -> None:
+def test_touch_all_changes_nothing_with_bias_on_nonzeros(density: float, kernel_env: str) -> None:
     rng = np.random.default_rng(6)
     x, w = dyadic(rng, (BATCH, N_IN), density), dyadic(rng, (N_IN, WIDTH), 0.4)
     x[[0, 4]] = 0
@@ -688,7 +702,7 @@ def test_touch_all_changes_nothing_with_bias_on_nonzeros(density: float) -> None
     assert not {0, 4} & set(results[1].rows.tolist())
 
 
-def test_bias_everywhere_without_touch_all_only_reaches_carried_rows() -> None:
+def test_bias_everywhere_without_touch_all_only_reaches_carried_rows(kernel_env: str) -> None:
     """Rows no piece carries are not computed at all (the worker calls ``touch_all`` for this)."""
     rng = np.random.default_rng(8)
     x, w = dyadic(rng, (BATCH, N_IN), 0.5), dyadic(rng, (N_IN, WIDTH), 0.4)
@@ -706,7 +720,7 @@ def test_bias_everywhere_without_touch_all_only_reaches_carried_rows() -> None:
 
 
 @pytest.mark.parametrize("touch", [False, True])
-def test_no_inputs_with_bias_on_nonzeros_is_empty(touch: bool) -> None:
+def test_no_inputs_with_bias_on_nonzeros_is_empty(touch: bool, kernel_env: str) -> None:
     inputs = LayerInputs(BATCH, WeightRows(sp.csr_matrix(np.ones((N_IN, WIDTH), np.float32))))
     if touch:
         inputs.touch_all()
@@ -717,8 +731,8 @@ def test_no_inputs_with_bias_on_nonzeros_is_empty(touch: bool) -> None:
 
 @pytest.mark.parametrize(("bias", "cap", "value"), [(0.75, None, 0.75), (5.0, 2.0, 2.0),
                                                     (-1.0, None, None)])
-def test_no_inputs_with_bias_everywhere(bias: float, cap: float | None,
-                                        value: float | None) -> None:
+def test_no_inputs_with_bias_everywhere(bias: float, cap: float | None, value: float | None,
+                                        kernel_env: str) -> None:
     """Every row is ``relu(bias)`` capped; a negative bias leaves nothing alive."""
     inputs = LayerInputs(BATCH, WeightRows(sp.csr_matrix(np.ones((N_IN, WIDTH), np.float32))))
     inputs.touch_all()
@@ -731,7 +745,7 @@ def test_no_inputs_with_bias_everywhere(bias: float, cap: float | None,
         assert np.all(out.to_csr().toarray() == np.float32(value))
 
 
-def test_cancelling_products_get_no_bias() -> None:
+def test_cancelling_products_get_no_bias(kernel_env: str) -> None:
     """A sum that is exactly zero is not a nonzero: no bias there, on either product."""
     w = sp.csr_matrix(np.array([[1.0], [-1.0]], np.float32))
     for x in (np.array([[2.0, 2.0], [1.0, 0.0]], np.float32),
