@@ -31,6 +31,9 @@ from typing import Any
 from fsdgraph import defaults
 from fsdgraph.errors import ConfigError
 
+#: The layer kernels a run can ask for (``fsdgraph.kernels.choice``).
+KERNELS = ("auto", "numba", "scipy")
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -48,6 +51,9 @@ class RunSettings:
     peer_timeout_s: float = defaults.PEER_TIMEOUT_S
     relaunches: int = defaults.RELAUNCHES  #: lost workers relaunched per run (0: none)
     relaunch_after_s: float = defaults.RELAUNCH_AFTER_S  #: silence after which one is lost
+    #: The workers' layer kernel: auto (numba if installed, else scipy), numba or scipy.
+    kernel: str = "auto"
+    kernel_threads: int = 0  #: threads per layer product (0: one per vCPU on Lambda, else 1)
     #: A TOML/JSON price table for the bill and the auto channel ("": the backend's prices).
     prices: str = ""
 
@@ -55,7 +61,8 @@ class RunSettings:
 #: The command-line option of each setting that has one.
 OPTIONS = {"workers": "--workers", "channel": "--channel", "backend": "--backend",
            "partitioner": "--partitioner", "branching": "--branching", "direct": "--direct",
-           "timeout_s": "--timeout", "prices": "--prices"}
+           "timeout_s": "--timeout", "prices": "--prices", "kernel": "--kernel",
+           "kernel_threads": "--kernel-threads"}
 
 
 def check_setting(name: str, value: Any, where: str) -> None:
@@ -70,12 +77,14 @@ def check_setting(name: str, value: Any, where: str) -> None:
     """
     if name in ("workers", "branching"):
         ok, expected = value >= 1, "a positive integer"
-    elif name in ("topics", "relaunches"):
+    elif name in ("topics", "relaunches", "kernel_threads"):
         ok, expected = value >= 0, "an integer >= 0"
     elif name.endswith("_s"):
         ok, expected = value > 0 and math.isfinite(value), "a positive finite number of seconds"
     elif name in ("channel", "backend", "partitioner"):
         ok, expected = bool(value.strip()), "a non-empty name"
+    elif name == "kernel":
+        ok, expected = value in KERNELS, f"one of {', '.join(KERNELS)}"
     else:
         return
     if not ok:

@@ -15,9 +15,9 @@
 
 from fsdgraph.kernels.block import Block
 from fsdgraph.kernels.choice import Kernel, kernel_from_env
-from fsdgraph.kernels.layer import LayerInputs
+from fsdgraph.kernels.layer import LayerInputs, serial_inference
 from fsdgraph.kernels.reference import categories, reference_inference
 from fsdgraph.kernels.weights import WeightRows
 
 __all__ = ["Block", "Kernel", "LayerInputs", "WeightRows", "categories", "kernel_from_env",
-           "reference_inference"]
+           "reference_inference", "serial_inference"]

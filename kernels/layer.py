@@ -26,9 +26,12 @@ choice.Kernel`: the compiled one when numba is installed, else scipy's (same res
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import scipy.sparse as sp
 
+from fsdgraph.graph import Layer
 from fsdgraph.kernels.block import DENSE_ABOVE, Block
 from fsdgraph.kernels.choice import Kernel, kernel_from_env
 from fsdgraph.kernels.fallback import sorted_indices
@@ -140,3 +143,32 @@ class LayerInputs:
                 x_t[positions[coo.col], np.searchsorted(rows, piece.rows[coo.row])] = coo.data
         return x_t
 
+
+
+def serial_inference(y0: sp.spmatrix, layers: Sequence[Layer],
+                     kernel: Kernel | None = None) -> sp.csr_matrix:
+    """Every layer in this process with the layer kernel (default: the one
+    :func:`~fsdgraph.kernels.choice.kernel_from_env` chooses): the project's best serial code,
+    one worker owning every neuron, with no transport. The result equals
+    :func:`~fsdgraph.kernels.reference.reference_inference` bit for bit.
+
+    >>> import numpy as np, scipy.sparse as sp
+    >>> from fsdgraph.graph import Layer
+    >>> w = sp.csr_matrix(np.array([[1.0, 0.0], [1.0, 1.0]], dtype=np.float32))
+    >>> layer = Layer(w, np.array([-0.5, -0.5], np.float32), True, True, 32.0)
+    >>> y0 = sp.csr_matrix(np.array([[1.0, 0.0], [0.0, 0.0]], np.float32))
+    >>> serial_inference(y0, [layer]).toarray()
+    array([[0.5, 0. ],
+           [0. , 0. ]], dtype=float32)
+    """
+    kernel = kernel or kernel_from_env()
+    batch = y0.shape[0]
+    block = Block.from_matrix(sp.csr_matrix(y0, dtype=np.float32))
+    for layer in layers:
+        inputs = LayerInputs(batch, WeightRows(layer.weight), kernel)
+        if not layer.bias_on_nonzero:
+            inputs.touch_all()
+        inputs.add(block, np.arange(layer.weight.shape[0]))
+        block = inputs.finish(layer.bias, bias_on_nonzero=layer.bias_on_nonzero,
+                              relu=layer.relu, cap=layer.cap)
+    return block.to_matrix(batch)
