@@ -93,13 +93,17 @@ class Block:
         return Block.from_dense_t(rows, np.ascontiguousarray(np.asarray(values, np.float32).T))
 
     @staticmethod
-    def from_dense_t(rows: np.ndarray, values_t: np.ndarray) -> Block:
-        """From a (ncols x rows) array: drop all-zero rows, then store by density."""
+    def from_dense_t(rows: np.ndarray, values_t: np.ndarray,
+                     row_nnz: np.ndarray | None = None) -> Block:
+        """From a (ncols x rows) array: drop all-zero rows, then store by density.
+        ``row_nnz``: each row's nonzero count, if the producer counted them already."""
         values_t = np.asarray(values_t, dtype=np.float32)
-        alive = values_t.any(axis=0)
+        alive = values_t.any(axis=0) if row_nnz is None else row_nnz > 0
         if not alive.all():
             rows, values_t = rows[alive], values_t[:, alive]
         block = Block(np.asarray(rows, dtype=np.int32), dense_t=np.ascontiguousarray(values_t))
+        if row_nnz is not None:
+            block.__dict__["nnz"] = int(row_nnz.sum())  # the cached property, known already
         return block if block.density > DENSE_ABOVE else block.as_csr()
 
     @staticmethod

@@ -46,8 +46,8 @@ class Kernel(Protocol):
     def sparse(self, x: sp.csr_matrix, weight: WeightRows, bias: np.ndarray, *, relu: bool,
                cap: float | None) -> Block: ...
 
-    def dense(self, x_t: np.ndarray, weight: WeightRows, bias: np.ndarray, *,
-              bias_on_nonzero: bool, relu: bool, cap: float | None) -> np.ndarray: ...
+    def dense(self, x_t: np.ndarray, rows: np.ndarray, weight: WeightRows, bias: np.ndarray, *,
+              bias_on_nonzero: bool, relu: bool, cap: float | None) -> Block: ...
 
 
 def fast_available() -> bool:

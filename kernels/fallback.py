@@ -39,16 +39,17 @@ class ScipyKernel:
         clip(z.data, relu, cap)
         return Block.from_csr(np.arange(x.shape[0], dtype=np.int32), z)
 
-    def dense(self, x_t: np.ndarray, weight: WeightRows, bias: np.ndarray, *,
-              bias_on_nonzero: bool, relu: bool, cap: float | None) -> np.ndarray:
-        """``h(W^T @ x_t + b)`` for a feature-major (inputs x rows) ``x_t``: (outputs x rows)."""
+    def dense(self, x_t: np.ndarray, rows: np.ndarray, weight: WeightRows, bias: np.ndarray, *,
+              bias_on_nonzero: bool, relu: bool, cap: float | None) -> Block:
+        """``h(W^T @ x_t + b)`` for a feature-major (inputs x rows) ``x_t`` whose columns are
+        the rows ``rows``: the live rows of the result."""
         z_t = np.asarray(weight.transposed @ x_t)  # scipy's csr_matvecs
         if bias_on_nonzero:
             z_t += np.where(z_t != 0, bias[:, None], np.float32(0))
         else:
             z_t += bias[:, None]
         clip(z_t, relu, cap)
-        return z_t
+        return Block.from_dense_t(rows, z_t)
 
 
 def sorted_indices(m: sp.csr_matrix) -> sp.csr_matrix:

@@ -22,7 +22,7 @@ thread pool is ever started in a process that only uses one (forked workers stay
 
 The serial kernels are compiled for their one signature (read-only arrays, which writable ones
 convert to, so wire-decoded and computed arrays share one build) when this module is imported,
-and cached on disk (``cache=True``, next to this file or under ``NUMBA_CACHE_DIR``): the first
+and cached on disk (``cache=_CACHE``, next to this file or under ``NUMBA_CACHE_DIR``): the first
 import compiles for a few seconds, every later process loads the machine code (~0.2 s). The
 threaded builds compile on first use and are cached the same way.
 """
@@ -37,6 +37,11 @@ from numba import njit, prange, types
 from fsdgraph.kernels.block import DENSE_ABOVE, Block
 from fsdgraph.kernels.weights import WeightRows, kernel_arrays
 
+#: Cache the machine code only when imported under the installed name: numba's cache is keyed by
+#: this file, and an entry written while it was imported as another module (``kernels.fused``,
+#: by a tool collecting the source tree by path) fails every later load under the right name.
+_CACHE = __name__ == "fsdgraph.kernels.fused"
+
 #: Rows per tile of the dense kernel (measured best on the official layers: 18 ms against 23
 #: untiled and 35 for scipy, 5000 rows). Loops over a tile run over slices from 0 (``range(n)``),
 #: which numba knows are non-negative: indices from ``range(r0, r1)`` get a wrap-around check
@@ -44,7 +49,7 @@ from fsdgraph.kernels.weights import WeightRows, kernel_arrays
 DENSE_TILE = 1024
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
+@njit(cache=_CACHE, nogil=True, boundscheck=False)
 def _sparse_row(i, x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bias, relu, cap,
                 acc, seen, touched, bound, out_indices, out_data, at):
     """Row ``i``: product, epilogue and output in ascending column order, written from ``at``;
@@ -104,7 +109,7 @@ def _sparse_row(i, x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bia
     return c
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
+@njit(cache=_CACHE, nogil=True, boundscheck=False)
 def _row_bound(i, x_indptr, x_indices, w_indptr, width):
     """An upper bound on row ``i``'s output nonzeros: the weights it touches, at most ``width``."""
     total = 0
@@ -121,7 +126,7 @@ def _ro(dtype: types.Type, ndim: int = 1) -> types.Array:
 _F32, _I32, _I64 = _ro(types.float32), _ro(types.int32), _ro(types.int64)
 
 
-@njit((_I64, _I32, _F32, _I64, _I32, _F32, _F32, types.boolean, types.float32), cache=True,
+@njit((_I64, _I32, _F32, _I64, _I32, _F32, _F32, types.boolean, types.float32), cache=_CACHE,
       nogil=True, boundscheck=False)
 def _sparse_serial(x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bias, relu,
                    cap):
@@ -163,7 +168,7 @@ def _sparse_serial(x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bia
         out_data[:at].copy()
 
 
-@njit(cache=True, nogil=True, parallel=True, boundscheck=False)
+@njit(cache=_CACHE, nogil=True, parallel=True, boundscheck=False)
 def _sparse_parallel(x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bias, relu, cap,
                      pieces):
     """All rows, ``pieces`` ranges of them in parallel, each written packed in its own share
@@ -191,7 +196,7 @@ def _sparse_parallel(x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, b
     return _compact(bounds, counts, out_indices, out_data)
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
+@njit(cache=_CACHE, nogil=True, boundscheck=False)
 def _compact(bounds, counts, out_indices, out_data):
     """The live rows' positions, their CSR indptr, indices and values, packed."""
     n = len(counts)
@@ -222,10 +227,11 @@ def _compact(bounds, counts, out_indices, out_data):
     return rows, indptr, indices, data
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
+@njit(cache=_CACHE, nogil=True, boundscheck=False)
 def _dense_outputs(lo, hi, x_t, wt_indptr, wt_indices, wt_data, bias, bias_on_nonzero, relu,
-                   cap, z_t):
-    """Output neurons ``[lo, hi)`` of ``z_t = W^T @ x_t``, tile by tile of rows, epilogue."""
+                   cap, z_t, row_nnz):
+    """Output neurons ``[lo, hi)`` of ``z_t = W^T @ x_t``, tile by tile of rows, epilogue;
+    each row's nonzero outputs counted into ``row_nnz``."""
     rows = x_t.shape[1]
     zero = np.float32(0)  # float32 constants keep every operation in float32
     for r0 in range(0, rows, DENSE_TILE):
@@ -235,11 +241,27 @@ def _dense_outputs(lo, hi, x_t, wt_indptr, wt_indices, wt_data, bias, bias_on_no
             z = z_t[j, r0:r1]
             for r in range(n):
                 z[r] = zero
-            for q in range(wt_indptr[j], wt_indptr[j + 1]):
-                x = x_t[wt_indices[q], r0:r1]
-                w = wt_data[q]
+            # Eight inputs per pass over the tile: the partial sum stays in a register and is
+            # still rounded after every addition, in input order, so the bits do not change.
+            q, end = wt_indptr[j], wt_indptr[j + 1]
+            while q + 8 <= end:
+                x0, w0 = x_t[wt_indices[q], r0:r1], wt_data[q]
+                x1, w1 = x_t[wt_indices[q + 1], r0:r1], wt_data[q + 1]
+                x2, w2 = x_t[wt_indices[q + 2], r0:r1], wt_data[q + 2]
+                x3, w3 = x_t[wt_indices[q + 3], r0:r1], wt_data[q + 3]
+                x4, w4 = x_t[wt_indices[q + 4], r0:r1], wt_data[q + 4]
+                x5, w5 = x_t[wt_indices[q + 5], r0:r1], wt_data[q + 5]
+                x6, w6 = x_t[wt_indices[q + 6], r0:r1], wt_data[q + 6]
+                x7, w7 = x_t[wt_indices[q + 7], r0:r1], wt_data[q + 7]
                 for r in range(n):
-                    z[r] += w * x[r]
+                    z[r] = (((((((z[r] + w0 * x0[r]) + w1 * x1[r]) + w2 * x2[r]) + w3 * x3[r])
+                              + w4 * x4[r]) + w5 * x5[r]) + w6 * x6[r]) + w7 * x7[r]
+                q += 8
+            while q < end:
+                x0, w0 = x_t[wt_indices[q], r0:r1], wt_data[q]
+                for r in range(n):
+                    z[r] += w0 * x0[r]
+                q += 1
             b = bias[j]
             for r in range(n):
                 s = z[r]
@@ -250,25 +272,33 @@ def _dense_outputs(lo, hi, x_t, wt_indptr, wt_indices, wt_data, bias, bias_on_no
                 if s > cap:
                     s = cap
                 z[r] = s
+                if s != 0:
+                    row_nnz[r0 + r] += 1
 
 
 @njit((_ro(types.float32, 2), _I64, _I32, _F32, _F32, types.boolean, types.boolean,
-       types.float32, types.Array(types.float32, 2, "C")), cache=True, nogil=True,
-      boundscheck=False)
+       types.float32, types.Array(types.float32, 2, "C"), types.Array(types.int64, 1, "C")),
+      cache=_CACHE, nogil=True, boundscheck=False)
 def _dense_serial(x_t, wt_indptr, wt_indices, wt_data, bias, bias_on_nonzero, relu, cap,
-                  z_t):
+                  z_t, row_nnz):
     _dense_outputs(0, len(bias), x_t, wt_indptr, wt_indices, wt_data, bias, bias_on_nonzero,
-                   relu, cap, z_t)
+                   relu, cap, z_t, row_nnz)
 
 
-@njit(cache=True, nogil=True, parallel=True, boundscheck=False)
+@njit(cache=_CACHE, nogil=True, parallel=True, boundscheck=False)
 def _dense_parallel(x_t, wt_indptr, wt_indices, wt_data, bias, bias_on_nonzero, relu, cap, z_t,
-                    pieces):
+                    row_nnz, pieces):
     n = len(bias)
     step = (n + pieces - 1) // pieces
+    counts = np.zeros((pieces, len(row_nnz)), np.int64)  # one row of counts per thread's share
     for t in prange(pieces):
         _dense_outputs(min(t * step, n), min((t + 1) * step, n), x_t, wt_indptr, wt_indices,
-                       wt_data, bias, bias_on_nonzero, relu, cap, z_t)
+                       wt_data, bias, bias_on_nonzero, relu, cap, z_t, counts[t])
+    row_nnz[:] = counts.sum(axis=0)
+
+
+def _f32(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, np.float32)
 
 
 def _cap(cap: float | None) -> np.float32:
@@ -292,17 +322,20 @@ def sparse_layer(x_indptr: np.ndarray, x_indices: np.ndarray, x_data: np.ndarray
 
 def dense_layer(x_t: np.ndarray, wt_indptr: np.ndarray, wt_indices: np.ndarray,
                 wt_data: np.ndarray, bias: np.ndarray, bias_on_nonzero: bool, relu: bool,
-                cap: float | None, threads: int = 1) -> np.ndarray:
+                cap: float | None, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """``h(W^T @ x_t + b)`` for a C-ordered float32 ``x_t`` (inputs x rows) and CSR ``W^T``
-    (outputs x inputs, sorted ids): the (outputs x rows) result, zeros included."""
+    (outputs x inputs, sorted ids): the (outputs x rows) result, zeros included, and each
+    row's count of nonzero outputs."""
     z_t = np.empty((len(bias), x_t.shape[1]), np.float32)
-    args = (x_t, wt_indptr, wt_indices, wt_data, bias, bias_on_nonzero, relu, _cap(cap), z_t)
+    row_nnz = np.zeros(x_t.shape[1], np.int64)
+    args = (x_t, wt_indptr, wt_indices, wt_data, bias, bias_on_nonzero, relu, _cap(cap), z_t,
+            row_nnz)
     if threads > 1:
         numba.set_num_threads(threads)
         _dense_parallel(*args, 4 * threads)
     else:
         _dense_serial(*args)
-    return z_t
+    return z_t, row_nnz
 
 
 class FusedKernel:
@@ -318,13 +351,14 @@ class FusedKernel:
                cap: float | None) -> Block:
         """See :meth:`ScipyKernel.sparse <fsdgraph.kernels.fallback.ScipyKernel.sparse>`."""
         rows, indptr, indices, data = sparse_layer(
-            *kernel_arrays(x), *weight.by_input, bias, relu, cap, self.threads)
+            *kernel_arrays(x), *weight.by_input, _f32(bias), relu, cap, self.threads)
         csr = sp.csr_matrix((data, indices, indptr), shape=(len(rows), len(bias)))
         block = Block(rows, csr=csr)  # no zeros, no empty rows: stored by density only
         return block.as_dense() if block.density > DENSE_ABOVE else block
 
-    def dense(self, x_t: np.ndarray, weight: WeightRows, bias: np.ndarray, *,
-              bias_on_nonzero: bool, relu: bool, cap: float | None) -> np.ndarray:
+    def dense(self, x_t: np.ndarray, rows: np.ndarray, weight: WeightRows, bias: np.ndarray, *,
+              bias_on_nonzero: bool, relu: bool, cap: float | None) -> Block:
         """See :meth:`ScipyKernel.dense <fsdgraph.kernels.fallback.ScipyKernel.dense>`."""
-        return dense_layer(np.ascontiguousarray(x_t, np.float32), *weight.by_output, bias,
-                           bias_on_nonzero, relu, cap, self.threads)
+        z_t, row_nnz = dense_layer(np.ascontiguousarray(x_t, np.float32), *weight.by_output,
+                                   _f32(bias), bias_on_nonzero, relu, cap, self.threads)
+        return Block.from_dense_t(rows, z_t, row_nnz)

@@ -105,9 +105,8 @@ class LayerInputs:
         if bias_on_nonzero and nnz < DENSE_ABOVE * len(rows) * n_in:
             return self.kernel.sparse(self._sparse_inputs(pieces), self.weight, bias,
                                       relu=relu, cap=cap)
-        z_t = self.kernel.dense(self._dense_inputs(pieces, rows), self.weight, bias,
-                                bias_on_nonzero=bias_on_nonzero, relu=relu, cap=cap)
-        return Block.from_dense_t(rows, z_t)
+        return self.kernel.dense(self._dense_inputs(pieces, rows), rows, self.weight, bias,
+                                 bias_on_nonzero=bias_on_nonzero, relu=relu, cap=cap)
 
     def _sparse_inputs(self, pieces: list[tuple[np.ndarray, Block]]) -> sp.csr_matrix:
         """The pieces side by side over the whole batch (an empty row costs one indptr entry),
