@@ -3,7 +3,7 @@
 The official-data tests pin the facts the generator is built on: layers 1-6 are the base layers
 exactly, later blocks are one row permutation of them each, and the 120-layer serial inference
 of the 1200 shipped images gives the 19 truth categories (with the official weights and with
-generated ones).
+generated ones). Images generated from the official ones keep their live-row curve.
 """
 
 from __future__ import annotations
@@ -16,14 +16,21 @@ import numpy.typing as npt
 import pytest
 import scipy.sparse as sp
 
+import fsdgraph
 from fsdgraph.errors import InputError
+from fsdgraph.kernels import serial_inference
 from fsdgraph.sources.graphchallenge import (
     graphchallenge_bias,
     load_images,
     load_truth,
     load_weights,
 )
-from fsdgraph.sources.images import synthetic_images
+from fsdgraph.sources.images import (
+    THICKER,
+    distinct_images,
+    live_row_curve,
+    synthetic_images,
+)
 from fsdgraph.sources.radixnet import block_permutation, radixnet, radixnet_layer
 
 IMAGES = "sparse-images-1024-first1200.tsv.gz"
@@ -330,3 +337,85 @@ def test_synthetic_images_survive_like_digits() -> None:
     )
     _, scattered_alive = serial(weights[:6], scattered, bias)
     assert scattered_alive[-1] == 0
+
+
+# --- distinct images from official ones ----------------------------------------------------
+
+
+def rows_as_bytes(images: sp.csr_matrix) -> list[bytes]:
+    """Each row's pixel ids, as bytes (equal rows, equal bytes: the indices are sorted)."""
+    return [images.indices[a:b].tobytes() for a, b in zip(images.indptr, images.indptr[1:],
+                                                            strict=False)]
+
+
+def test_distinct_images_are_distinct_binary_and_deterministic() -> None:
+    base = synthetic_images(1024, 30, seed=3)
+    images = distinct_images(base, 200, seed=2)
+    assert images.shape == (200, 1024) and images.dtype == np.float32
+    assert set(images.data.tolist()) == {1.0} and images.has_sorted_indices
+    assert same(images[:30], base)  # the originals come first, unchanged
+    assert len(set(rows_as_bytes(images))) == 200
+    assert same(images, distinct_images(base, 200, seed=2))
+    assert same(images[:75], distinct_images(base, 75, seed=2))  # the first rows ignore count
+    assert not same(images[30:], distinct_images(base, 200, seed=3)[30:])
+    # a variant of image i keeps its ink (a move, and as many pixels added as removed)
+    ink = np.diff(images.indptr)
+    assert np.array_equal(ink, np.tile(np.diff(base.indptr), 7)[:200])
+    thick = distinct_images(base, 60, seed=2, thicken=5)
+    assert np.array_equal(np.diff(thick.indptr)[30:], np.diff(base.indptr) + 5)
+    assert distinct_images(synthetic_images(4096, 2, seed=0), 5).shape == (5, 4096)
+
+
+def test_distinct_images_moves_stay_within_shift() -> None:
+    """Without jitter a variant is its original moved by at most ``shift`` pixels each way."""
+    base = synthetic_images(1024, 10, seed=8)
+    images = distinct_images(base, 40, seed=1, jitter=0, shift=1)
+    for k in range(10, 40):
+        original = base[k % 10].indices
+        moved = images[k].indices
+        delta = (moved // 32 - original // 32)[0], (moved % 32 - original % 32)[0]
+        assert max(abs(delta[0]), abs(delta[1])) <= 1 and delta != (0, 0)
+        assert np.array_equal(moved, original + 32 * delta[0] + delta[1])
+
+
+def test_distinct_images_rejects_what_it_cannot_make() -> None:
+    base = synthetic_images(1024, 3, seed=0)
+    for name, value in (("count", -1), ("seed", -2), ("shift", 1.5), ("thicken", True)):
+        with pytest.raises(InputError, match=f"{name} must be an integer >= 0"):
+            distinct_images(base, **{"count": 5, name: value})  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="perfect square"):
+        distinct_images(sp.csr_matrix((2, 1000), dtype=np.float32), 3)
+    with pytest.raises(InputError, match="cannot make 5 distinct images from 2"):
+        distinct_images(sp.csr_matrix((2, 1024), dtype=np.float32), 5)  # no ink to move
+    dot = sp.csr_matrix(([1.0], ([0], [16 * 32 + 16])), shape=(1, 1024), dtype=np.float32)
+    assert distinct_images(dot, 10, jitter=0).shape == (10, 1024)  # 25 moves of -2..2 exist
+    with pytest.raises(InputError, match="cannot make 26 distinct images from 1"):
+        distinct_images(dot, 26, jitter=0)
+
+
+@pytest.mark.official
+def test_distinct_images_keep_the_official_live_row_curve(
+    official_data: Path, official_weights: list[sp.csr_matrix], official_images: sp.csr_matrix
+) -> None:
+    """10 000 images made from the first 1200 die like them, layer by layer; thicker ones
+    keep about twice as many rows through the dense layers."""
+    layers = fsdgraph.sequential(official_weights, graphchallenge_bias(1024), cap=32).layers()
+    official = live_row_curve(official_images, layers)
+    assert official[0] == 1098 / 1200 and official[119] == 19 / 1200
+    generated = distinct_images(official_images, 10_000, seed=0)
+    curve = live_row_curve(generated, layers)
+    assert np.abs(curve - official).max() <= 0.02  # layer 1: 0.925 against 0.915
+    assert np.abs(curve[7:] - official[7:]).max() <= 0.002  # the dense layers: within noise
+    thick = live_row_curve(distinct_images(official_images, 10_000, seed=0, thicken=THICKER),
+                           layers)
+    assert 1.8 <= thick[119] / official[119] <= 2.3
+    assert np.all(thick >= curve)
+    # the originals come first: their official categories still hold
+    y = serial_inference(generated, layers)
+    truth = load_truth(official_data / TRUTH)
+    found = categories(y)
+    assert np.array_equal(found[found < 1200], truth)
+    # moved copies (no jitter) die as their originals do, and end in the same categories
+    moved = distinct_images(official_images, 2400, seed=1, jitter=0)[1200:]
+    assert np.abs(live_row_curve(moved, layers) - official).max() <= 2 / 1200
+    assert np.array_equal(categories(serial_inference(moved, layers)), truth)
