@@ -37,6 +37,10 @@ from numba import njit, prange, types
 from fsdgraph.kernels.block import DENSE_ABOVE, Block
 from fsdgraph.kernels.weights import WeightRows, kernel_arrays
 
+#: Input density above which sparse inputs are multiplied a tile of rows at a time as dense ones
+#: (:func:`tiled_layer`) rather than row by row (:func:`sparse_layer`).
+TILED_ABOVE = 0.05
+
 #: Cache the machine code only when imported under the installed name: numba's cache is keyed by
 #: this file, and an entry written while it was imported as another module (``kernels.fused``,
 #: by a tool collecting the source tree by path) fails every later load under the right name.
@@ -228,52 +232,201 @@ def _compact(bounds, counts, out_indices, out_data):
 
 
 @njit(cache=_CACHE, nogil=True, boundscheck=False)
+def _output_row(j, x_t, r0, r1, wt_indptr, wt_indices, wt_data, bias, bias_on_nonzero, relu,
+                cap, z, row_nnz, counted_from):
+    """Output neuron ``j`` for input rows ``[r0, r1)`` of the feature-major ``x_t`` into ``z``
+    (their length): product, bias, ReLU, cap; each nonzero counted in ``row_nnz`` from
+    ``counted_from``."""
+    n = r1 - r0
+    zero = np.float32(0)  # float32 constants keep every operation in float32
+    for r in range(n):
+        z[r] = zero
+    # Eight inputs per pass over the rows: the partial sum stays in a register and is still
+    # rounded after every addition, in input order, so the bits do not change.
+    q, end = wt_indptr[j], wt_indptr[j + 1]
+    while q + 8 <= end:
+        x0, w0 = x_t[wt_indices[q], r0:r1], wt_data[q]
+        x1, w1 = x_t[wt_indices[q + 1], r0:r1], wt_data[q + 1]
+        x2, w2 = x_t[wt_indices[q + 2], r0:r1], wt_data[q + 2]
+        x3, w3 = x_t[wt_indices[q + 3], r0:r1], wt_data[q + 3]
+        x4, w4 = x_t[wt_indices[q + 4], r0:r1], wt_data[q + 4]
+        x5, w5 = x_t[wt_indices[q + 5], r0:r1], wt_data[q + 5]
+        x6, w6 = x_t[wt_indices[q + 6], r0:r1], wt_data[q + 6]
+        x7, w7 = x_t[wt_indices[q + 7], r0:r1], wt_data[q + 7]
+        for r in range(n):
+            z[r] = (((((((z[r] + w0 * x0[r]) + w1 * x1[r]) + w2 * x2[r]) + w3 * x3[r])
+                      + w4 * x4[r]) + w5 * x5[r]) + w6 * x6[r]) + w7 * x7[r]
+        q += 8
+    while q < end:
+        x0, w0 = x_t[wt_indices[q], r0:r1], wt_data[q]
+        for r in range(n):
+            z[r] += w0 * x0[r]
+        q += 1
+    b = bias[j]
+    for r in range(n):
+        s = z[r]
+        if s != 0 or not bias_on_nonzero:
+            s += b
+        if relu and s < 0:
+            s = zero
+        if s > cap:
+            s = cap
+        z[r] = s
+        if s != 0:
+            row_nnz[counted_from + r] += 1
+
+
+@njit(cache=_CACHE, nogil=True, boundscheck=False)
 def _dense_outputs(lo, hi, x_t, wt_indptr, wt_indices, wt_data, bias, bias_on_nonzero, relu,
                    cap, z_t, row_nnz):
     """Output neurons ``[lo, hi)`` of ``z_t = W^T @ x_t``, tile by tile of rows, epilogue;
     each row's nonzero outputs counted into ``row_nnz``."""
     rows = x_t.shape[1]
-    zero = np.float32(0)  # float32 constants keep every operation in float32
     for r0 in range(0, rows, DENSE_TILE):
         r1 = min(r0 + DENSE_TILE, rows)
-        n = r1 - r0
         for j in range(lo, hi):
-            z = z_t[j, r0:r1]
-            for r in range(n):
-                z[r] = zero
-            # Eight inputs per pass over the tile: the partial sum stays in a register and is
-            # still rounded after every addition, in input order, so the bits do not change.
-            q, end = wt_indptr[j], wt_indptr[j + 1]
-            while q + 8 <= end:
-                x0, w0 = x_t[wt_indices[q], r0:r1], wt_data[q]
-                x1, w1 = x_t[wt_indices[q + 1], r0:r1], wt_data[q + 1]
-                x2, w2 = x_t[wt_indices[q + 2], r0:r1], wt_data[q + 2]
-                x3, w3 = x_t[wt_indices[q + 3], r0:r1], wt_data[q + 3]
-                x4, w4 = x_t[wt_indices[q + 4], r0:r1], wt_data[q + 4]
-                x5, w5 = x_t[wt_indices[q + 5], r0:r1], wt_data[q + 5]
-                x6, w6 = x_t[wt_indices[q + 6], r0:r1], wt_data[q + 6]
-                x7, w7 = x_t[wt_indices[q + 7], r0:r1], wt_data[q + 7]
-                for r in range(n):
-                    z[r] = (((((((z[r] + w0 * x0[r]) + w1 * x1[r]) + w2 * x2[r]) + w3 * x3[r])
-                              + w4 * x4[r]) + w5 * x5[r]) + w6 * x6[r]) + w7 * x7[r]
-                q += 8
-            while q < end:
-                x0, w0 = x_t[wt_indices[q], r0:r1], wt_data[q]
-                for r in range(n):
-                    z[r] += w0 * x0[r]
-                q += 1
-            b = bias[j]
-            for r in range(n):
-                s = z[r]
-                if s != 0 or not bias_on_nonzero:
-                    s += b
-                if relu and s < 0:
-                    s = zero
-                if s > cap:
-                    s = cap
-                z[r] = s
-                if s != 0:
-                    row_nnz[r0 + r] += 1
+            _output_row(j, x_t, r0, r1, wt_indptr, wt_indices, wt_data, bias, bias_on_nonzero,
+                        relu, cap, z_t[j, r0:r1], row_nnz, r0)
+
+
+@njit(cache=_CACHE, nogil=True)
+def _sparse_tile(n_in):
+    """Rows per tile of the tiled sparse kernel: the input tile about 1 MB (a core's L2)."""
+    return max(8, min(DENSE_TILE, (1 << 18) // max(n_in, 1)))
+
+
+@njit(cache=_CACHE, nogil=True, boundscheck=False)
+def _tile_rows(lo, hi, live, x_indptr, x_indices, x_data, wt_indptr, wt_indices, wt_data, bias,
+               relu, cap, x_tile, z_tile, counts, out_indices, out_data, at):
+    """Sparse rows ``live[lo:hi]`` (at most a tile) multiplied as dense ones: scattered into the
+    zeroed feature-major ``x_tile``, every output computed by :func:`_output_row`, then the
+    live outputs appended from ``at`` as CSR rows. Output neurons are visited in ascending
+    order, so each row's column ids come out sorted. Returns the new end; ``counts[t]`` holds
+    the outputs of row ``live[t]``; ``x_tile`` is zero again on return."""
+    n = hi - lo
+    width = len(bias)
+    zero = np.float32(0)
+    for r in range(n):
+        i = live[lo + r]
+        for p in range(x_indptr[i], x_indptr[i + 1]):
+            x_tile[x_indices[p], r] = x_data[p]
+    for j in range(width):
+        _output_row(j, x_tile, 0, n, wt_indptr, wt_indices, wt_data, bias, True, relu, cap,
+                    z_tile[j, :n], counts, lo)
+    starts = np.empty(n, np.int64)
+    for r in range(n):
+        starts[r] = at
+        at += counts[lo + r]
+    for j in range(width):
+        z = z_tile[j, :n]
+        for r in range(n):
+            if z[r] != 0:
+                out_indices[starts[r]] = j
+                out_data[starts[r]] = z[r]
+                starts[r] += 1
+    for r in range(n):
+        i = live[lo + r]
+        for p in range(x_indptr[i], x_indptr[i + 1]):
+            x_tile[x_indices[p], r] = zero
+    return at
+
+
+@njit(cache=_CACHE, nogil=True, boundscheck=False)
+def _nonempty_rows(x_indptr):
+    """The rows of a CSR matrix with any stored entry: only those are multiplied."""
+    n_rows = len(x_indptr) - 1
+    live = np.empty(n_rows, np.int32)
+    m = 0
+    for i in range(n_rows):
+        if x_indptr[i + 1] > x_indptr[i]:
+            live[m] = i
+            m += 1
+    return live[:m]
+
+
+@njit(cache=_CACHE, nogil=True, boundscheck=False)
+def _counted_rows(live, counts):
+    """The rows ``live[t]`` with ``counts[t] > 0`` and their CSR indptr."""
+    m = 0
+    for t in range(len(live)):
+        if counts[t]:
+            m += 1
+    rows = np.empty(m, np.int32)
+    indptr = np.empty(m + 1, np.int64)
+    indptr[0] = 0
+    r = 0
+    for t in range(len(live)):
+        if counts[t]:
+            rows[r] = live[t]
+            indptr[r + 1] = indptr[r] + counts[t]
+            r += 1
+    return rows, indptr
+
+
+@njit((_I64, _I32, _F32, types.int64, _I64, _I32, _F32, _F32, types.boolean, types.float32),
+      cache=_CACHE, nogil=True, boundscheck=False)
+def _tiled_serial(x_indptr, x_indices, x_data, n_in, wt_indptr, wt_indices, wt_data, bias, relu,
+                  cap):
+    """All nonempty rows, a tile at a time (:func:`_tile_rows`), written packed as they come
+    (the buffers grow by doubling): as :func:`_sparse_serial`."""
+    live = _nonempty_rows(x_indptr)
+    width = len(bias)
+    tile = _sparse_tile(n_in)
+    x_tile = np.zeros((n_in, tile), np.float32)
+    z_tile = np.empty((width, tile), np.float32)
+    counts = np.zeros(len(live), np.int64)
+    capacity = max(len(x_indices), width * tile)
+    out_indices = np.empty(capacity, np.int32)
+    out_data = np.empty(capacity, np.float32)
+    at = 0
+    for lo in range(0, len(live), tile):
+        hi = min(lo + tile, len(live))
+        if at + (hi - lo) * width > capacity:
+            capacity = max(2 * capacity, at + (hi - lo) * width)
+            grown_indices = np.empty(capacity, np.int32)
+            grown_indices[:at] = out_indices[:at]
+            out_indices = grown_indices
+            grown_data = np.empty(capacity, np.float32)
+            grown_data[:at] = out_data[:at]
+            out_data = grown_data
+        at = _tile_rows(lo, hi, live, x_indptr, x_indices, x_data, wt_indptr, wt_indices,
+                        wt_data, bias, relu, cap, x_tile, z_tile, counts, out_indices, out_data,
+                        at)
+    rows, indptr = _counted_rows(live, counts)
+    return rows, indptr, out_indices[:at].copy(), out_data[:at].copy()
+
+
+@njit(cache=_CACHE, nogil=True, parallel=True, boundscheck=False)
+def _tiled_parallel(x_indptr, x_indices, x_data, n_in, wt_indptr, wt_indices, wt_data, bias,
+                    relu, cap, pieces):
+    """As :func:`_tiled_serial`, ``pieces`` ranges of tiles in parallel, each written packed in
+    its own share of a buffer as large as the dense result (only what is written is touched),
+    then packed once more."""
+    live = _nonempty_rows(x_indptr)
+    m = len(live)
+    width = len(bias)
+    tile = _sparse_tile(n_in)
+    tiles = (m + tile - 1) // tile
+    out_indices = np.empty(m * width, np.int32)
+    out_data = np.empty(m * width, np.float32)
+    counts = np.zeros(m, np.int64)
+    bounds = np.empty(m + 1, np.int64)
+    step = (tiles + pieces - 1) // pieces
+    for t in prange(pieces):
+        x_tile = np.zeros((n_in, tile), np.float32)
+        z_tile = np.empty((width, tile), np.float32)
+        for k in range(t * step, min((t + 1) * step, tiles)):
+            lo = k * tile
+            hi = min(lo + tile, m)
+            at = lo * width
+            _tile_rows(lo, hi, live, x_indptr, x_indices, x_data, wt_indptr, wt_indices,
+                       wt_data, bias, relu, cap, x_tile, z_tile, counts, out_indices, out_data,
+                       at)
+            for r in range(lo, hi):  # where each row's outputs start, for _compact
+                bounds[r] = at
+                at += counts[r]
+    positions, indptr, indices, data = _compact(bounds, counts, out_indices, out_data)
+    return live[positions], indptr, indices, data
 
 
 @njit((_ro(types.float32, 2), _I64, _I32, _F32, _F32, types.boolean, types.boolean,
@@ -311,13 +464,28 @@ def sparse_layer(x_indptr: np.ndarray, x_indices: np.ndarray, x_data: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``h(x @ W + b)`` with bias on nonzeros, for CSR ``x`` (sorted ids) and CSR ``W``
     (inputs x outputs, sorted ids): the live rows' positions in ``x`` and their CSR
-    ``(indptr, indices, data)``, column ids ascending."""
+    ``(indptr, indices, data)``, column ids ascending. Row by row (Gustavson)."""
     args = (x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bias, relu, _cap(cap))
     if threads > 1:
         numba.set_num_threads(threads)
         return _sparse_parallel(*args, 4 * threads)  # type: ignore[no-any-return]
     # Serial: exactly the compiled signature, read-only arrays taking any writable ones.
     return _sparse_serial(*args)  # type: ignore[no-any-return]
+
+
+def tiled_layer(x_indptr: np.ndarray, x_indices: np.ndarray, x_data: np.ndarray, n_in: int,
+                wt_indptr: np.ndarray, wt_indices: np.ndarray, wt_data: np.ndarray,
+                bias: np.ndarray, relu: bool, cap: float | None, threads: int = 1,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """As :func:`sparse_layer`, with ``W^T`` (outputs x inputs): a tile of rows at a time made
+    dense and multiplied as dense inputs are. Faster than row by row once the inputs are
+    dense enough (:data:`TILED_ABOVE`): SIMD multiply-adds over rows against scalar scatters."""
+    args = (x_indptr, x_indices, x_data, n_in, wt_indptr, wt_indices, wt_data, bias, relu,
+            _cap(cap))
+    if threads > 1:
+        numba.set_num_threads(threads)
+        return _tiled_parallel(*args, 4 * threads)  # type: ignore[no-any-return]
+    return _tiled_serial(*args)  # type: ignore[no-any-return]
 
 
 def dense_layer(x_t: np.ndarray, wt_indptr: np.ndarray, wt_indices: np.ndarray,
@@ -350,8 +518,13 @@ class FusedKernel:
     def sparse(self, x: sp.csr_matrix, weight: WeightRows, bias: np.ndarray, *, relu: bool,
                cap: float | None) -> Block:
         """See :meth:`ScipyKernel.sparse <fsdgraph.kernels.fallback.ScipyKernel.sparse>`."""
-        rows, indptr, indices, data = sparse_layer(
-            *kernel_arrays(x), *weight.by_input, _f32(bias), relu, cap, self.threads)
+        n_in = weight.shape[0]
+        if x.nnz > TILED_ABOVE * x.shape[0] * n_in:
+            rows, indptr, indices, data = tiled_layer(
+                *kernel_arrays(x), n_in, *weight.by_output, _f32(bias), relu, cap, self.threads)
+        else:
+            rows, indptr, indices, data = sparse_layer(
+                *kernel_arrays(x), *weight.by_input, _f32(bias), relu, cap, self.threads)
         csr = sp.csr_matrix((data, indices, indptr), shape=(len(rows), len(bias)))
         block = Block(rows, csr=csr)  # no zeros, no empty rows: stored by density only
         return block.as_dense() if block.density > DENSE_ABOVE else block
