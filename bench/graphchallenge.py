@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--serial-rss", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    load_before = os.getloadavg()  # a shared machine: how busy it was is part of the result
     weights = load_weights(args.data / "neuron1024", 1024, 120)
     y, source = benchmark_images(args)
     graph = fsdgraph.sequential(weights, -0.3, cap=32)
@@ -165,6 +167,7 @@ def main() -> None:
         "images": source,
         "live_fraction": {str(l): round(float(alive[l - 1]), 4) for l in CURVE_AT},
         "repeat": args.repeat,
+        "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "yardsticks": {
             "serial_s": "plain scipy loop: reference_inference(canonical=False)",
             "serial_best_s": f"serial_inference, {best.name} kernel, {best.threads} thread",
