@@ -240,7 +240,7 @@ def _vary(grids: npt.NDArray[np.bool_], rng: np.random.Generator, shift: int, ji
     """Each grid moved by a random shift that keeps its ink on the grid, then its outline
     jittered and thickened; vectorised over the grids."""
     n, side, _ = grids.shape
-    lines, columns = grids.any(axis=2), grids.any(axis=1)
+    lines, columns = np.asarray(grids.any(axis=2)), np.asarray(grids.any(axis=1))
     top, left = lines.argmax(axis=1), columns.argmax(axis=1)
     bottom = side - 1 - lines[:, ::-1].argmax(axis=1)
     right = side - 1 - columns[:, ::-1].argmax(axis=1)
