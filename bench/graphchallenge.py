@@ -79,6 +79,17 @@ def serial_peak_rss(args: argparse.Namespace) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+def source_state() -> dict[str, Any]:
+    """The commit measured, and whether the package had uncommitted changes then."""
+    def git(*argv: str) -> str:
+        proc = subprocess.run(["git", *argv], cwd=HERE.parent, capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "package_modified": bool(git("status", "--porcelain", "--untracked-files=no", "--",
+                                         "fsdgraph", "kernels", "backends"))}
+
+
 def timed(fn: Any, *args: Any, **kwargs: Any) -> float:
     """Wall seconds of one call."""
     start = time.perf_counter()
@@ -166,6 +177,7 @@ def main() -> None:
         "rows": args.rows,
         "images": source,
         "live_fraction": {str(l): round(float(alive[l - 1]), 4) for l in CURVE_AT},
+        **source_state(),
         "repeat": args.repeat,
         "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "yardsticks": {
