@@ -1,19 +1,27 @@
 """The fast layer kernels: one compiled pass per layer, product and epilogue fused (numba).
 
-Both take a layer's assembled inputs and return its outputs with the epilogue applied (bias
+Each takes a layer's assembled inputs and returns its outputs with the epilogue applied (bias
 where the sum is nonzero, ReLU, cap) and the zeros gone, summing every output over its input
 neurons in ascending order in float32, exactly as scipy's products do for the canonical serial
 reference (:mod:`fsdgraph.kernels.reference`): results are bit-identical to it and to the
 fallback (:mod:`fsdgraph.kernels.fallback`). No floating-point contraction (numba's default,
-``fastmath`` off): ``acc += x * w`` is a rounded product, then a rounded sum, as in scipy.
+``fastmath`` off): ``acc += x * w`` is a rounded product, then a rounded sum, as in scipy. A
+dense product also adds the zero inputs' ``w * 0``; adding a zero never changes a float sum
+(and a sum that starts at +0 stays +0), so that is the same result too.
 
-* :func:`sparse_layer` — a row-wise (Gustavson) product: for each row, the input nonzeros in
-  ascending order scatter their weight rows into a dense accumulator; the touched outputs are
-  then read back in ascending column order (a sort of the few touched, or a scan of the whole
-  accumulator when most are), so the output rows come out sorted with no extra pass. Rows left
-  without a nonzero are dropped.
+* :func:`sparse_layer` — CSR inputs below :data:`TILED_ABOVE` density, row by row (Gustavson):
+  the input nonzeros in ascending order scatter their weight rows into a dense accumulator;
+  the touched outputs are read back in ascending column order (a sort of the few touched, or a
+  scan of the accumulator when most are), so rows come out sorted with no extra pass;
+* :func:`tiled_layer` — CSR inputs above it (the Graph Challenge's first layers): a tile of
+  nonempty rows at a time scattered into a small dense block and multiplied as dense inputs
+  are, which replaces scalar scatters by SIMD multiply-adds over rows; outputs visited in
+  ascending order give sorted CSR rows;
 * :func:`dense_layer` — a feature-major block (inputs x rows) times the transposed weight, one
-  output neuron at a time over tiles of rows small enough for the input tile to stay in cache.
+  output neuron at a time over tiles of rows small enough for the input tile to stay in cache,
+  eight inputs per pass.
+
+Rows left without a nonzero are dropped by all three.
 
 Threads: with ``threads > 1`` the rows (sparse) or output neurons (dense) are split among that
 many threads (numba's ``prange``); each output is still computed by one thread in the same order,
@@ -123,6 +131,20 @@ def _row_bound(i, x_indptr, x_indices, w_indptr, width):
     return min(total, width)
 
 
+@njit(cache=_CACHE, nogil=True, boundscheck=False)
+def _room(out_indices, out_data, at, need):
+    """Output buffers (filled up to ``at``) with room for ``need`` more: the same ones, or
+    copies twice as large (amortised linear, like a list)."""
+    if at + need <= len(out_indices):
+        return out_indices, out_data
+    capacity = max(2 * len(out_indices), at + need)
+    grown_indices = np.empty(capacity, np.int32)
+    grown_indices[:at] = out_indices[:at]
+    grown_data = np.empty(capacity, np.float32)
+    grown_data[:at] = out_data[:at]
+    return grown_indices, grown_data
+
+
 def _ro(dtype: types.Type, ndim: int = 1) -> types.Array:
     return types.Array(dtype, ndim, "C", readonly=True)
 
@@ -141,9 +163,8 @@ def _sparse_serial(x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bia
     acc = np.zeros(width, np.float32)
     seen = np.zeros(width, np.bool_)
     touched = np.empty(width, np.int32)
-    capacity = max(len(x_indices), width)
-    out_indices = np.empty(capacity, np.int32)
-    out_data = np.empty(capacity, np.float32)
+    out_indices = np.empty(max(len(x_indices), width), np.int32)
+    out_data = np.empty(len(out_indices), np.float32)
     rows = np.empty(n_rows, np.int32)
     indptr = np.empty(n_rows + 1, np.int64)
     indptr[0] = 0
@@ -153,14 +174,7 @@ def _sparse_serial(x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bia
         bound = _row_bound(i, x_indptr, x_indices, w_indptr, width)
         if bound == 0:
             continue
-        if at + bound > capacity:
-            capacity = max(2 * capacity, at + bound)
-            grown_indices = np.empty(capacity, np.int32)
-            grown_indices[:at] = out_indices[:at]
-            out_indices = grown_indices
-            grown_data = np.empty(capacity, np.float32)
-            grown_data[:at] = out_data[:at]
-            out_data = grown_data
+        out_indices, out_data = _room(out_indices, out_data, at, bound)
         c = _sparse_row(i, x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bias,
                         relu, cap, acc, seen, touched, bound, out_indices, out_data, at)
         if c:
@@ -375,20 +389,12 @@ def _tiled_serial(x_indptr, x_indices, x_data, n_in, wt_indptr, wt_indices, wt_d
     x_tile = np.zeros((n_in, tile), np.float32)
     z_tile = np.empty((width, tile), np.float32)
     counts = np.zeros(len(live), np.int64)
-    capacity = max(len(x_indices), width * tile)
-    out_indices = np.empty(capacity, np.int32)
-    out_data = np.empty(capacity, np.float32)
+    out_indices = np.empty(max(len(x_indices), width * tile), np.int32)
+    out_data = np.empty(len(out_indices), np.float32)
     at = 0
     for lo in range(0, len(live), tile):
         hi = min(lo + tile, len(live))
-        if at + (hi - lo) * width > capacity:
-            capacity = max(2 * capacity, at + (hi - lo) * width)
-            grown_indices = np.empty(capacity, np.int32)
-            grown_indices[:at] = out_indices[:at]
-            out_indices = grown_indices
-            grown_data = np.empty(capacity, np.float32)
-            grown_data[:at] = out_data[:at]
-            out_data = grown_data
+        out_indices, out_data = _room(out_indices, out_data, at, (hi - lo) * width)
         at = _tile_rows(lo, hi, live, x_indptr, x_indices, x_data, wt_indptr, wt_indices,
                         wt_data, bias, relu, cap, x_tile, z_tile, counts, out_indices, out_data,
                         at)
