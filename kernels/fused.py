@@ -37,6 +37,8 @@ threaded builds compile on first use and are cached the same way.
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import scipy.sparse as sp
@@ -44,6 +46,12 @@ from numba import njit, prange, types
 
 from fsdgraph.kernels.block import DENSE_ABOVE, Block
 from fsdgraph.kernels.weights import WeightRows, kernel_arrays
+
+# Threads from numba's own work queue unless the user chose a layer: unlike GNU OpenMP (numba's
+# pick when present) it survives a fork, and its idle threads sleep instead of spinning, which
+# matters where many worker processes share a few cores.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 #: Input density above which sparse inputs are multiplied a tile of rows at a time as dense ones
 #: (:func:`tiled_layer`) rather than row by row (:func:`sparse_layer`).
