@@ -52,6 +52,8 @@ __all__ = [
     "PackageInfo",
     "PackageLimits",
     "build_package",
+    "code_files",
+    "lambda_platform",
     "package_listing",
     "prune",
 ]
@@ -63,7 +65,9 @@ HANDLER = "fsdgraph.worker.handler"
 #: ``aws`` extra). networkx and tqdm are left out: only the client uses them (``Plan.dag``, which
 #: imports networkx lazily, and the scheduler's progress bar), and ``import fsdgraph`` imports
 #: neither the scheduler nor the compiler until one of their names is used
-#: (tests/test_hygiene.py checks what a worker loads).
+#: (tests/test_hygiene.py checks what a worker loads). numba is left out too: with its llvmlite
+#: (171 MiB unpacked) the zip would be 357 MiB, above Lambda's 250 MiB, so a zip function runs the
+#: scipy kernel; the compiled kernel ships in the container image (:mod:`.image`).
 DEFAULT_DEPENDENCIES: tuple[str, ...] = (
     "numpy>=1.24",
     "scipy>=1.10",
@@ -158,10 +162,10 @@ def build_package(
     when pip fails (with the end of its output), or when the extracted size is above
     ``limits.unzipped_bytes``; ``dest`` is then left as it was.
     """
-    platform = _platform(architecture)
+    platform = lambda_platform(architecture)
     if not re.fullmatch(r"3\.\d{1,2}", python_version):
         raise ConfigError(f"python_version must look like '3.12', not {python_version!r}")
-    files = _code_files()
+    files = code_files()
     module = HANDLER.rpartition(".")[0].replace(".", "/") + ".py"
     if module not in files:
         raise ConfigError(f"the handler module {module} is not among fsdgraph's code")
@@ -239,7 +243,8 @@ def package_listing(path: Path) -> list[str]:
 # -- what goes in -------------------------------------------------------------------------------
 
 
-def _platform(architecture: str) -> str:
+def lambda_platform(architecture: str) -> str:
+    """The manylinux machine name of a Lambda architecture (``arm64`` is ``aarch64``)."""
     try:
         return _ARCHITECTURES[architecture]
     except KeyError:
@@ -247,8 +252,9 @@ def _platform(architecture: str) -> str:
         raise ConfigError(f"unknown Lambda architecture {architecture!r}; known: {known}") from None
 
 
-def _code_files() -> dict[str, Path]:
-    """fsdgraph's code as ``{arcname: source file}``, arcnames in the installed layout."""
+def code_files() -> dict[str, Path]:
+    """fsdgraph's code as ``{arcname: source file}``, arcnames in the installed layout, less
+    :data:`EXCLUDED_CODE` (what the zip and the container image both ship)."""
     files: dict[str, Path] = {}
     for name in CODE_PACKAGES:
         package = importlib.import_module(name)
