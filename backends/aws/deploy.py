@@ -14,13 +14,18 @@ A deployment, named by ``AwsSettings.deployment``, is
   resources and only the actions a worker uses (:meth:`Deployment.worker_policy`);
 * the Lambda **function** ``<deployment>-worker`` running ``fsdgraph.worker.handler`` with the
   configured memory, timeout and architecture, Lambda's retries of asynchronous events off and
-  the failures queue as its on-failure destination.
+  the failures queue as its on-failure destination. Its code is a zip
+  (:mod:`~fsdgraph.backends.aws.package`: the scipy kernel, numba does not fit) or a container
+  image in ECR (``image_uri``, :mod:`~fsdgraph.backends.aws.image`: the compiled kernel, pinned
+  with ``FSDGRAPH_KERNEL=numba``). Lambda cannot change a function's package type in place.
 
 The runs' queues and topics are not part of it: each run creates its own, named
 ``<deployment>-<run id>-*`` and tagged with the run id, and removes them at its end.
 :func:`teardown` removes everything above and any queue or topic a killed run left behind;
 :func:`remove_run_leftovers` (``fsdgraph cleanup --backend aws``) removes only what runs older
 than an age left (queues, topics, objects under ``runs/``) and keeps the deployment;
+:func:`teardown` also removes the image repository ``<deployment>-worker`` that ``fsdgraph deploy
+--image`` made, when the function runs an image from it;
 :func:`deploy`, :func:`teardown` and :func:`remove_run_leftovers` with ``dry_run=True`` only say
 what they would do.
 
@@ -50,6 +55,7 @@ from typing import Any
 from fsdgraph.backends.aws.config import DEPLOYMENT_TAG, AwsSettings, partition
 from fsdgraph.backends.aws.package import HANDLER
 from fsdgraph.errors import ConfigError, TransportError
+from fsdgraph.kernels.choice import KERNEL_ENV
 
 #: Error codes of a request the caller's policy does not allow.
 DENIED = ("AccessDenied", "AccessDeniedException", "AuthorizationError", "UnauthorizedOperation")
@@ -63,6 +69,11 @@ FAILURES_RETENTION_S = 3600
 FAILURES_VISIBILITY_S = 10
 #: SQS's largest message: a record carries the invocation's event, up to Lambda's 1 MiB.
 FAILURES_MESSAGE_BYTES = 1024 * 1024
+#: An image in Amazon ECR, the only registry Lambda runs images from: by tag or by digest.
+IMAGE_URI = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/"
+    r"(?P<repository>[a-z0-9][a-z0-9._/-]*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})|@(?P<digest>sha256:[0-9a-f]{64}))$")
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,21 @@ class Deployment:
     @property
     def log_group(self) -> str:
         return f"/aws/lambda/{self.settings.function_name}"
+
+    @property
+    def repository(self) -> str:
+        """The ECR repository ``fsdgraph deploy --image`` pushes the function's image to."""
+        return self.settings.function_name
+
+    @property
+    def repository_arn(self) -> str:
+        return self._arn("ecr", f"repository/{self.repository}")
+
+    @property
+    def registry(self) -> str:
+        """The account's ECR registry host in the region."""
+        suffix = ".cn" if partition(self.settings.region) == "aws-cn" else ""
+        return f"{self.account}.dkr.ecr.{self.settings.region}.amazonaws.com{suffix}"
 
     @property
     def policy_name(self) -> str:
@@ -161,16 +187,18 @@ class Deployment:
              "Resource": [logs]},
         ]}
 
-    def operator_policy(self) -> dict[str, Any]:
-        """What the person or CI job that deploys, runs and tears down needs.
+    def operator_policy(self, *, image: bool = False) -> dict[str, Any]:
+        """What the person or CI job that deploys, runs and tears down needs (``image``: also
+        to push the function's image to its ECR repository and deploy it).
 
         Not in it: ``sqs:ListQueues``, ``sns:ListTopics``, ``logs:DescribeLogGroups`` and
         ``lambda:GetAccountSettings``, which AWS cannot limit to resources; without the first
         three :func:`teardown` skips the search for what killed runs left behind (and says so),
         without the last a run's pre-flight check takes the account's concurrency from the
         configured quotas instead of asking Lambda. The failures queue is one of the
-        ``<deployment>-*`` queues of ``RunQueues``."""
-        return {"Version": "2012-10-17", "Statement": [
+        ``<deployment>-*`` queues of ``RunQueues``. With ``image``, ``ecr:GetAuthorizationToken``
+        (docker's login) is not in it either: it too takes ``*``."""
+        policy: dict[str, Any] = {"Version": "2012-10-17", "Statement": [
             {"Sid": "Bucket", "Effect": "Allow",
              "Action": ["s3:CreateBucket", "s3:DeleteBucket", "s3:GetBucketTagging",
                         "s3:ListBucket", "s3:PutBucketTagging", "s3:PutBucketPublicAccessBlock",
@@ -205,11 +233,37 @@ class Deployment:
             {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:DeleteLogGroup"],
              "Resource": [self._arn("logs", f"log-group:{self.log_group}:*")]},
         ]}
+        if image:
+            # Push (docker), and let Lambda pull: for an image of the same account, Lambda adds
+            # its own pull permission to the repository's policy with the deployer's rights.
+            policy["Statement"].append(
+                {"Sid": "ImageRepository", "Effect": "Allow",
+                 "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage",
+                            "ecr:CompleteLayerUpload", "ecr:CreateRepository",
+                            "ecr:DeleteRepository", "ecr:DescribeRepositories",
+                            "ecr:GetDownloadUrlForLayer", "ecr:GetRepositoryPolicy",
+                            "ecr:InitiateLayerUpload", "ecr:ListTagsForResource", "ecr:PutImage",
+                            "ecr:SetRepositoryPolicy", "ecr:TagResource", "ecr:UploadLayerPart"],
+                 "Resource": [self.repository_arn]})
+        return policy
 
 
 def failures_queue_name(deployment: str) -> str:
     """The deployment's failures queue (no run id is ``failures``: run ids are hexadecimal)."""
     return f"{deployment}-failures"
+
+
+def check_image_uri(uri: str, d: Deployment) -> None:
+    """Refuse, before anything is created, an image Lambda could not run for ``d``'s function."""
+    match = IMAGE_URI.match(uri)
+    if match is None:
+        raise ConfigError(f"image URI {uri!r}: expected an image in Amazon ECR, "
+                          "ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPOSITORY:TAG (or "
+                          "@sha256:DIGEST); Lambda runs container images from ECR only")
+    if match["region"] != d.settings.region:
+        raise ConfigError(f"image URI {uri!r} is in {match['region']}, but the function is in "
+                          f"{d.settings.region}: Lambda runs images from ECR in the function's "
+                          "own region (push the image there)")
 
 
 def trust_policy() -> dict[str, Any]:
@@ -286,21 +340,29 @@ def resolve(settings: AwsSettings, clients: _Clients | None = None) -> Deploymen
 
 # ------------------------------------------------------------------------------------------------
 def deploy(settings: AwsSettings, *, package: Path | None = None,
-           dependencies: bool = True, dry_run: bool = False,
+           dependencies: bool = True, image_uri: str | None = None, dry_run: bool = False,
            say: Callable[[str], None] = print) -> Deployment:
     """Create or update the deployment of ``settings``; see the module docstring.
 
-    ``package`` is a zip built by :func:`fsdgraph.backends.aws.package.build_package`; without
-    it one is built (with the third-party dependencies unless ``dependencies`` is False, for a
-    runtime that already has them)."""
+    The function's code is the container image ``image_uri`` (in ECR, in the function's region;
+    :mod:`fsdgraph.backends.aws.image` builds one), or else a zip: ``package``, built by
+    :func:`fsdgraph.backends.aws.package.build_package`, or without it one built here (with the
+    third-party dependencies unless ``dependencies`` is False, for a runtime that already has
+    them). Raises :class:`~fsdgraph.errors.ConfigError` for an image Lambda could not run
+    (before anything is created) or a function whose package type would change."""
     clients = _Clients(settings)
     d = resolve(settings, clients)
     s = d.settings
+    if image_uri is not None:
+        check_image_uri(image_uri, d)
     if dry_run:
         for r in d.resources():
-            say(f"would create {r.kind} {r.name} ({r.arn})")
+            say(f"would create {r.kind} {r.name} ({r.arn})"
+                + (f" from image {image_uri}" if r.kind == "function" and image_uri else ""))
         say(f"would put role policy {d.policy_name}: {json.dumps(d.worker_policy())}")
         return d
+    # Before anything is made: a function of the other package type cannot be updated.
+    _existing_function(clients, d, "Image" if image_uri else "Zip")
     call = _ignoring(clients, "BucketAlreadyOwnedByYou", "EntityAlreadyExists",
                      "ResourceConflictException")
     tags = {DEPLOYMENT_TAG: s.deployment}
@@ -349,6 +411,19 @@ def deploy(settings: AwsSettings, *, package: Path | None = None,
                                        PolicyDocument=json.dumps(d.worker_policy()))
     say(f"role {s.role_name} with policy {d.policy_name}")
 
+    code: dict[str, str] = {"ImageUri": image_uri} if image_uri else _upload_zip(
+        clients, d, package, dependencies, say)
+    _create_or_update_function(clients, d, code, tags)
+    say(f"function {s.function_name} ({s.memory_mb} MB, {s.timeout_s} s, {s.architecture}, "
+        + (f"image {image_uri}: the compiled kernel)" if image_uri else
+           "zip: the scipy kernel; `fsdgraph deploy --image` ships the compiled one)"))
+    return d
+
+
+def _upload_zip(clients: _Clients, d: Deployment, package: Path | None, dependencies: bool,
+                say: Callable[[str], None]) -> dict[str, str]:
+    """Build the zip unless ``package`` is given, upload it; return the function's ``Code``."""
+    s = d.settings
     with tempfile.TemporaryDirectory() as tmp:
         if package is None:
             from fsdgraph.backends.aws.package import DEFAULT_DEPENDENCIES, build_package
@@ -364,9 +439,7 @@ def deploy(settings: AwsSettings, *, package: Path | None = None,
     key = f"{s.prefix}package/{hashlib.sha256(body).hexdigest()[:16]}.zip"
     with _aws_errors(f"upload of the function package to s3://{d.bucket}/{key}"):
         clients["s3"].put_object(Bucket=d.bucket, Key=key, Body=body)
-    _create_or_update_function(clients, d, key, tags)
-    say(f"function {s.function_name} ({s.memory_mb} MB, {s.timeout_s} s, {s.architecture})")
-    return d
+    return {"S3Bucket": d.bucket, "S3Key": key}
 
 
 def _owns_bucket(clients: _Clients, d: Deployment) -> bool:
@@ -382,23 +455,35 @@ def _owns_bucket(clients: _Clients, d: Deployment) -> bool:
     return {"Key": DEPLOYMENT_TAG, "Value": d.settings.deployment} in tags
 
 
-def _create_or_update_function(clients: _Clients, d: Deployment, key: str,
+def _create_or_update_function(clients: _Clients, d: Deployment, code: dict[str, str],
                                tags: dict[str, str]) -> None:
+    """Create the function from ``code`` (``ImageUri``, or ``S3Bucket`` and ``S3Key``), or update
+    the one there, which must have the same package type."""
     from botocore.exceptions import ClientError
 
     s = d.settings
     lam = clients["lambda"]
+    package_type = "Image" if "ImageUri" in code else "Zip"
     config: dict[str, Any] = {
-        "Role": d.role_arn, "Handler": HANDLER, "Runtime": s.runtime,
-        "MemorySize": s.memory_mb, "Timeout": s.timeout_s,
+        "Role": d.role_arn, "MemorySize": s.memory_mb, "Timeout": s.timeout_s,
         "Description": f"fsdgraph worker of deployment {s.deployment}"}
-    code = {"S3Bucket": d.bucket, "S3Key": key}
+    existing = _existing_function(clients, d, package_type)
+    if package_type == "Image":
+        # The image's command is the handler already; named here too, an image built elsewhere
+        # runs the worker as well. The kernel is pinned in the function as in the image: an image
+        # without numba fails instead of running the scipy kernel.
+        variables = dict(((existing or {}).get("Environment") or {}).get("Variables") or {})
+        config.update(ImageConfig={"Command": [HANDLER]},
+                      Environment={"Variables": {**variables, KERNEL_ENV: "numba"}})
+    else:
+        config.update(Handler=HANDLER, Runtime=s.runtime)
     deadline = time.monotonic() + ROLE_PROPAGATION_S
     with _aws_errors(f"function {s.function_name}"):
         while True:
             try:
-                lam.create_function(FunctionName=s.function_name, Code=code,
-                                    Architectures=[s.architecture], Tags=tags, **config)
+                lam.create_function(FunctionName=s.function_name, PackageType=package_type,
+                                    Code=code, Architectures=[s.architecture], Tags=tags,
+                                    **config)
                 break
             except ClientError as exc:
                 if _code(exc) == "ResourceConflictException":  # exists: update it
@@ -414,6 +499,24 @@ def _create_or_update_function(clients: _Clients, d: Deployment, key: str,
                 raise
         _wait_active(lam, s.function_name)
         _put_event_invoke_config(lam, d, deadline)
+
+
+def _existing_function(clients: _Clients, d: Deployment,
+                       package_type: str) -> dict[str, Any] | None:
+    """The function's configuration (None if there is none); ConfigError if it has another
+    package type than ``package_type`` (``Zip`` or ``Image``)."""
+    name = d.settings.function_name
+    with _aws_errors(f"function {name}"):
+        existing: dict[str, Any] | None = _ignoring(clients, "ResourceNotFoundException")(
+            "lambda", "get_function_configuration", FunctionName=name)
+    have = (existing or {}).get("PackageType", "Zip")
+    if existing is not None and have != package_type:
+        kinds = {"Zip": "a zip", "Image": "a container image"}
+        raise ConfigError(
+            f"function {name} runs {kinds.get(have, have)}, and Lambda cannot change it to "
+            f"{kinds[package_type]}: delete it first (aws lambda delete-function "
+            f"--function-name {name}), then deploy again")
+    return existing
 
 
 def _put_event_invoke_config(lam: Any, d: Deployment, deadline: float) -> None:
@@ -478,7 +581,8 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
     d = resolve(settings, clients)
     s = d.settings
     gone = ("ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NotFound", "404",
-            "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "ResourceNotFound")
+            "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "ResourceNotFound",
+            "RepositoryNotFoundException")
     call = _ignoring(clients, *gone)
     remove = _Remover(say, dry_run)
 
@@ -497,9 +601,14 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
     for arn in topics:
         remove(Resource("topic", arn.rsplit(":", 1)[-1], arn),
                functools.partial(_delete_topic, clients, call, arn))
+    repository = _own_repository(clients, d, function, say)
     if function is not None:
         remove(Resource("function", s.function_name, d.function_arn),
                lambda: call("lambda", "delete_function", FunctionName=s.function_name))
+    if repository:  # after the function, which runs an image from it
+        remove(Resource("image repository", d.repository, d.repository_arn),
+               lambda: call("ecr", "delete_repository", repositoryName=d.repository,
+                            force=True))
     if failures is not None:  # after the function, which sends to it
         remove(Resource("queue", d.failures_queue, d.failures_queue_arn),
                lambda: call("sqs", "delete_queue", QueueUrl=failures["QueueUrl"]))
@@ -520,6 +629,32 @@ def teardown(settings: AwsSettings, *, dry_run: bool = False,
                             f"{d.bucket_arn}/{s.prefix}*"),
                    lambda: _empty_bucket(clients, d, s.prefix, keep_bucket=True))
     return remove.removed
+
+
+def _own_repository(clients: _Clients, d: Deployment, function: dict[str, Any] | None,
+                    say: Callable[[str], None]) -> bool:
+    """Whether the function runs an image from the deployment's repository, and ``deploy
+    --image`` made that repository (it carries the deployment's tag). ECR is asked only then: a
+    zip deployment never needs it (nor an ECR endpoint)."""
+    from botocore.exceptions import ClientError
+
+    uri = str(((function or {}).get("Code") or {}).get("ImageUri", ""))
+    match = IMAGE_URI.match(uri)
+    if match is None or (match["account"], match["region"], match["repository"]) != (
+            d.account, d.settings.region, d.repository):
+        return False
+    with _aws_errors(f"image repository {d.repository}"):
+        try:
+            found = _ignoring(clients, "RepositoryNotFoundException")(
+                "ecr", "list_tags_for_resource", resourceArn=d.repository_arn)
+        except ClientError as exc:
+            if _code(exc) not in DENIED:
+                raise
+            say(f"not removing image repository {d.repository}: {_code(exc)} (grant "
+                f"ecr:ListTagsForResource and ecr:DeleteRepository on it)")
+            return False
+    return found is not None and {"Key": DEPLOYMENT_TAG, "Value": d.settings.deployment} in \
+        found.get("tags", [])
 
 
 # ------------------------------------------------------------------------------------------------
