@@ -85,7 +85,10 @@ the function's variables plus Lambda's reserved ones (``AWS_LAMBDA_FUNCTION_NAME
 Other differences from Lambda, all deliberate:
 
 * the handler is imported from the server's Python environment, never from the function's code
-  package (moto keeps the zip, nobody unpacks it);
+  package (moto keeps the zip, nobody unpacks it); a container image function
+  (``PackageType="Image"``, ``Code={"ImageUri": ...}``, which moto stores without checking the
+  image) runs the same way, its handler the first word of its ``ImageConfig.Command``, with the
+  function's environment variables but not the image's ENV (the image is never pulled);
 * MemorySize is reported to the handler (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``, the context), not
   enforced: a process the kernel kills for memory fails as any killed process does;
 * each execution's stderr goes to ``<function>-<seq>-<request id>.log`` in ``log_dir``, followed

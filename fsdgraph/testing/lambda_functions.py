@@ -103,7 +103,13 @@ def signing_region(authorization: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Function:
-    """What running one function needs, from its GetFunction ``Configuration``."""
+    """What running one function needs, from its GetFunction ``Configuration``.
+
+    A container image function (``PackageType`` ``Image``) runs like a zip one, from the
+    server's own Python environment: its handler is the first word of its
+    ``ImageConfig.Command``. The image itself (its ENV, ENTRYPOINT, files) is never read, so a
+    function without a Command cannot run here and its invocations are refused.
+    """
 
     name: str
     #: The function's ARN as invoked: unqualified, or ending in the qualifier that was given.
@@ -125,7 +131,7 @@ class Function:
         variables = (config.get("Environment") or {}).get("Variables") or {}
         return cls(
             name=str(config["FunctionName"]), invoked_arn=arn,
-            version=str(config.get("Version", "$LATEST")), handler=str(config.get("Handler", "")),
+            version=str(config.get("Version", "$LATEST")), handler=_handler(config),
             timeout_s=int(config.get("Timeout") or DEFAULT_TIMEOUT_S),
             memory_mb=int(config.get("MemorySize") or DEFAULT_MEMORY_MB),
             variables={str(k): str(v) for k, v in variables.items()}, region=region,
@@ -160,6 +166,21 @@ class Function:
         """The variables that differ from one execution to the next."""
         return {"AWS_LAMBDA_LOG_STREAM_NAME": request_id, ENV_REQUEST_ID: request_id,
                 ENV_DEADLINE: f"{deadline:.3f}"}
+
+
+def _handler(config: Mapping[str, Any]) -> str:
+    """The handler a configuration names: ``Handler``, or an image's ``ImageConfig.Command``."""
+    if config.get("PackageType") != "Image":
+        return str(config.get("Handler") or "")
+    image = (config.get("ImageConfigResponse") or {}).get("ImageConfig") or {}
+    command = image.get("Command") or []
+    if not command:
+        raise ApiError(400, "InvalidParameterValueException",
+                       f"function {config.get('FunctionName')} is a container image function "
+                       "without ImageConfig.Command: the local endpoint runs handlers from its "
+                       "own Python environment and cannot read the image's CMD; create the "
+                       "function with ImageConfig={'Command': ['module.handler']}")
+    return str(command[0])
 
 
 class Upstream:
