@@ -163,10 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     clean.add_argument("--config", type=Path, help="config file (default ~/.fsdgraph/config.toml)")
     deploy = sub.choices["deploy"]
-    deploy.add_argument("--package", type=Path, help="a function zip (default: build one)")
+    deploy.add_argument("--package", type=Path, help="a function zip (default: build one); a zip "
+                                                     "runs the scipy kernel (numba does not fit)")
     deploy.add_argument("--no-dependencies", action="store_true",
                         help="package fsdgraph's code only (for a runtime or layer that already "
                              "has numpy, scipy, msgpack, lz4, aiobotocore)")
+    deploy.add_argument("--image", action="store_true",
+                        help="deploy a container image with the compiled (numba) kernel: write "
+                             "its build context, then build, push to ECR and deploy it with "
+                             "docker, or without a running docker print the commands that do")
+    deploy.add_argument("--image-context", type=Path, metavar="DIR",
+                        default=Path("fsdgraph-image"),
+                        help="where --image writes the build context (default: %(default)s)")
+    deploy.add_argument("--image-uri", metavar="URI",
+                        help="deploy this container image (ECR, the function's region), e.g. "
+                             "one built from --image's context elsewhere")
     deploy.add_argument("--print-policy", choices=["worker", "operator"],
                         help="print the function's (worker) or the deployer's (operator) IAM "
                              "policy as JSON and exit")
@@ -577,16 +588,49 @@ def run_deploy(args: argparse.Namespace) -> int:
         return EXIT_PASSED
     if args.print_policy:
         d = resolve(settings)
-        policy = d.worker_policy() if args.print_policy == "worker" else d.operator_policy()
+        policy = (d.worker_policy() if args.print_policy == "worker"
+                  else d.operator_policy(image=bool(args.image or args.image_uri)))
         print(json.dumps(policy, indent=2))
         return EXIT_PASSED
+    zip_options = [o for o, given in (("--package", args.package is not None),
+                                      ("--no-dependencies", args.no_dependencies)) if given]
+    images = [o for o, given in (("--image", args.image), ("--image-uri", args.image_uri))
+              if given]
+    if (images and zip_options) or len(images) > 1:
+        raise InputError(f"{images[0]} and {(images[1:] + zip_options)[0]} exclude each other: "
+                         "a function runs a container image or a zip, not both")
     if args.package is not None and not args.package.is_file():
         raise InputError(f"--package {args.package}: no such file")
+    if args.image:
+        return _deploy_image(args, settings, say)
     d = deploy(settings, package=args.package, dependencies=not args.no_dependencies,
-               dry_run=args.dry_run, say=say)
+               image_uri=args.image_uri, dry_run=args.dry_run, say=say)
     print(json.dumps({"deployment": settings.deployment, "region": settings.region,
                       "dry_run": args.dry_run,
+                      "package_type": "Image" if args.image_uri else "Zip",
+                      **({"image_uri": args.image_uri} if args.image_uri else {}),
                       "resources": [r.__dict__ for r in d.resources()]}, indent=2))
+    return EXIT_PASSED
+
+
+def _deploy_image(args: argparse.Namespace, settings: Any, say: Any) -> int:
+    """``deploy --image``: build, push and deploy, or (no docker) print the commands; exit 0."""
+    from fsdgraph.backends.aws.image import deploy_image
+
+    command = ["fsdgraph", "deploy", *(["--config", str(args.config)] if args.config else [])]
+    done = deploy_image(settings, args.image_context, dry_run=args.dry_run, say=say,
+                        deploy_command=command)
+    if done.steps:
+        say(f"not building the image here: {done.reason}. The context is in "
+            f"{done.push.context.path}; on a machine with docker and the AWS CLI, run:")
+        for number, step in enumerate(done.steps, 1):
+            say(f"  {number}. {step}")
+    print(json.dumps({"deployment": settings.deployment, "region": settings.region,
+                      "dry_run": args.dry_run, "package_type": "Image",
+                      "image_context": str(done.push.context.path),
+                      "image_uri": done.push.uri, "deployed": done.deployed,
+                      **({"reason": done.reason, "steps": done.steps} if done.steps else {})},
+                     indent=2))
     return EXIT_PASSED
 
 
