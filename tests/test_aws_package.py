@@ -20,11 +20,14 @@ from pathlib import Path
 import pytest
 
 from fsdgraph.backends.aws.package import (
+    DEFAULT_DEPENDENCIES,
     EXCLUDED_CODE,
     HANDLER,
+    LAMBDA_LIMITS,
     PackageInfo,
     PackageLimits,
     build_package,
+    code_files,
     package_listing,
     prune,
 )
@@ -112,6 +115,18 @@ def test_test_tools_and_client_code_are_left_out(code_zip: PackageInfo) -> None:
     handler_module = HANDLER.rpartition(".")[0].replace(".", "/") + ".py"
     assert handler_module == "fsdgraph/worker.py"
     assert handler_module in names
+
+
+def test_the_zip_leaves_numba_out_and_stays_under_the_limit(code_zip: PackageInfo) -> None:
+    """numba and its llvmlite do not fit a zip (the container image ships them): the zip's
+    workers run the scipy kernel, whose code it holds beside the compiled one's."""
+    names = package_listing(code_zip.path)
+    assert not [d for d in DEFAULT_DEPENDENCIES if re.match(r"(numba|llvmlite)\b", d)]
+    assert not [n for n in names if n.startswith(("numba/", "llvmlite/"))]
+    assert {"fsdgraph/kernels/fallback.py", "fsdgraph/kernels/choice.py",
+            "fsdgraph/kernels/fused.py"} <= set(names)
+    assert code_zip.unzipped_bytes < LAMBDA_LIMITS.unzipped_bytes
+    assert sorted(code_files()) == names  # the selection the container image copies too
 
 
 def test_zipped_code_imports_on_its_own(code_zip: PackageInfo, tmp_path: Path) -> None:
