@@ -1,8 +1,8 @@
 """The worker function as a Lambda **container image**: the one way to ship the compiled kernel.
 
-A zip cannot hold numba: its llvmlite alone is 171 MiB unpacked, and with numpy and scipy the
-worker's dependencies come to 357 MiB, above the 250 MiB Lambda allows a zip. A zip function
-therefore runs the scipy kernel (same results, slower); an image may be 10 GB.
+A zip cannot hold numba: its llvmlite alone is 171 MiB unpacked, and the worker's zip with it
+would be 357 MiB, above the 250 MiB Lambda allows. A zip function therefore runs the scipy
+kernel (same results, slower); an image may be 10 GB.
 
 :func:`write_context` writes a docker build context::
 
