@@ -51,7 +51,7 @@ from fsdgraph.kernels.weights import WeightRows, kernel_arrays
 # pick when present) it survives a fork, and its idle threads sleep instead of spinning, which
 # matters where many worker processes share a few cores.
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 #: Input density above which sparse inputs are multiplied a tile of rows at a time as dense ones
 #: (:func:`tiled_layer`) rather than row by row (:func:`sparse_layer`).
