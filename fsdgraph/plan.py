@@ -8,11 +8,13 @@ has no exchange edges.
 
 A :class:`WorkerShard` is everything one worker needs, and nothing else: its output columns, bias
 and weight rows grouped by the source that sends them, and what it must send to whom. Shards
-serialise separately (:meth:`Plan.shard_bytes`), so a worker downloads only its own.
+serialise separately (:meth:`WorkerShard.to_parts`, the staged form; :meth:`Plan.shard_bytes`),
+so a worker downloads only its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -21,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsdgraph.errors import ProtocolError
-from fsdgraph.serialize import pack, unpack
+from fsdgraph.serialize import checked_csr, pack, pack_parts, unpack, unpack_parts
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -29,8 +31,10 @@ if TYPE_CHECKING:
 #: ``SourceRows.src`` of layer 0: the staged input features rather than a peer.
 INPUT = -1
 
-#: The layout of :meth:`WorkerShard.to_bytes`; a worker refuses a shard of another version.
-SHARD_VERSION = 1
+#: The layout of :meth:`WorkerShard.to_bytes` and :meth:`WorkerShard.to_parts`; a worker
+#: refuses a shard of another version. 2: arrays may be narrowed or filled
+#: (:func:`fsdgraph.serialize.pack_parts`).
+SHARD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -96,22 +100,55 @@ class WorkerShard:
     specs: list[LayerSpec]
     layers: list[LayerShard]
 
-    def to_bytes(self) -> bytes:
-        return pack({
+    def _fields(self) -> dict[str, Any]:
+        # Column-wise: each kind of array, of every layer, joined into one (with the lengths
+        # to split it again), so the encoding handles a few large arrays whatever the number
+        # of layers and workers, not thousands of small ones.
+        layers = self.layers
+        weights = [w if w.format == "csr" else sp.csr_matrix(w) for w in
+                   (ls.weight for ls in layers)]
+        return {
             "version": SHARD_VERSION, "worker": self.worker, "workers": self.workers,
             "input_neurons": self.input_neurons,
             "specs": [[s.width, s.relu, s.cap, s.bias_on_nonzero] for s in self.specs],
-            "layers": [
-                {"out": ls.out_cols, "bias": ls.bias, "inputs": ls.inputs, "weight": ls.weight,
-                 "sources": [[r.src, r.positions] for r in ls.sources],
-                 "sends": [[s.dst, s.columns] for s in ls.sends]}
-                for ls in self.layers
-            ],
-        })
+            "out": _joined([ls.out_cols for ls in layers]),
+            "bias": _joined([ls.bias for ls in layers]),
+            "inputs": _joined([ls.inputs for ls in layers]),
+            "weight_shape": [list(w.shape) for w in weights],
+            "weight_indptr": _joined([w.indptr for w in weights]),
+            "weight_indices": _joined([w.indices for w in weights]),
+            "weight_data": _joined([w.data for w in weights]),
+            "sources": [[r.src for r in ls.sources] for ls in layers],
+            "positions": _joined([r.positions for ls in layers for r in ls.sources]),
+            "sends": [[s.dst for s in ls.sends] for ls in layers],
+            "columns": _joined([s.columns for ls in layers for s in ls.sends]),
+        }
+
+    def to_bytes(self) -> bytes:
+        """The shard as one self-contained message (:func:`fsdgraph.serialize.pack`)."""
+        return pack(self._fields())
+
+    def to_parts(self) -> list[bytes | memoryview]:
+        """The shard as the parts of its staged object (:func:`fsdgraph.serialize.pack_parts`:
+        the weights raw, no copy until they are sealed)."""
+        return pack_parts(self._fields())
 
     @staticmethod
     def from_bytes(data: bytes) -> WorkerShard:
-        d = unpack(data)
+        """The shard :meth:`to_bytes` wrote; ProtocolError if it is not one of this version."""
+        return WorkerShard._from_fields(unpack(data))
+
+    @staticmethod
+    def from_parts(parts: Sequence[bytes | memoryview], key: str = "") -> WorkerShard:
+        """The shard :meth:`to_parts` wrote (its arrays read-only views of ``parts``);
+        ProtocolError, naming ``key`` if given, if it is not one of this version."""
+        try:
+            return WorkerShard._from_fields(unpack_parts(parts))
+        except ProtocolError as exc:
+            raise ProtocolError(f"object {key}: {exc}" if key else str(exc)) from exc
+
+    @staticmethod
+    def _from_fields(d: Any) -> WorkerShard:
         if not isinstance(d, dict) or "version" not in d:
             raise ProtocolError(f"not an fsdgraph worker shard (a {type(d).__name__} without "
                                 "a version)")
@@ -119,17 +156,59 @@ class WorkerShard:
             raise ProtocolError(
                 f"worker shard version {d['version']!r} is not {SHARD_VERSION}, the version this "
                 "fsdgraph reads: the scheduler and the workers must run the same fsdgraph")
-        return WorkerShard(
-            worker=d["worker"], workers=d["workers"], input_neurons=d["input_neurons"],
-            specs=[LayerSpec(*s) for s in d["specs"]],
-            layers=[
-                LayerShard(
-                    out_cols=ls["out"], bias=ls["bias"], inputs=ls["inputs"], weight=ls["weight"],
-                    sources=[SourceRows(s, p) for s, p in ls["sources"]],
-                    sends=[Send(dst, cols) for dst, cols in ls["sends"]])
-                for ls in d["layers"]
-            ],
-        )
+        try:
+            specs = [LayerSpec(*s) for s in d["specs"]]
+            count = len(specs)
+            sources, sends = _ids(d["sources"], count), _ids(d["sends"], count)
+            out, bias, inputs = (_split(d[name], count) for name in ("out", "bias", "inputs"))
+            indptr, indices, data = (_split(d[f"weight_{name}"], count)
+                                     for name in ("indptr", "indices", "data"))
+            shapes = d["weight_shape"]
+            if not isinstance(shapes, list) or len(shapes) != count:
+                raise ProtocolError("malformed worker shard: a weight shape per layer expected")
+            positions = iter(_split(d["positions"], sum(map(len, sources))))
+            columns = iter(_split(d["columns"], sum(map(len, sends))))
+            layers = [
+                LayerShard(out_cols=out[l], bias=bias[l], inputs=inputs[l],
+                           weight=checked_csr(shapes[l], indptr[l], indices[l], data[l]),
+                           sources=[SourceRows(s, next(positions)) for s in sources[l]],
+                           sends=[Send(dst, next(columns)) for dst in sends[l]])
+                for l in range(count)]
+            return WorkerShard(worker=d["worker"], workers=d["workers"],
+                               input_neurons=d["input_neurons"], specs=specs, layers=layers)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed worker shard: {exc!r}") from exc
+
+
+def _joined(arrays: list[np.ndarray]) -> list[Any]:
+    """Arrays as ``[lengths, concatenation]`` (see :meth:`WorkerShard._fields`)."""
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+    return [np.array([len(a) for a in arrays], np.int64), flat]
+
+
+def _split(field: Any, count: int) -> list[np.ndarray]:
+    """Inverse of :func:`_joined`, for ``count`` arrays, each a view of the concatenation."""
+    lengths, flat = field
+    if (not isinstance(lengths, np.ndarray) or not isinstance(flat, np.ndarray)
+            or lengths.ndim != 1 or flat.ndim != 1 or len(lengths) != count
+            or lengths.dtype.kind not in "iu" or np.any(lengths < 0)
+            or int(lengths.sum()) != len(flat)):
+        raise ProtocolError("malformed worker shard: joined arrays do not add up")
+    # Each piece over a buffer of its own: scipy copies an index or value array that is a
+    # small view of a larger array (``_prune_array``), which would copy every weight again.
+    raw = np.ascontiguousarray(flat).data.cast("B")
+    ends = (np.cumsum(lengths) * flat.dtype.itemsize).tolist()
+    return [np.frombuffer(raw[a:b], dtype=flat.dtype)
+            for a, b in zip([0, *ends[:-1]], ends, strict=True)] if count else []
+
+
+def _ids(field: Any, count: int) -> list[list[int]]:
+    """Per layer, a list of worker ids."""
+    if (not isinstance(field, list) or len(field) != count
+            or not all(isinstance(ids, list) and all(type(i) is int for i in ids)
+                       for ids in field)):
+        raise ProtocolError("malformed worker shard: worker ids per layer expected")
+    return field
 
 
 @dataclass
@@ -183,7 +262,8 @@ class Plan:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able description of the plan (``fsdgraph plan`` prints it)."""
-        shard_sizes = [len(self.shard_bytes(w)) for w in range(self.workers)]
+        shard_sizes = [sum(len(memoryview(p).cast("B")) for p in self.shards[w].to_parts())
+                       for w in range(self.workers)]
         return {
             "workers": self.workers,
             "layers": self.layers,
