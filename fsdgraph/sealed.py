@@ -1,21 +1,16 @@
 """Sealed objects: what a run keeps in its object store, tagged under the run's key.
 
 Every object a run writes (a worker's plan shard and input columns, an exchange edge, a
-checkpoint, the attempt marker, a worker's output) is a list of byte parts under a tag
-(:mod:`fsdgraph.integrity`) that covers the layout, the run, the object's key, and the checksum
-of every part. A reader gets the parts back only if all of it verifies: an object damaged in
-storage or transit, written by someone without the run's key, written for another run, or copied
-to another key is refused, never used.
+checkpoint, the attempt marker, a worker's output) is a msgpack list
+``[format, run id, [parts], tag]`` whose tag (:mod:`fsdgraph.integrity`) covers the run, the
+object's key, and the checksum of every part. A reader gets the parts back only if all of it
+verifies: an object damaged in storage or transit, written by someone without the run's key,
+written for another run, or copied to another key is refused, never used.
 
-The layout (``fsd-sealed-2``) keeps the parts as they are, so neither side copies or re-encodes
-them: a reader takes zero-copy views of a large object's parts (:func:`unseal_parts`), and each
-part starts at a multiple of 8 bytes, so a numpy array read from it is aligned::
-
-    magic b"fsdS" | header length (uint32, little-endian) | header | zeros to a multiple of 8
-    part 0 | zeros to a multiple of 8 | part 1 | zeros to a multiple of 8 | ...
-
-where the header is the msgpack list ``[run id, [length of each part], tag]``. The lengths
-account for every byte: anything else (a short or long body, a nonzero pad byte) is refused.
+The parts are msgpack byte strings, so their bytes lie in the body as they are: :func:`seal`
+joins them into the body in one copy (msgpack's packer would copy a large part several times as
+its buffer grows), and :func:`unseal_parts` returns views of the body instead of copies. Both
+read and write exactly the bytes of ``msgpack.packb([format, run id, parts, tag])``.
 
 >>> from fsdgraph.integrity import RunKey
 >>> from fsdgraph.resources import RunNames
@@ -30,8 +25,8 @@ True
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Sequence
+from typing import ClassVar
 
 import msgpack
 
@@ -39,26 +34,14 @@ from fsdgraph.errors import ProtocolError
 from fsdgraph.integrity import DIGEST_BYTES
 from fsdgraph.resources import RunNames
 
-#: The layout of a sealed object; it is the first thing the tag covers.
-FORMAT = "fsd-sealed-2"
-#: Bytes a seal adds around one small part (magic, header, padding), for cost estimates; each
-#: further part adds its length to the header and up to 7 bytes of padding.
+#: The first element of a sealed object: its layout.
+FORMAT = "fsd-sealed-1"
+#: Bytes a seal adds around its parts (format, run id, list headers, tag).
 OVERHEAD = 64
 
-#: A part as a writer hands it over: any contiguous bytes-like object (a numpy array's
-#: ``memoryview`` is stored without a copy until the body is joined).
+#: A part as a writer hands it over: any contiguous bytes-like object (a numpy array's buffer
+#: is not copied until the body is joined).
 Part = bytes | bytearray | memoryview
-
-_MAGIC = b"fsdS"
-_PREFIX = struct.Struct("<4sI")
-_ALIGN = 8
-#: More parts than any object of a run holds: a header claiming more is refused before use.
-MAX_PARTS = 1 << 20
-
-
-def _pad(n: int) -> int:
-    """Zero bytes after ``n`` bytes to reach the next multiple of :data:`_ALIGN`."""
-    return -n % _ALIGN
 
 
 def _digest(part: Part) -> str:
@@ -66,51 +49,104 @@ def _digest(part: Part) -> str:
     return hashlib.blake2b(part, digest_size=DIGEST_BYTES).hexdigest()
 
 
-def _tag(names: RunNames, key: str, sums: Sequence[str]) -> str:
-    return names.key.tag(FORMAT, names.run_id, key, str(len(sums)), *sums)
+def _array_header(n: int) -> bytes:
+    """msgpack's (shortest) header of a list of ``n`` items."""
+    if n < 16:
+        return bytes([0x90 | n])
+    return b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's (shortest) header of a byte string of ``n`` bytes."""
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    if n < 1 << 32:
+        return b"\xc6" + n.to_bytes(4, "big")
+    raise ValueError(f"a part of {n} bytes is too large for an object")
 
 
 def seal(names: RunNames, key: str, parts: Sequence[Part]) -> bytes:
-    """The object to store under ``key`` holding ``parts`` (the parts are copied once, into the
+    """The object to store under ``key`` holding ``parts`` (each copied once, into the
     body)."""
     views = [memoryview(p).cast("B") for p in parts]
-    header = msgpack.packb([names.run_id, [v.nbytes for v in views],
-                            _tag(names, key, [_digest(v) for v in views])], use_bin_type=True)
-    pieces: list[Part] = [_PREFIX.pack(_MAGIC, len(header)), header,
-                          bytes(_pad(_PREFIX.size + len(header)))]
+    tag = names.key.tag(names.run_id, key, str(len(views)), *map(_digest, views))
+    pieces: list[Part] = [b"\x94", msgpack.packb(FORMAT), msgpack.packb(names.run_id),
+                          _array_header(len(views))]
     for v in views:
-        pieces += [v, bytes(_pad(v.nbytes))]
+        pieces += [_bin_header(v.nbytes), v]
+    pieces.append(msgpack.packb(tag))
     return b"".join(pieces)
+
+
+class _Malformed(Exception):
+    """The body is not a sealed object's msgpack list."""
+
+
+class _Reader:
+    """Reads the msgpack list of a sealed object without copying its parts."""
+
+    #: Length-prefix byte counts of the headers of str, bin and list items by type byte.
+    _STR: ClassVar[dict[int, int]] = {0xD9: 1, 0xDA: 2, 0xDB: 4}
+    _BIN: ClassVar[dict[int, int]] = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+    _ARRAY: ClassVar[dict[int, int]] = {0xDC: 2, 0xDD: 4}
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.at = 0
+
+    def _take(self, n: int) -> memoryview:
+        if self.at + n > self.data.nbytes:
+            raise _Malformed
+        self.at += n
+        return self.data[self.at - n:self.at]
+
+    def _length(self, fixed: tuple[int, int] | None, prefixed: dict[int, int]) -> int:
+        """The length in the next item's header: a fix type (``(base, mask)``: the length in
+        the type byte) or one with a length prefix of ``prefixed[type]`` bytes."""
+        kind = self._take(1)[0]
+        if fixed is not None and kind & ~fixed[1] == fixed[0]:
+            return kind & fixed[1]
+        if kind not in prefixed:
+            raise _Malformed
+        return int.from_bytes(self._take(prefixed[kind]), "big")
+
+    def text(self) -> str:
+        raw = self._take(self._length((0xA0, 0x1F), self._STR))
+        try:
+            return bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Malformed from None
+
+    def parts(self) -> list[memoryview]:
+        return [self._take(self._length(None, self._BIN))
+                for _ in range(self._length((0x90, 0x0F), self._ARRAY))]
+
+    def list_of_four(self) -> None:
+        if self._take(1)[0] != 0x94:
+            raise _Malformed
+
+    def end(self) -> None:
+        if self.at != self.data.nbytes:
+            raise _Malformed
 
 
 def unseal_views(names: RunNames, key: str,
                  body: bytes | memoryview) -> list[tuple[memoryview, str]] | None:
-    """The parts (each with its checksum) of the object ``body`` read from ``key``, as zero-copy
-    views of ``body``; None if it is not an intact object of this run sealed for this key."""
-    data = memoryview(body).cast("B")
-    if data.nbytes < _PREFIX.size:
-        return None
-    magic, size = _PREFIX.unpack_from(data)
-    start = _PREFIX.size + size
-    if magic != _MAGIC or start > data.nbytes:
-        return None
+    """The parts (each with its checksum) of the object ``body`` read from ``key``, as views of
+    ``body``; None if it is not an intact object of this run sealed for this key."""
+    reader = _Reader(memoryview(body).cast("B"))
     try:
-        run_id, lengths, tag = msgpack.unpackb(data[_PREFIX.size:start], raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException):
+        reader.list_of_four()
+        fmt, run_id, parts, tag = reader.text(), reader.text(), reader.parts(), reader.text()
+        reader.end()
+    except _Malformed:
         return None
-    if (run_id != names.run_id or not isinstance(lengths, list) or len(lengths) > MAX_PARTS
-            or not all(type(n) is int and n >= 0 for n in lengths)):
+    if fmt != FORMAT or run_id != names.run_id:
         return None
-    bounds, at, pads = [], start + _pad(start), [(start, start + _pad(start))]
-    for n in lengths:
-        bounds.append((at, at + n))
-        pads.append((at + n, at + n + _pad(n)))
-        at += n + _pad(n)
-    if at != data.nbytes or any(data[a:b] != bytes(b - a) for a, b in pads if b > a):
-        return None
-    parts = [data[a:b] for a, b in bounds]
     sums = [_digest(p) for p in parts]
-    if not names.key.verify(tag, FORMAT, names.run_id, key, str(len(sums)), *sums):
+    if not names.key.verify(tag, names.run_id, key, str(len(parts)), *sums):
         return None
     return list(zip(parts, sums, strict=True))
 
@@ -123,9 +159,9 @@ def unseal(names: RunNames, key: str, body: bytes) -> list[tuple[bytes, str]] | 
 
 
 def unseal_parts(names: RunNames, key: str, body: bytes) -> list[memoryview]:
-    """Every part of the sealed object ``body`` read from ``key``, as zero-copy views;
-    ProtocolError naming the key if it does not verify (for objects written once and never
-    replaced: there is nothing to wait for)."""
+    """Every part of the sealed object ``body`` read from ``key``, as views of ``body`` (not
+    copies); ProtocolError naming the key if it does not verify (for objects written once and
+    never replaced: there is nothing to wait for)."""
     parts = unseal_views(names, key, body)
     if parts is None:
         raise ProtocolError(f"object {key} failed its integrity check (damaged, or not written "
