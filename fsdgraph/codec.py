@@ -15,6 +15,11 @@ is smaller (values saturated at the cap compress best plain). Queue bodies must 
 
 Changing the layout means a new ``codec_id``; a decoder rejects ids it does not know.
 
+Objects that the object store carries whole (a worker's staged input, its output) do not need
+the compression: :func:`block_fields` gives a block's arrays as they are, for
+:func:`fsdgraph.serialize.pack_parts` to send raw, and :func:`block_from_fields` checks them in
+full and builds the block without copying them.
+
 >>> import numpy as np
 >>> from fsdgraph.kernels import Block
 >>> codec = BlockCodec()
@@ -29,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +46,7 @@ import scipy.sparse as sp
 from fsdgraph.errors import ProtocolError
 from fsdgraph.kernels import Block
 from fsdgraph.kernels.block import DENSE_ABOVE
+from fsdgraph.serialize import pack_parts, unpack_parts
 
 
 @dataclass(frozen=True)
@@ -276,3 +283,139 @@ class TextCodec:
             return base64.b64decode(text.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError) as exc:
             raise ProtocolError(f"message body is not base64: {exc}") from exc
+
+
+#: The layout of :func:`block_fields`; :func:`block_from_fields` refuses any other.
+RAW_BLOCK = "fsd-raw-block-1"
+
+
+def block_fields(block: Block) -> dict[str, Any]:
+    """A block as plain fields of arrays, uncompressed: ``{"f": RAW_BLOCK, "rows": ...}`` and
+    either ``"dense_t"`` (columns x rows) or ``"ncols"``, ``"indptr"``, ``"indices"``,
+    ``"data"`` (CSR, rows x ncols)."""
+    fields: dict[str, Any] = {"f": RAW_BLOCK, "rows": block.rows}
+    if block.dense_t is not None:
+        fields["dense_t"] = block.dense_t
+    else:
+        csr = block.to_csr()
+        fields.update(ncols=int(csr.shape[1]), indptr=csr.indptr, indices=csr.indices,
+                      data=csr.data)
+    return fields
+
+
+def _vector(fields: dict[str, Any], name: str, kind: str, ndim: int = 1) -> np.ndarray:
+    a = fields.get(name)
+    if not isinstance(a, np.ndarray) or a.ndim != ndim or a.dtype.kind not in kind:
+        raise ProtocolError(f"raw block: field {name!r} is not a {ndim}-D array of kind "
+                            f"{kind!r}")
+    return a
+
+
+def block_from_fields(fields: Any, batch: int | None = None) -> Block:
+    """The block :func:`block_fields` described; ProtocolError unless it is a well-formed one:
+    row ids increasing (and below ``batch``, if given), float32 values, and for CSR consistent
+    pointers, column ids in range and sorted within each row (what the kernels assume, so
+    nothing sorts them later)."""
+    if not isinstance(fields, dict) or fields.get("f") != RAW_BLOCK:
+        got = fields.get("f") if isinstance(fields, dict) else type(fields).__name__
+        raise ProtocolError(f"block layout {got!r} is not {RAW_BLOCK!r}")
+    rows = _vector(fields, "rows", "iu")
+    nrows = len(rows)
+    if nrows and (int(rows[0]) < 0 or np.any(rows[1:] <= rows[:-1])
+                  or (batch is not None and int(rows[-1]) >= batch)
+                  or int(rows[-1]) > np.iinfo(np.int32).max):
+        raise ProtocolError("raw block: row ids are not increasing ids of the batch")
+    rows = rows.astype(np.int32, copy=False)
+    if "dense_t" in fields:
+        dense_t = _vector(fields, "dense_t", "f", ndim=2)
+        if dense_t.dtype != np.float32 or dense_t.shape[1] != nrows:
+            raise ProtocolError(f"raw block: dense values of shape {dense_t.shape} and dtype "
+                                f"{dense_t.dtype} for {nrows} rows")
+        return Block(rows, dense_t=dense_t)
+    ncols = fields.get("ncols")
+    if type(ncols) is not int or ncols < 0:
+        raise ProtocolError(f"raw block: column count {ncols!r}")
+    indptr, indices = _vector(fields, "indptr", "iu"), _vector(fields, "indices", "iu")
+    data = _vector(fields, "data", "f")
+    nnz = len(indices)
+    if (data.dtype != np.float32 or len(data) != nnz or len(indptr) != nrows + 1
+            or indptr[0] != 0 or indptr[-1] != nnz):
+        raise ProtocolError(f"raw block: CSR arrays of {len(indptr)} pointers, {nnz} column "
+                            f"ids and {len(data)} values ({data.dtype}) for {nrows} rows")
+    if nnz:
+        # Column ids do not fall within a row (the order every kernel and the reference sum
+        # in): each step is >= 0 except where a row starts (its first id only has to be in
+        # range).
+        steps = np.diff(indices.astype(np.int64))
+        starts = indptr[1:-1]
+        steps[starts[(starts > 0) & (starts < nnz)] - 1] = 0
+        if (np.any(np.diff(indptr) < 0) or int(indices.min()) < 0
+                or int(indices.max()) >= ncols or np.any(steps < 0)):
+            raise ProtocolError("raw block: CSR column ids out of range or not sorted")
+    csr = sp.csr_matrix((data, indices.astype(np.int32, copy=False), indptr),
+                        shape=(nrows, ncols))
+    csr.has_sorted_indices = True  # checked above: nobody sorts (writes) these arrays again
+    return Block(rows, csr=csr)
+
+
+# -- the objects a worker reads and writes whole ----------------------------------------------
+#: The layout of a worker's staged input object (``runs/<run>/input/<w>``).
+INPUT_VERSION = 2
+#: The layout of a worker's output object (``runs/<run>/out/<w>``).
+OUTPUT_VERSION = 2
+
+
+def input_parts(block: Block) -> list[bytes | memoryview]:
+    """The parts of a worker's input object: ``{"version", "block"}``, the block raw."""
+    return pack_parts({"version": INPUT_VERSION, "block": block_fields(block)})
+
+
+def _versioned(key: str, what: str, parts: Sequence[bytes | memoryview],
+               version: int) -> dict[str, Any]:
+    d = unpack_parts(parts)
+    if not isinstance(d, dict) or d.get("version") != version:
+        got = d.get("version") if isinstance(d, dict) else type(d).__name__
+        raise ProtocolError(f"object {key}: {what} version {got!r} is not {version}, the "
+                            "version this fsdgraph reads")
+    return d
+
+
+def read_input(key: str, parts: Sequence[bytes | memoryview], batch: int) -> Block:
+    """The block of the input object ``key`` (its unsealed ``parts``); ProtocolError naming the
+    key if it is not a well-formed one."""
+    try:
+        return block_from_fields(_versioned(key, "input", parts, INPUT_VERSION).get("block"),
+                                 batch)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{exc}" if str(exc).startswith(f"object {key}")
+                            else f"object {key}: {exc}") from exc
+
+
+def output_parts(block: Block, columns: np.ndarray,
+                 metrics: dict[str, Any]) -> list[bytes | memoryview]:
+    """The parts of a worker's output object: ``{"version", "block", "columns", "metrics"}``,
+    the block raw, ``columns`` its global output neuron ids."""
+    return pack_parts({"version": OUTPUT_VERSION, "block": block_fields(block),
+                       "columns": columns, "metrics": metrics})
+
+
+def read_output(key: str, parts: Sequence[bytes | memoryview], batch: int,
+                width: int) -> tuple[Block, np.ndarray, dict[str, Any]]:
+    """The block, its column ids and the metrics of the output object ``key`` (its unsealed
+    ``parts``), for a run of ``batch`` rows and ``width`` outputs; ProtocolError naming the key
+    if it is not a well-formed one."""
+    try:
+        d = _versioned(key, "output", parts, OUTPUT_VERSION)
+        block = block_from_fields(d.get("block"), batch)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{exc}" if str(exc).startswith(f"object {key}")
+                            else f"object {key}: {exc}") from exc
+    columns, metrics = d.get("columns"), d.get("metrics")
+    if (not isinstance(columns, np.ndarray) or columns.ndim != 1
+            or columns.dtype.kind not in "iu" or len(columns) != block.ncols
+            or (len(columns) and (int(columns.min()) < 0 or int(columns.max()) >= width))):
+        raise ProtocolError(f"object {key}: output column ids do not match its block and the "
+                            f"output width {width}")
+    if not isinstance(metrics, dict):
+        raise ProtocolError(f"object {key}: output without metrics")
+    return block, columns, metrics

@@ -55,7 +55,7 @@ from fsdgraph.backend import Backend, Services
 from fsdgraph.backends import get_backend
 from fsdgraph.channels import ChannelConfig, get_channel
 from fsdgraph.checkpoints import attempt_object, checkpoint_every
-from fsdgraph.codec import BlockCodec
+from fsdgraph.codec import input_parts, read_output
 from fsdgraph.control import (
     CONTROL_POLL_S,
     FUNCTION_FAILED,
@@ -67,6 +67,7 @@ from fsdgraph.errors import ConfigError, FsdError, InputError, RunError, RunTime
 from fsdgraph.event import WorkerEvent
 from fsdgraph.integrity import RunKey
 from fsdgraph.kernels import Block, categories
+from fsdgraph.kernels.block import DENSE_ABOVE
 from fsdgraph.kernels.choice import NAMES as KERNELS
 from fsdgraph.metrics import WorkerMetrics, counted
 from fsdgraph.plan import Plan
@@ -74,8 +75,7 @@ from fsdgraph.prices import Prices
 from fsdgraph.report import RunFacts, build_report
 from fsdgraph.resources import RunNames
 from fsdgraph.retry import retry
-from fsdgraph.sealed import seal, unseal_one
-from fsdgraph.serialize import unpack
+from fsdgraph.sealed import seal, unseal_parts
 from fsdgraph.transport import Limits, check_invoke_payload
 from fsdgraph.tree import depth, roots
 
@@ -332,11 +332,13 @@ class Scheduler:
                 invoked = time.time()
                 state = await self._launch_and_watch(services, names, plan, y0.shape[0],
                                                      channel_config)
-                outputs = await asyncio.gather(*(
-                    services.objects.get(names.output_key(w)) for w in range(plan.workers)))
+                keys = [names.output_key(w) for w in range(plan.workers)]
+                outputs = await asyncio.gather(*map(services.objects.get, keys))
                 activations, worker_metrics = _assemble(
-                    [unseal_one(names, names.output_key(w), body)
-                     for w, body in enumerate(outputs)], y0.shape[0], plan.output_width)
+                    [read_output(key, unseal_parts(names, key, body), y0.shape[0],
+                                 plan.output_width)
+                     for key, body in zip(keys, outputs, strict=True)],
+                    y0.shape[0], plan.output_width)
                 wall_s = time.perf_counter() - submitted
             finally:
                 with phases("teardown"):
@@ -360,14 +362,24 @@ class Scheduler:
 
     async def _stage(self, services: Services, names: RunNames, plan: Plan,
                      y0: sp.csr_matrix) -> None:
-        codec = BlockCodec()
-        puts = []
-        for w, shard in enumerate(plan.shards):
-            block = Block.from_matrix(y0[:, shard.input_neurons])
-            for key, body in ((names.input_key(w), codec.encode(block)),
-                              (names.shard_key(w), shard.to_bytes())):
-                puts.append(services.objects.put(key, seal(names, key, [body])))
-        await asyncio.gather(*puts)
+        """PUT every worker's plan shard and input columns, sealed. Both go as raw arrays
+        (:func:`fsdgraph.serialize.pack_parts`): the object store carries bytes whatever they
+        hold, so only the checksum and one copy into the body touch the data."""
+        blocks = input_blocks(y0, [shard.input_neurons for shard in plan.shards])
+        puts: list[asyncio.Future[None]] = []
+        for w, (shard, block) in enumerate(zip(plan.shards, blocks, strict=True)):
+            for key, parts in ((names.shard_key(w), shard.to_parts()),
+                               (names.input_key(w), input_parts(block))):
+                puts.append(asyncio.ensure_future(
+                    services.objects.put(key, seal(names, key, parts))))
+                # Let this PUT start (a large one is written from a thread) while the next
+                # object is encoded and checksummed.
+                await asyncio.sleep(0)
+        # Every PUT ends before staging does, even when one fails: none may land after the
+        # teardown has removed the run's objects.
+        for outcome in await asyncio.gather(*puts, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _launch_and_watch(self, services: Services, names: RunNames, plan: Plan,
                                 batch: int, channel_config: ChannelConfig) -> RunState:
@@ -496,16 +508,55 @@ def _check_limits(limits: Limits) -> None:
                               f"{MIN_MESSAGE_BYTES} bytes to fit")
 
 
-def _assemble(outputs: list[bytes], batch: int,
+def input_blocks(y0: sp.csr_matrix, columns: list[np.ndarray]) -> list[Block]:
+    """Each worker's input columns (``columns[w]``, ascending input neuron ids) of ``y0`` as a
+    block of its live rows, column ids sorted within each row, no stored zeros.
+
+    One pass over ``y0`` serves every worker: a worker that reads every input shares ``y0``'s
+    arrays, and the others take their columns from one CSC copy (a slice of the column
+    pointers each, rather than one scan of all of ``y0``'s nonzeros per worker).
+    """
+    if not y0.has_sorted_indices or (y0.nnz and not np.all(y0.data)):
+        y0 = y0.copy()  # never change the caller's matrix in place
+        y0.eliminate_zeros()
+        y0.sort_indices()  # duplicates stay: the serial reference sums them one by one
+    width = y0.shape[1]
+    csc: sp.csc_matrix | None = None
+    blocks = []
+    for cols in columns:
+        if len(cols) == width and np.array_equal(cols, np.arange(width)):
+            blocks.append(_live_rows(y0))
+            continue
+        if csc is None:
+            csc = y0.tocsc()
+        # A column slice of CSC, back to CSR: column ids come out sorted.
+        blocks.append(_live_rows(sp.csr_matrix(csc[:, cols])))
+    return blocks
+
+
+def _live_rows(csr: sp.csr_matrix) -> Block:
+    """The rows of ``csr`` (sorted, no stored zeros) that hold a nonzero, as a block stored
+    by its density (the rule of :meth:`Block.from_csr`), without copying the values."""
+    counts = np.diff(csr.indptr)
+    live = np.flatnonzero(counts).astype(np.int32)
+    if len(live) < csr.shape[0]:
+        indptr = np.concatenate(([0], np.cumsum(counts[live])))
+        csr = sp.csr_matrix((csr.data, csr.indices, indptr), shape=(len(live), csr.shape[1]))
+    block = Block(live, csr=csr)
+    return block.as_dense() if block.density > DENSE_ABOVE else block
+
+
+def _assemble(outputs: list[tuple[Block, np.ndarray, dict[str, Any]]], batch: int,
               width: int) -> tuple[sp.csr_matrix, list[Mapping[str, Any]]]:
     """Stitch every worker's output columns into one (batch x width) matrix."""
-    codec = BlockCodec()
-    parts, metrics = [], []
-    for body in outputs:
-        d = unpack(body)
-        block = codec.decode(d["block"]).block
+    metrics: list[Mapping[str, Any]] = [m for _, _, m in outputs]
+    if len(outputs) == 1 and np.array_equal(outputs[0][1], np.arange(width)):
+        # One worker, every column in order; copied, as the block's arrays may be read-only
+        # views of the object read.
+        return outputs[0][0].to_matrix(batch).copy(), metrics
+    parts = []
+    for block, columns, _ in outputs:
         coo = block.to_matrix(batch).tocoo()
-        parts.append((coo.row, d["columns"][coo.col], coo.data))
-        metrics.append(d["metrics"])
+        parts.append((coo.row, columns[coo.col], coo.data))
     rows, cols, data = (np.concatenate(x) for x in zip(*parts, strict=True))
     return sp.csr_matrix((data, (rows, cols)), shape=(batch, width)), metrics

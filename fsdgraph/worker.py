@@ -36,6 +36,7 @@ import numpy as np
 from fsdgraph.backend import Services
 from fsdgraph.channels import Channel, ChannelConfig, WorkerContext, get_channel
 from fsdgraph.checkpoints import read_attempt
+from fsdgraph.codec import output_parts, read_input
 from fsdgraph.control import Reporter
 from fsdgraph.errors import FsdError, NotFound, ProtocolError, RunError
 from fsdgraph.event import WorkerEvent
@@ -44,8 +45,7 @@ from fsdgraph.kernels import Block, LayerInputs, WeightRows
 from fsdgraph.kernels.choice import kernel_from_env, preload
 from fsdgraph.metrics import WorkerMetrics, counted, precount_report
 from fsdgraph.plan import INPUT, WorkerShard
-from fsdgraph.sealed import seal, unseal, unseal_one
-from fsdgraph.serialize import pack
+from fsdgraph.sealed import seal, unseal, unseal_parts
 from fsdgraph.transport import ObjectStore, check_invoke_payload
 
 #: Seconds kept in hand, near a function's time limit, to checkpoint and invoke the
@@ -184,14 +184,15 @@ class WorkerRuntime:
         columns and layer 0, or, resuming, the latest checkpoint and the layer after it."""
         objects, names = self.services.objects, self.names
         key = names.shard_key(self.worker)
-        shard = WorkerShard.from_bytes(unseal_one(names, key, await objects.get(key)))
+        shard = WorkerShard.from_parts(unseal_parts(names, key, await objects.get(key)), key)
         if self.event.resume:
             latest = await self._latest_checkpoint()
             if latest is not None:
                 layer, block = latest
                 return shard, block, layer + 1
         key = names.input_key(self.worker)
-        return shard, self.codec.decode(unseal_one(names, key, await objects.get(key))).block, 0
+        parts = unseal_parts(names, key, await objects.get(key))
+        return shard, read_input(key, parts, self.batch), 0
 
     async def _latest_checkpoint(self) -> tuple[int, Block] | None:
         """The latest checkpoint that verifies: its layer and output; the chunks a predecessor
@@ -323,11 +324,10 @@ class WorkerRuntime:
         """Put the final columns and the metrics (through ``objects``)."""
         if self.output is None or self.shard is None:
             raise RunError(f"worker {self.worker}: no output to write", worker=self.worker)
-        body = pack({"block": self.codec.encode(self.output),
-                     "columns": self.shard.layers[-1].out_cols,
-                     "metrics": self.metrics.to_dict()})
+        parts = output_parts(self.output, self.shard.layers[-1].out_cols,
+                             self.metrics.to_dict())
         key = self.names.output_key(self.worker)
-        await objects.put(key, seal(self.names, key, [body]))
+        await objects.put(key, seal(self.names, key, parts))
         await self.channel.close()
 
 

@@ -1,6 +1,8 @@
 """The wire format: :class:`BlockCodec` and :class:`TextCodec` round trips, chunking within a size
 limit, clear :class:`ProtocolError` for malformed input, a golden encoding, and the batch packer
-of the queue channel (:func:`pack_batches`).
+of the queue channel (:func:`pack_batches`); then the raw arrays of whole objects
+(:func:`fsdgraph.serialize.pack_parts`, raw blocks, the input and output objects), round trips
+and malformed input.
 
 "Exact" means bit-identical: rows equal and every value equal as raw float32 bits.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 from collections import Counter
 from typing import Any
 
@@ -19,9 +22,25 @@ import pytest
 import scipy.sparse as sp
 
 from fsdgraph.channels.queue import pack_batches
-from fsdgraph.codec import BlockCodec, Chunk, TextCodec
+from fsdgraph.codec import (
+    INPUT_VERSION,
+    OUTPUT_VERSION,
+    BlockCodec,
+    Chunk,
+    TextCodec,
+    block_fields,
+    block_from_fields,
+    input_parts,
+    output_parts,
+    read_input,
+    read_output,
+)
 from fsdgraph.errors import ProtocolError
+from fsdgraph.integrity import RunKey
 from fsdgraph.kernels import Block
+from fsdgraph.resources import RunNames
+from fsdgraph.sealed import seal, unseal_parts
+from fsdgraph.serialize import pack_parts, unpack_parts
 from fsdgraph.transport import Entry, entry_size
 
 CODEC = BlockCodec()
@@ -463,3 +482,206 @@ def test_pack_batches_edges() -> None:
     assert [len(b) for b in pack_batches(full, 10, 100)] == [1, 1, 1]
     tiny = [Entry("z") for _ in range(25)]
     assert sorted(len(b) for b in pack_batches(tiny, 10, 10_000)) == [5, 10, 10]
+
+
+# -- raw arrays: serialize.pack_parts ------------------------------------------------------------
+def exactly(message: str) -> str:
+    """A ``pytest.raises`` pattern matching ``message`` and nothing else."""
+    return "^" + re.escape(message) + "$"
+
+
+def parts_roundtrip(obj: Any) -> Any:
+    """Through :func:`pack_parts`, as bytes (what a reader gets), and back."""
+    return unpack_parts([bytes(memoryview(p).cast("B")) for p in pack_parts(obj)])
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(5000, dtype=np.int64) - 2500,  # narrowed to int16
+    np.arange(70_000, dtype=np.int32),  # nothing narrower than int32 holds it
+    np.array([2**40, -(2**40)] * 300, np.int64),  # nothing narrower holds it
+    np.random.default_rng(1).random((40, 30)).astype(np.float32),  # a part of its own
+    np.random.default_rng(2).random(50),  # inline float64
+    np.full((3, 400), 0.0625, np.float32),  # filled
+    np.array([True, False] * 600),
+    np.zeros(0, np.int32),
+    np.zeros((0, 7), np.float32),
+])
+def test_parts_round_trip_exactly(array: np.ndarray) -> None:
+    got = parts_roundtrip({"a": array, "n": 3})
+    assert got["n"] == 3 and got["a"].dtype == array.dtype and got["a"].shape == array.shape
+    assert got["a"].tobytes() == array.tobytes()
+
+
+def test_parts_keep_the_bits_of_signed_zeros_and_nans() -> None:
+    """A filled array is only one of identical bits: 0.0 and -0.0, or NaNs with other payloads,
+    are not filled, and every bit comes back."""
+    mixed = np.zeros(1000, np.float32)
+    mixed[500] = -0.0
+    nans = np.full(1000, np.nan, np.float32)
+    nans.view(np.uint32)[7] = 0x7FC00001
+    for a in (mixed, nans, np.full(1000, -0.0, np.float32)):
+        assert bits(parts_roundtrip(a)).tobytes() == bits(a).tobytes()
+
+
+def test_parts_shrink_what_they_can_and_share_the_rest() -> None:
+    """Large arrays go in parts of their own (raw, zero-copy on the way back, read-only); a
+    uniform array is one element; integer ids are narrowed; a CSR matrix too."""
+    rng = np.random.default_rng(3)
+    values = rng.random(10_000).astype(np.float32)
+    w = sp.random(500, 900, density=0.05, random_state=4, format="csr", dtype=np.float32)
+    w.data[:] = 0.5
+    parts = pack_parts({"v": values, "ones": np.ones(10_000, np.float32), "w": w})
+    sizes = sorted(memoryview(p).cast("B").nbytes for p in parts[1:])
+    assert sizes == sorted([2 * w.nnz, 4 * 10_000])  # column ids as uint16, values raw
+    assert len(parts[0]) < 3000  # the message: indptr narrowed, the fills, the headers
+    names = RunNames("r1", key=RunKey.generate())
+    body = seal(names, "k", parts)
+    got = unpack_parts(unseal_parts(names, "k", body))
+    assert not got["v"].flags.writeable and got["v"].flags.aligned
+    assert np.shares_memory(got["v"], np.frombuffer(body, np.uint8))  # not copied
+    np.testing.assert_array_equal(got["v"], values)
+    assert got["ones"].tolist() == [1.0] * 10_000
+    assert got["w"].indices.dtype == w.indices.dtype and (got["w"] != w).nnz == 0
+
+
+def ext(code: int, payload: list[Any]) -> msgpack.ExtType:
+    return msgpack.ExtType(code, msgpack.packb(payload, use_bin_type=True))
+
+
+@pytest.mark.parametrize(("parts", "message"), [
+    ([], "no parts to decode"),
+    ([b"\xc1"], "cannot decode msgpack payload"),
+    ([msgpack.packb(ext(3, ["<f4", [4], "<f4", 1]))], r"array in part 1: no such part"),
+    ([msgpack.packb([ext(3, ["<f4", [1], "<f4", 1])] * 2), b"\0" * 4], r"used twice"),
+    ([msgpack.packb(7), b"x"], r"1 of 1 parts hold no array"),
+    ([msgpack.packb(ext(3, ["<f4", [3], "<f4", b"\0" * 8]))], r"has 8 bytes"),
+    ([msgpack.packb(ext(3, ["<i2", [1], "<i4", b"\0" * 4]))], r"cannot be stored as int32"),
+    ([msgpack.packb(ext(3, ["<f8", [1], "<f4", b"\0" * 4]))], r"cannot be stored as float32"),
+    ([msgpack.packb(ext(3, ["|O", [1], "|O", b"\0" * 8]))], r"unsupported dtype '\|O'"),
+    ([msgpack.packb(ext(3, ["<f4", [-1], "<f4", b""]))], r"shape \[-1\] is not a list"),
+    ([msgpack.packb(ext(3, ["<f4", [1], "<f4", 2.5]))], r"array data is a float"),
+    ([msgpack.packb(ext(4, ["<f4", [3], b"\0" * 8]))], r"element of 8 bytes"),
+    ([msgpack.packb(ext(4, ["|u1", [2**20, 2**20], b"\0"]))], r"at most 4294967296"),
+    ([msgpack.packb(ext(5, [[2, 3], ext(1, ["<i4", [3], np.array([0, 1, 1], np.int32).tobytes()]),
+                            ext(1, ["<i4", [1], np.array([3], np.int32).tobytes()]),
+                            ext(1, ["<f4", [1], b"\0" * 4])]))], r"inconsistent index arrays"),
+    ([msgpack.packb(ext(5, [[2, 3], ext(1, ["<i4", [3], np.array([0, 2, 1], np.int32).tobytes()]),
+                            ext(1, ["<i4", [1], np.array([0], np.int32).tobytes()]),
+                            ext(1, ["<f4", [1], b"\0" * 4])]))], r"inconsistent index arrays"),
+    ([msgpack.packb(ext(9, []))], r"unknown msgpack extension type 9"),
+])
+def test_malformed_parts_are_a_protocol_error(parts: list[bytes], message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        unpack_parts(parts)
+
+
+def test_random_garbage_parts_are_always_a_protocol_error() -> None:
+    rng = np.random.default_rng(5)
+    good = [bytes(memoryview(p).cast("B")) for p in pack_parts(
+        {"a": np.arange(3000, dtype=np.int32) * 7, "w": sp.eye(300, format="csr")})]
+    for _ in range(300):
+        damaged = [bytearray(p) for p in good]
+        i = int(rng.integers(len(damaged)))
+        if damaged[i]:
+            damaged[i][int(rng.integers(len(damaged[i])))] ^= 1 << int(rng.integers(8))
+        with contextlib.suppress(ProtocolError):
+            unpack_parts([bytes(p) for p in damaged])  # anything but another exception
+
+
+# -- raw blocks and the input and output objects -------------------------------------------------
+def raw_roundtrip(block: Block, batch: int | None = None) -> Block:
+    got = block_from_fields(parts_roundtrip(block_fields(block)), batch)
+    assert_same(got, block)
+    assert got.is_dense == block.is_dense and got.rows.dtype == np.int32
+    return got
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.6, 1.0])
+def test_raw_blocks_round_trip_exactly(dense: bool, density: float) -> None:
+    rng = np.random.default_rng(int(density * 100) + dense)
+    values = (rng.random((60, 37)) < density) * rng.integers(1, 40, (60, 37)).astype(np.float32)
+    block = Block.from_dense(np.arange(0, 180, 3), values)
+    block = block.as_dense() if dense else block.as_csr()
+    got = raw_roundtrip(block, batch=180)
+    if not dense and block.nnz:
+        assert got.csr is not None and got.csr.has_sorted_indices
+
+
+def test_raw_empty_block_round_trips() -> None:
+    raw_roundtrip(Block.empty(5))
+
+
+def csr_fields(rows: list[int], ncols: int, indptr: list[int], indices: list[int],
+               data: np.ndarray | None = None) -> dict[str, Any]:
+    return {"f": "fsd-raw-block-1", "rows": np.array(rows, np.int32), "ncols": ncols,
+            "indptr": np.array(indptr, np.int64), "indices": np.array(indices, np.int32),
+            "data": np.ones(len(indices), np.float32) if data is None else data}
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ([1, 2], r"block layout 'list' is not 'fsd-raw-block-1'"),
+    ({"f": "fsd-raw-block-0"}, r"block layout 'fsd-raw-block-0'"),
+    ({"f": "fsd-raw-block-1"}, r"field 'rows' is not a 1-D array"),
+    ({"f": "fsd-raw-block-1", "rows": np.array([0.5])}, r"field 'rows'"),
+    (csr_fields([3, 3], 4, [0, 1, 2], [0, 1]), r"row ids are not increasing"),
+    (csr_fields([-1], 4, [0, 1], [0]), r"row ids are not increasing"),
+    (csr_fields([10], 4, [0, 1], [0]), r"row ids are not increasing ids of the batch"),
+    ({"f": "fsd-raw-block-1", "rows": np.array([1, 2], np.int32),
+      "dense_t": np.ones((3, 3), np.float32)}, r"dense values of shape \(3, 3\)"),
+    ({"f": "fsd-raw-block-1", "rows": np.array([1], np.int32),
+      "dense_t": np.ones((3, 1), np.float64)}, r"dtype float64"),
+    (csr_fields([1], -1, [0, 1], [0]), r"column count -1"),
+    (csr_fields([1, 2], 4, [0, 1], [0]), r"CSR arrays of 2 pointers"),
+    (csr_fields([1, 2], 4, [1, 1, 2], [0, 1]), r"CSR arrays"),
+    (csr_fields([1], 4, [0, 1], [0], np.ones(1, np.float64)), r"values \(float64\)"),
+    (csr_fields([1, 2], 4, [0, 2, 1], [0]), r"CSR arrays|out of range or not sorted"),
+    (csr_fields([1, 2], 4, [0, 1, 2], [0, 4]), r"out of range or not sorted"),
+    (csr_fields([1, 2], 4, [0, 1, 2], [-1, 0]), r"out of range or not sorted"),
+    (csr_fields([1], 4, [0, 2], [2, 1]), r"out of range or not sorted"),
+])
+def test_malformed_raw_blocks_are_a_protocol_error(fields: Any, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        block_from_fields(fields, batch=8)
+
+
+def test_raw_block_rows_may_start_anew_and_repeat_ids_across_rows() -> None:
+    """Column ids only rise within a row: the next row starts low again."""
+    block = block_from_fields(csr_fields([0, 5], 4, [0, 2, 4], [1, 3, 0, 2]), batch=8)
+    assert block.to_csr().toarray().tolist() == [[0, 1, 0, 1], [1, 0, 1, 0]]
+
+
+def test_input_and_output_objects_round_trip_and_check_their_version() -> None:
+    block = Block.from_dense(np.array([1, 4]), np.array([[1, 0, 2], [0, 3, 0]], np.float32))
+    parts = [bytes(memoryview(p).cast("B")) for p in input_parts(block)]
+    assert_same(read_input("k", parts, batch=5), block)
+    with pytest.raises(ProtocolError, match=r"^object k: raw block: row ids"):
+        read_input("k", parts, batch=4)
+    stale = [msgpack.packb({"version": INPUT_VERSION - 1, "block": None})]
+    with pytest.raises(ProtocolError, match=exactly(
+            f"object k: input version {INPUT_VERSION - 1} is not {INPUT_VERSION}, the version "
+            "this fsdgraph reads")):
+        read_input("k", stale, batch=5)
+    with pytest.raises(ProtocolError, match=r"^object k: input version 'list'"):
+        read_input("k", [msgpack.packb([1])], batch=5)
+
+    out = [bytes(memoryview(p).cast("B"))
+           for p in output_parts(block, np.array([7, 2, 9], np.int32), {"worker": 3})]
+    got, columns, metrics = read_output("o", out, batch=5, width=10)
+    assert_same(got, block)
+    assert columns.tolist() == [7, 2, 9] and metrics == {"worker": 3}
+    with pytest.raises(ProtocolError, match=r"^object o: output column ids do not match"):
+        read_output("o", out, batch=5, width=9)
+    short = [bytes(memoryview(p).cast("B"))
+             for p in output_parts(block, np.array([7, 2], np.int32), {"worker": 3})]
+    with pytest.raises(ProtocolError, match=r"output column ids do not match its block"):
+        read_output("o", short, batch=5, width=10)
+    with pytest.raises(ProtocolError, match=exactly(
+            f"object o: output version 1 is not {OUTPUT_VERSION}, the version this fsdgraph "
+            "reads")):
+        read_output("o", [msgpack.packb({"version": 1})], batch=5, width=10)
+    no_metrics = [bytes(memoryview(p).cast("B")) for p in pack_parts(
+        {"version": OUTPUT_VERSION, "block": block_fields(block),
+         "columns": np.array([1, 2, 3], np.int32), "metrics": []})]
+    with pytest.raises(ProtocolError, match=r"^object o: output without metrics$"):
+        read_output("o", no_metrics, batch=5, width=10)

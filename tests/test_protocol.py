@@ -1,6 +1,7 @@
 """The channel protocol (DESIGN.md section 4): :class:`Inbox` rules, then the real local backend
 under fault injection (duplicates, reordering, small limits, foreign runs, a killed worker,
-publish failures).
+publish failures); the layout of sealed objects, and what the scheduler stages (each worker's
+input columns, plan shards as raw parts).
 
 End-to-end runs compare with :func:`fsdgraph.reference_inference`. The test network has integer
 weights, an integer bias and integer inputs, and its activations stay well below the cap, so
@@ -36,12 +37,15 @@ from fsdgraph.channels import Channel, ChannelConfig, Inbox, WorkerContext
 from fsdgraph.channels.object import ObjectChannel
 from fsdgraph.channels.queue import QueueChannel
 from fsdgraph.codec import BlockCodec, Chunk, TextCodec
-from fsdgraph.errors import FsdError, RunError, RunTimeout
+from fsdgraph.errors import FsdError, ProtocolError, RunError, RunTimeout
+from fsdgraph.integrity import RunKey, checksum
 from fsdgraph.kernels import Block
 from fsdgraph.metrics import WorkerMetrics
-from fsdgraph.plan import Plan
+from fsdgraph.plan import Plan, WorkerShard
 from fsdgraph.resources import RunNames
-from fsdgraph.scheduler import Result, RunConfig
+from fsdgraph.scheduler import Result, RunConfig, input_blocks
+from fsdgraph.sealed import seal, unseal, unseal_parts
+from fsdgraph.serialize import pack, pack_parts, unpack
 from fsdgraph.sources.images import synthetic_images
 from fsdgraph.transport import BatchResult, Entry, Failure, Limits
 
@@ -516,3 +520,118 @@ def test_message_limit_too_small_for_anything_is_reported(network: Network) -> N
     assert "never started" not in message and "stopped reporting" not in message, message
     assert re.search(r"fit|max_message_bytes", message), message
 
+
+
+# -- sealed objects: the layout -------------------------------------------------------------------
+def exactly(message: str) -> str:
+    """A ``pytest.raises`` pattern matching ``message`` and nothing else."""
+    return "^" + re.escape(message) + "$"
+
+
+SEALED_NAMES = RunNames("sealed", key=RunKey.generate())
+
+
+def test_sealed_parts_come_back_as_views_of_the_body() -> None:
+    """The body is exactly msgpack's encoding of the sealed list, and the parts are read from it
+    without copies, whatever the widths of their msgpack headers."""
+    parts = [b"a", b"", b"x" * 255, b"y" * 256, b"z" * 65536, *[b"p"] * 16]
+    key = "runs/sealed/k"
+    body = seal(SEALED_NAMES, key, parts)
+    tag = SEALED_NAMES.key.tag("sealed", key, str(len(parts)), *map(checksum, parts))
+    assert body == msgpack.packb(["fsd-sealed-1", "sealed", parts, tag], use_bin_type=True)
+    views = unseal_parts(SEALED_NAMES, key, body)
+    assert [bytes(v) for v in views] == parts
+    assert all(np.shares_memory(np.frombuffer(v, np.uint8), np.frombuffer(body, np.uint8))
+               for v in views if v.nbytes)
+    assert unseal(SEALED_NAMES, key, body) == [(p, checksum(p)) for p in parts]
+    wide = (b"\x94\xdb" + (12).to_bytes(4, "big") + b"fsd-sealed-1\xd9\x06sealed\xdd"
+            + len(parts).to_bytes(4, "big")
+            + b"".join(b"\xc6" + len(p).to_bytes(4, "big") + p for p in parts) + msgpack.packb(tag))
+    assert [bytes(v) for v in unseal_parts(SEALED_NAMES, key, wide)] == parts
+    assert unseal_parts(SEALED_NAMES, key, seal(SEALED_NAMES, key, [])) == []
+
+
+def test_malformed_sealed_objects_are_refused() -> None:
+    key = "runs/sealed/x/1/0/2"
+    parts = [b"chunk one", b"two"]
+    body = seal(SEALED_NAMES, key, parts)
+    tag = msgpack.unpackb(body)[3]
+    flipped = bytearray(body)
+    flipped[body.index(b"two")] ^= 4
+    bad = {
+        "truncated": body[:-1],
+        "extended": body + b"\0",
+        "a map": msgpack.packb({"fsd-sealed-1": "sealed", "parts": parts, "tag": tag}),
+        "a list of five": msgpack.packb(["fsd-sealed-1", "sealed", parts, tag, 0]),
+        "another layout": msgpack.packb(["fsd-sealed-0", "sealed", parts, tag]),
+        "another run": msgpack.packb(["fsd-sealed-1", "other", parts, tag]),
+        "a text part": msgpack.packb(["fsd-sealed-1", "sealed", ["chunk one", b"two"], tag]),
+        "a part length past the end": body.replace(b"\xc4\x03two", b"\xc4\x09two"),
+        "a number for a tag": msgpack.packb(["fsd-sealed-1", "sealed", parts, 7]),
+        "a forged tag": msgpack.packb(["fsd-sealed-1", "sealed", parts, "0" * 32]),
+        "a damaged part": bytes(flipped),
+        "not utf-8": body.replace(b"sealed", b"seal\xff\xfe"),
+        "nothing": b"",
+    }
+    for what, damaged in bad.items():
+        assert unseal(SEALED_NAMES, key, damaged) is None, what
+        with pytest.raises(ProtocolError, match=exactly(
+                f"object {key} failed its integrity check (damaged, or not written by this "
+                "run)")):
+            unseal_parts(SEALED_NAMES, key, damaged)
+    assert unseal(SEALED_NAMES, "runs/sealed/x/1/0/3", body) is None  # copied to another key
+    assert unseal(RunNames("sealed", key=RunKey.generate()), key, body) is None  # another key
+
+
+# -- staging: every worker's input columns in one pass ---------------------------------------------
+def test_input_blocks_are_each_workers_columns_without_touching_the_inputs() -> None:
+    """Duplicates kept (the reference sums them one by one), stored zeros and dead rows dropped,
+    column ids sorted, dense above the density threshold; the caller's matrix unchanged."""
+    rng = np.random.default_rng(11)
+    rows, cols = rng.integers(0, 40, 500), rng.integers(0, 30, 500)
+    values = rng.integers(-3, 4, 500).astype(np.float32)  # some explicit zeros
+    y0 = sp.csr_matrix((values, cols, np.searchsorted(np.sort(rows), np.arange(41))),
+                       shape=(40, 30))
+    y0.indices = cols[np.argsort(rows, kind="stable")].astype(np.int32)  # unsorted, duplicates
+    y0.data = values[np.argsort(rows, kind="stable")]
+    before = (y0.indptr.copy(), y0.indices.copy(), y0.data.copy())
+    dense_part = sp.csr_matrix(np.ones((40, 30), np.float32))
+    columns = [np.arange(30), np.array([0, 4, 5, 29]), np.array([], np.int64), np.array([7])]
+    for matrix in (y0, dense_part):
+        blocks = input_blocks(matrix, columns)
+        for cols_w, block in zip(columns, blocks, strict=True):
+            want = matrix.toarray()[:, cols_w]
+            live = np.flatnonzero(np.any(want != 0, axis=1))
+            assert block.rows.tolist() == live.tolist() and block.ncols == len(cols_w)
+            np.testing.assert_array_equal(block.to_csr().toarray(), want[live])
+            if block.csr is not None:
+                assert block.csr.has_sorted_indices and np.all(block.csr.data != 0)
+            assert block.is_dense == (block.nnz > 0.4 * len(block.rows) * block.ncols)
+    assert all(np.array_equal(a, b) for a, b in zip(before, (y0.indptr, y0.indices, y0.data),
+                                                    strict=True))
+    assert input_blocks(dense_part, [np.arange(30)])[0].is_dense
+
+
+# -- plan shards as raw parts -------------------------------------------------------------------
+def test_shard_parts_round_trip_and_refuse_what_does_not_add_up(network: Network) -> None:
+    shard = network.plan.shards[1]
+    body = seal(SEALED_NAMES, "runs/sealed/plan/1", shard.to_parts())
+    back = WorkerShard.from_parts(unseal_parts(SEALED_NAMES, "runs/sealed/plan/1", body))
+    assert back.to_bytes() == shard.to_bytes()
+    for ls in back.layers:  # every weight ready for the kernels, not copied on the way
+        assert ls.weight.indices.dtype == np.int32 and ls.weight.has_sorted_indices
+
+    fields = unpack(shard.to_bytes())
+    broken: dict[str, Any] = {
+        "lengths": {**fields, "out": [fields["out"][0][:-1], fields["out"][1]]},
+        "a weight shape missing": {**fields, "weight_shape": fields["weight_shape"][:-1]},
+        "ids": {**fields, "sends": [[0.5]] * len(fields["specs"])},
+        "a column out of range": {**fields, "weight_shape": [[s[0], 1]
+                                                            for s in fields["weight_shape"]]},
+        "a field missing": {k: v for k, v in fields.items() if k != "positions"},
+    }
+    for d in broken.values():
+        with pytest.raises(ProtocolError, match=r"^object runs/sealed/plan/1: "):
+            WorkerShard.from_parts(pack_parts(d), "runs/sealed/plan/1")
+        with pytest.raises(ProtocolError):
+            WorkerShard.from_bytes(pack(d))
