@@ -183,16 +183,21 @@ class WorkerRuntime:
         """The shard, the activations to start from and the first layer to run: the input
         columns and layer 0, or, resuming, the latest checkpoint and the layer after it."""
         objects, names = self.services.objects, self.names
-        key = names.shard_key(self.worker)
-        shard = WorkerShard.from_parts(unseal_parts(names, key, await objects.get(key)), key)
+        shard_key, input_key = names.shard_key(self.worker), names.input_key(self.worker)
+        # A first attempt needs both objects: read them at once (a large one is read from a
+        # thread). A resumed one reads its input only if it has no checkpoint.
+        shard_body, input_body = await asyncio.gather(
+            objects.get(shard_key),
+            objects.get(input_key) if not self.event.resume else asyncio.sleep(0, b""))
+        shard = WorkerShard.from_parts(unseal_parts(names, shard_key, shard_body), shard_key)
         if self.event.resume:
             latest = await self._latest_checkpoint()
             if latest is not None:
                 layer, block = latest
                 return shard, block, layer + 1
-        key = names.input_key(self.worker)
-        parts = unseal_parts(names, key, await objects.get(key))
-        return shard, read_input(key, parts, self.batch), 0
+            input_body = await objects.get(input_key)
+        parts = unseal_parts(names, input_key, input_body)
+        return shard, read_input(input_key, parts, self.batch), 0
 
     async def _latest_checkpoint(self) -> tuple[int, Block] | None:
         """The latest checkpoint that verifies: its layer and output; the chunks a predecessor
