@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fsdgraph.errors import ProtocolError
-from fsdgraph.serialize import checked_csr, pack, pack_parts, unpack, unpack_parts
+from fsdgraph.serialize import Joined, checked_csr, pack, pack_parts, unpack, unpack_parts
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -111,17 +111,17 @@ class WorkerShard:
             "version": SHARD_VERSION, "worker": self.worker, "workers": self.workers,
             "input_neurons": self.input_neurons,
             "specs": [[s.width, s.relu, s.cap, s.bias_on_nonzero] for s in self.specs],
-            "out": _joined([ls.out_cols for ls in layers]),
-            "bias": _joined([ls.bias for ls in layers]),
-            "inputs": _joined([ls.inputs for ls in layers]),
+            "out": Joined([ls.out_cols for ls in layers]),
+            "bias": Joined([ls.bias for ls in layers]),
+            "inputs": Joined([ls.inputs for ls in layers]),
             "weight_shape": [list(w.shape) for w in weights],
-            "weight_indptr": _joined([w.indptr for w in weights]),
-            "weight_indices": _joined([w.indices for w in weights]),
-            "weight_data": _joined([w.data for w in weights]),
+            "weight_indptr": Joined([w.indptr for w in weights]),
+            "weight_indices": Joined([w.indices for w in weights]),
+            "weight_data": Joined([w.data for w in weights]),
             "sources": [[r.src for r in ls.sources] for ls in layers],
-            "positions": _joined([r.positions for ls in layers for r in ls.sources]),
+            "positions": Joined([r.positions for ls in layers for r in ls.sources]),
             "sends": [[s.dst for s in ls.sends] for ls in layers],
-            "columns": _joined([s.columns for ls in layers for s in ls.sends]),
+            "columns": Joined([s.columns for ls in layers for s in ls.sends]),
         }
 
     def to_bytes(self) -> bytes:
@@ -160,14 +160,14 @@ class WorkerShard:
             specs = [LayerSpec(*s) for s in d["specs"]]
             count = len(specs)
             sources, sends = _ids(d["sources"], count), _ids(d["sends"], count)
-            out, bias, inputs = (_split(d[name], count) for name in ("out", "bias", "inputs"))
-            indptr, indices, data = (_split(d[f"weight_{name}"], count)
+            out, bias, inputs = (_arrays(d[name], count) for name in ("out", "bias", "inputs"))
+            indptr, indices, data = (_arrays(d[f"weight_{name}"], count)
                                      for name in ("indptr", "indices", "data"))
             shapes = d["weight_shape"]
             if not isinstance(shapes, list) or len(shapes) != count:
                 raise ProtocolError("malformed worker shard: a weight shape per layer expected")
-            positions = iter(_split(d["positions"], sum(map(len, sources))))
-            columns = iter(_split(d["columns"], sum(map(len, sends))))
+            positions = iter(_arrays(d["positions"], sum(map(len, sources))))
+            columns = iter(_arrays(d["columns"], sum(map(len, sends))))
             layers = [
                 LayerShard(out_cols=out[l], bias=bias[l], inputs=inputs[l],
                            weight=checked_csr(shapes[l], indptr[l], indices[l], data[l]),
@@ -180,26 +180,12 @@ class WorkerShard:
             raise ProtocolError(f"malformed worker shard: {exc!r}") from exc
 
 
-def _joined(arrays: list[np.ndarray]) -> list[Any]:
-    """Arrays as ``[lengths, concatenation]`` (see :meth:`WorkerShard._fields`)."""
-    flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
-    return [np.array([len(a) for a in arrays], np.int64), flat]
-
-
-def _split(field: Any, count: int) -> list[np.ndarray]:
-    """Inverse of :func:`_joined`, for ``count`` arrays, each a view of the concatenation."""
-    lengths, flat = field
-    if (not isinstance(lengths, np.ndarray) or not isinstance(flat, np.ndarray)
-            or lengths.ndim != 1 or flat.ndim != 1 or len(lengths) != count
-            or lengths.dtype.kind not in "iu" or np.any(lengths < 0)
-            or int(lengths.sum()) != len(flat)):
-        raise ProtocolError("malformed worker shard: joined arrays do not add up")
-    # Each piece over a buffer of its own: scipy copies an index or value array that is a
-    # small view of a larger array (``_prune_array``), which would copy every weight again.
-    raw = np.ascontiguousarray(flat).data.cast("B")
-    ends = (np.cumsum(lengths) * flat.dtype.itemsize).tolist()
-    return [np.frombuffer(raw[a:b], dtype=flat.dtype)
-            for a, b in zip([0, *ends[:-1]], ends, strict=True)] if count else []
+def _arrays(field: Any, count: int) -> list[np.ndarray]:
+    """``count`` arrays (a :class:`~fsdgraph.serialize.Joined` read back)."""
+    if (not isinstance(field, list) or len(field) != count
+            or not all(isinstance(a, np.ndarray) for a in field)):
+        raise ProtocolError(f"malformed worker shard: {count} joined arrays expected")
+    return field
 
 
 def _ids(field: Any, count: int) -> list[list[int]]:

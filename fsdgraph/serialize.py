@@ -2,15 +2,17 @@
 
 Plans, shards and worker outputs cross process and network boundaries, so they are never pickled.
 :func:`pack` makes one self-contained message: an array travels as msgpack extension type 1
-(dtype from a fixed whitelist, shape, raw bytes) and a CSR matrix as extension type 2 (shape,
-indptr, indices, data).
+(dtype from a fixed whitelist, shape, raw bytes), a CSR matrix as extension type 2 (shape,
+indptr, indices, data) and a :class:`Joined` list of arrays as extension type 6 (their lengths
+and their concatenation).
 
 :func:`pack_parts` is for large payloads that a sealed object (:mod:`fsdgraph.sealed`) carries
 as several parts anyway: part 0 is the msgpack message, and every array of at least
 :data:`INLINE_BELOW` bytes is a part of its own, its raw bytes, which nobody copies or encodes
-until the object body is joined and :func:`unpack_parts` reads back as a zero-copy view. Two
-cheap, lossless reductions apply first to arrays of at least :data:`REDUCE_FROM` bytes (each one
-pass over the array, far less than the checksum and the transfer of the bytes they save):
+until the object body is joined, and which :func:`unpack_parts` reads back as a view of the
+body (copied only where the body leaves it unaligned). Two cheap, lossless reductions apply
+first to arrays of at least :data:`REDUCE_FROM` bytes (each one pass over the array, far less
+than the checksum and the transfer of the bytes they save):
 
 * an array whose elements are all the same bits is sent as that one element (extension type 4:
   dtype, shape, the element's bytes), e.g. a uniform weight value or an all-ones input;
@@ -24,17 +26,20 @@ pointers, column ids in range). Arrays read from parts are read-only.
 >>> import numpy as np
 >>> unpack(pack({"a": np.arange(3, dtype=np.int32)}))["a"]
 array([0, 1, 2], dtype=int32)
->>> parts = pack_parts({"a": np.arange(4096, dtype=np.int64), "b": np.ones(9, np.float32)})
+>>> parts = pack_parts({"a": np.arange(4096, dtype=np.int64), "b": np.ones(1000, np.float32)})
 >>> len(parts), parts[1].nbytes       # "a" narrowed to uint16 in a part; "b" as one element
 (2, 8192)
 >>> back = unpack_parts(parts)
->>> back["a"].dtype, int(back["a"][-1]), back["b"].tolist()
-(dtype('int64'), 4095, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+>>> back["a"].dtype, int(back["a"][-1]), back["b"][:3].tolist()
+(dtype('int64'), 4095, [1.0, 1.0, 1.0])
+>>> unpack_parts(pack_parts(Joined([np.arange(3), np.arange(2)])))
+[array([0, 1, 2]), array([0, 1])]
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -48,6 +53,7 @@ _CSR = 2
 _STORED = 3  # [dtype, shape, stored dtype, raw bytes | part index]
 _FILL = 4  # [dtype, shape, the one element's bytes]
 _SPARSE = 5  # [shape, indptr, indices, data], each an array extension
+_JOINED = 6  # [lengths, concatenation], each an array extension
 #: Arrays below this many bytes (after narrowing) stay inside part 0: a part of its own costs a
 #: length and a checksum, which only pays for larger ones.
 INLINE_BELOW = 4096
@@ -56,12 +62,51 @@ MAX_FILL = 1 << 32
 #: Arrays below this many bytes go as they are (extension type 1): the reductions' per-array
 #: cost only pays for larger ones.
 REDUCE_FROM = 512
+#: Average elements per piece from which a :class:`Joined` is reduced piece by piece (its
+#: concatenation made once, in the stored dtype) rather than concatenated first.
+JOIN_PIECES_FROM = 4096
 #: Integer types an array may be narrowed to, narrowest first, with their ranges.
 _NARROW = [(np.dtype(t), int(np.iinfo(t).min), int(np.iinfo(t).max))
            for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32)]
 _DTYPES = {np.dtype(t).str: np.dtype(t) for t in (
     np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
     np.float32, np.float64)}
+
+
+@dataclass(frozen=True)
+class Joined:
+    """1-D arrays of one dtype that travel as one (extension type 6: their lengths and their
+    concatenation) and are read back as a list of arrays: one large array to encode instead of
+    many small ones."""
+
+    arrays: Sequence[np.ndarray]
+
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(a) for a in self.arrays), np.int64, len(self.arrays))
+
+    def dtype(self) -> np.dtype[Any]:
+        """The arrays' one dtype (int32 for no arrays); TypeError if they have several."""
+        dtypes = {a.dtype for a in self.arrays}
+        if len(dtypes) > 1 or any(a.ndim != 1 for a in self.arrays):
+            raise TypeError("joined arrays must be 1-D arrays of one dtype")
+        return dtypes.pop() if dtypes else np.dtype(np.int32)
+
+
+def _split(lengths: Any, flat: Any) -> list[np.ndarray]:
+    """The arrays of a :class:`Joined`: ``flat`` cut at ``lengths``, each piece over a buffer
+    of its own (scipy copies an index or value array that is a small view of a larger one,
+    ``_prune_array``, which would copy every weight of a shard again)."""
+    if (not isinstance(lengths, np.ndarray) or not isinstance(flat, np.ndarray)
+            or lengths.ndim != 1 or flat.ndim != 1 or lengths.dtype.kind not in "iu"
+            or np.any(lengths < 0) or int(lengths.sum()) != len(flat)):
+        raise ProtocolError("joined arrays: the lengths do not add up to the concatenation")
+    if not len(lengths):
+        return []
+    raw = np.ascontiguousarray(flat).data.cast("B")
+    ends = (np.cumsum(lengths) * flat.dtype.itemsize).tolist()
+    # ``[:]``: a view whose base is an array of its own size, as scipy's check expects.
+    return [np.frombuffer(raw[a:b], dtype=flat.dtype)[:]
+            for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def _array_bytes(a: np.ndarray) -> bytes:
@@ -74,6 +119,12 @@ def _array_bytes(a: np.ndarray) -> bytes:
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return msgpack.ExtType(_ARRAY, _array_bytes(obj))
+    if isinstance(obj, Joined):
+        dtype = obj.dtype()
+        flat = np.concatenate(obj.arrays) if obj.arrays else np.zeros(0, dtype)
+        return msgpack.ExtType(_JOINED, msgpack.packb(
+            [msgpack.ExtType(_ARRAY, _array_bytes(obj.lengths())),
+             msgpack.ExtType(_ARRAY, _array_bytes(flat))], use_bin_type=True))
     if sp.issparse(obj):
         m = sp.csr_matrix(obj)
         payload = [list(m.shape), _array_bytes(m.indptr), _array_bytes(m.indices),
@@ -104,6 +155,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
         shape, indptr, indices, values = msgpack.unpackb(data, raw=False)
         return sp.csr_matrix(
             (_array_from(values), _array_from(indices), _array_from(indptr)), shape=tuple(shape))
+    if code == _JOINED:
+        return _split(*msgpack.unpackb(data, ext_hook=_ext_hook, raw=False))
     raise ProtocolError(f"unknown msgpack extension type {code}")
 
 
@@ -124,23 +177,35 @@ def unpack(data: bytes) -> Any:
 def _same_bits(a: np.ndarray) -> bool:
     """Whether every element of ``a`` (two or more) has the bits of the first (so 0.0 and
     -0.0, or two NaNs with different payloads, are not the same)."""
-    if a.size < 2 or a.dtype.itemsize not in (1, 2, 4, 8):
+    return a.size >= 2 and _all_bits(a, a.reshape(-1)[:1])
+
+
+def _all_bits(a: np.ndarray, element: np.ndarray) -> bool:
+    """Whether every element of ``a`` has the bits of ``element`` (one element, same dtype)."""
+    unsigned = f"u{a.dtype.itemsize}"
+    if a.dtype.itemsize not in (1, 2, 4, 8):
         return False
-    bits = a.reshape(-1).view(f"u{a.dtype.itemsize}")
-    return bool(bits[0] == bits[-1]) and bool(np.all(bits == bits[0]))
+    value = element.view(unsigned)[0]
+    bits = a.reshape(-1).view(unsigned)
+    return bool(bits[0] == value) and bool(bits[-1] == value) and bool(np.all(bits == value))
+
+
+def _narrowest(dtype: np.dtype[Any], lo: int, hi: int) -> np.dtype[Any]:
+    """The narrowest integer type holding ``[lo, hi]``, if narrower than ``dtype``."""
+    for t, t_min, t_max in _NARROW:
+        if t.itemsize >= dtype.itemsize:
+            break
+        if t_min <= lo and hi <= t_max:
+            return t
+    return dtype
 
 
 def _narrowed(a: np.ndarray) -> np.ndarray:
     """``a`` in the narrowest integer type that holds its range (itself if none is narrower)."""
     if a.dtype.kind not in "iu" or a.size == 0:
         return a
-    lo, hi = int(a.min()), int(a.max())
-    for t, t_min, t_max in _NARROW:
-        if t.itemsize >= a.dtype.itemsize:
-            break
-        if t_min <= lo and hi <= t_max:
-            return a.astype(t)
-    return a
+    stored = _narrowest(a.dtype, int(a.min()), int(a.max()))
+    return a if stored == a.dtype else a.astype(stored)
 
 
 class _Packer:
@@ -155,23 +220,58 @@ class _Packer:
         a = np.ascontiguousarray(a)
         if a.dtype.str not in _DTYPES:
             raise TypeError(f"cannot serialise arrays of dtype {a.dtype}")
-        shape = list(a.shape)
         if _same_bits(a):
-            return msgpack.ExtType(_FILL, msgpack.packb(
-                [a.dtype.str, shape, a.reshape(-1)[:1].tobytes()], use_bin_type=True))
-        stored = _narrowed(a)
+            return self._fill(a.dtype, list(a.shape), a.reshape(-1)[:1])
+        return self._stored(_narrowed(a), a.dtype, list(a.shape))
+
+    def joined(self, joined: Joined) -> msgpack.ExtType:
+        """A :class:`Joined` with the reductions decided piece by piece, so the concatenation
+        is made once, already in its stored dtype."""
+        arrays, dtype, lengths = joined.arrays, joined.dtype(), joined.lengths()
+        total = int(lengths.sum())
+        if dtype.str not in _DTYPES:
+            raise TypeError(f"cannot serialise arrays of dtype {dtype}")
+        if not arrays or total < JOIN_PIECES_FROM * len(arrays):
+            # Small pieces: a few reductions over their concatenation cost less than a few
+            # per piece.
+            data = self.array(np.concatenate(arrays) if arrays else np.zeros(0, dtype))
+        else:
+            pieces = [np.ascontiguousarray(a) for a in arrays if len(a)]
+            first = pieces[0].reshape(-1)[:1]
+            if all(_all_bits(p, first) for p in pieces):
+                data = self._fill(dtype, [total], first)
+            else:
+                stored = _narrowest(dtype, min(int(p.min()) for p in pieces),
+                                    max(int(p.max()) for p in pieces)) \
+                    if dtype.kind in "iu" else dtype
+                data = self._stored(np.concatenate(pieces, dtype=stored, casting="unsafe"),
+                                    dtype, [total])
+        return msgpack.ExtType(_JOINED, msgpack.packb([self.array(lengths), data],
+                                                      use_bin_type=True))
+
+    @staticmethod
+    def _fill(dtype: np.dtype[Any], shape: list[int], element: np.ndarray) -> msgpack.ExtType:
+        return msgpack.ExtType(_FILL, msgpack.packb([dtype.str, shape, element.tobytes()],
+                                                    use_bin_type=True))
+
+    def _stored(self, stored: np.ndarray, dtype: np.dtype[Any],
+                shape: list[int]) -> msgpack.ExtType:
+        """An array of ``dtype`` and ``shape`` whose values are ``stored`` (maybe narrower):
+        in the message if small, else in a part of its own."""
         where: bytes | int
         if stored.nbytes < INLINE_BELOW:
             where = stored.tobytes()
         else:
             self.parts.append(stored.reshape(-1).data.cast("B"))
             where = len(self.parts)  # part 0 is the message itself
-        return msgpack.ExtType(_STORED, msgpack.packb([a.dtype.str, shape, stored.dtype.str,
+        return msgpack.ExtType(_STORED, msgpack.packb([dtype.str, shape, stored.dtype.str,
                                                        where], use_bin_type=True))
 
     def __call__(self, obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
             return self.array(obj)
+        if isinstance(obj, Joined):
+            return self.joined(obj)
         if sp.issparse(obj):
             m = obj if obj.format == "csr" else sp.csr_matrix(obj)
             payload = [list(m.shape), self.array(m.indptr), self.array(m.indices),
@@ -252,6 +352,8 @@ class _Unpacker:
         return checked_csr(shape, indptr, indices, values)
 
     def __call__(self, code: int, data: bytes) -> Any:
+        if code == _JOINED:
+            return _split(*msgpack.unpackb(data, ext_hook=self, raw=False))
         if code == _STORED:
             return self.stored(data)
         if code == _FILL:

@@ -40,7 +40,7 @@ from fsdgraph.integrity import RunKey
 from fsdgraph.kernels import Block
 from fsdgraph.resources import RunNames
 from fsdgraph.sealed import seal, unseal_parts
-from fsdgraph.serialize import pack_parts, unpack_parts
+from fsdgraph.serialize import Joined, pack, pack_parts, unpack, unpack_parts
 from fsdgraph.transport import Entry, entry_size
 
 CODEC = BlockCodec()
@@ -536,12 +536,47 @@ def test_parts_shrink_what_they_can_and_share_the_rest() -> None:
     assert len(parts[0]) < 3000  # the message: indptr narrowed, the fills, the headers
     names = RunNames("r1", key=RunKey.generate())
     body = seal(names, "k", parts)
-    got = unpack_parts(unseal_parts(names, "k", body))
-    assert not got["v"].flags.writeable and got["v"].flags.aligned
-    assert np.shares_memory(got["v"], np.frombuffer(body, np.uint8))  # not copied
+    views = unseal_parts(names, "k", body)
+    got = unpack_parts(views)
+    # A view of the body where the body leaves it aligned for float32, else an aligned copy.
+    aligned = np.frombuffer(views[1], np.uint8).ctypes.data % 4 == 0
+    assert np.shares_memory(got["v"], np.frombuffer(body, np.uint8)) == aligned
+    assert got["v"].flags.aligned and got["v"].flags.writeable != aligned
     np.testing.assert_array_equal(got["v"], values)
     assert got["ones"].tolist() == [1.0] * 10_000
     assert got["w"].indices.dtype == w.indices.dtype and (got["w"] != w).nnz == 0
+
+
+@pytest.mark.parametrize("arrays", [
+    [],
+    [np.arange(3, dtype=np.int32), np.zeros(0, np.int32), np.arange(2, dtype=np.int32)],
+    [np.arange(5000, dtype=np.int32) % 700 for _ in range(4)],  # large pieces, narrowed
+    [np.full(6000, 0.0625, np.float32) for _ in range(3)],  # one fill for every piece
+    [np.full(6000, 0.0625, np.float32), np.full(6000, -0.0625, np.float32)],  # two values
+    [np.arange(n, dtype=np.int64) * 10**9 for n in (4096, 5000)],  # nothing narrower
+    [np.arange(40, dtype=np.uint16) for _ in range(300)],  # many small pieces
+])
+def test_joined_arrays_round_trip_exactly(arrays: list[np.ndarray]) -> None:
+    for got in (parts_roundtrip(Joined(arrays)), unpack(pack(Joined(arrays)))):
+        assert len(got) == len(arrays)
+        for g, a in zip(got, arrays, strict=True):
+            assert g.dtype == a.dtype and g.tobytes() == a.tobytes()
+            # Not a small view of a large array, which scipy would copy.
+            assert g.base is None or (isinstance(g.base, np.ndarray) and g.base.size == g.size)
+
+
+def test_joined_arrays_must_share_a_dtype_and_add_up() -> None:
+    with pytest.raises(TypeError, match="1-D arrays of one dtype"):
+        pack_parts(Joined([np.zeros(3, np.int32), np.zeros(3, np.int64)]))
+    with pytest.raises(TypeError, match="1-D arrays of one dtype"):
+        pack_parts(Joined([np.zeros((3, 2), np.int32)]))
+    lengths = ext(1, ["<i8", [2], np.array([2, 2], np.int64).tobytes()])
+    for flat in (np.arange(3, dtype=np.int32), np.arange(5, dtype=np.int32)):
+        message = msgpack.packb(ext(6, [lengths, ext(1, ["<i4", [len(flat)], flat.tobytes()])]))
+        with pytest.raises(ProtocolError, match="lengths do not add up"):
+            unpack_parts([message])
+        with pytest.raises(ProtocolError, match="lengths do not add up"):
+            unpack(message)
 
 
 def ext(code: int, payload: list[Any]) -> msgpack.ExtType:

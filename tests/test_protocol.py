@@ -623,7 +623,8 @@ def test_shard_parts_round_trip_and_refuse_what_does_not_add_up(network: Network
 
     fields = unpack(shard.to_bytes())
     broken: dict[str, Any] = {
-        "lengths": {**fields, "out": [fields["out"][0][:-1], fields["out"][1]]},
+        "a layer's outputs missing": {**fields, "out": fields["out"][:-1]},
+        "outputs not arrays": {**fields, "out": [0] * len(fields["out"])},
         "a weight shape missing": {**fields, "weight_shape": fields["weight_shape"][:-1]},
         "ids": {**fields, "sends": [[0.5]] * len(fields["specs"])},
         "a column out of range": {**fields, "weight_shape": [[s[0], 1]
