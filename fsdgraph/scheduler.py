@@ -367,17 +367,20 @@ class Scheduler:
         hold, so only the checksum and one copy into the body touch the data."""
         blocks = input_blocks(y0, [shard.input_neurons for shard in plan.shards])
         puts: list[asyncio.Future[None]] = []
-        for w, (shard, block) in enumerate(zip(plan.shards, blocks, strict=True)):
-            for key, parts in ((names.shard_key(w), shard.to_parts()),
-                               (names.input_key(w), input_parts(block))):
-                puts.append(asyncio.ensure_future(
-                    services.objects.put(key, seal(names, key, parts))))
-                # Let this PUT start (a large one is written from a thread) while the next
-                # object is encoded and checksummed.
-                await asyncio.sleep(0)
-        # Every PUT ends before staging does, even when one fails: none may land after the
-        # teardown has removed the run's objects.
-        for outcome in await asyncio.gather(*puts, return_exceptions=True):
+        try:
+            for w, (shard, block) in enumerate(zip(plan.shards, blocks, strict=True)):
+                for key, parts in ((names.shard_key(w), shard.to_parts()),
+                                   (names.input_key(w), input_parts(block))):
+                    puts.append(asyncio.ensure_future(
+                        services.objects.put(key, seal(names, key, parts))))
+                    # Let this PUT start (a large one is written from a thread) while the next
+                    # object is encoded and checksummed.
+                    await asyncio.sleep(0)
+        finally:
+            # Every PUT ends before staging does, whatever fails: none may land after the
+            # teardown has removed the run's objects.
+            outcomes = await asyncio.gather(*puts, return_exceptions=True)
+        for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
 

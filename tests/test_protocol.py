@@ -636,3 +636,27 @@ def test_shard_parts_round_trip_and_refuse_what_does_not_add_up(network: Network
             WorkerShard.from_parts(pack_parts(d), "runs/sealed/plan/1")
         with pytest.raises(ProtocolError):
             WorkerShard.from_bytes(pack(d))
+
+
+def test_staging_waits_for_every_put_before_failing(network: Network) -> None:
+    """A PUT that fails fails staging, but only once the others have ended: none may land after
+    the teardown has removed the run's objects."""
+
+    class Store:
+        def __init__(self) -> None:
+            self.done: list[str] = []
+
+        async def put(self, key: str, body: bytes) -> None:
+            if key.endswith("input/0"):
+                raise OSError("disk full")
+            await asyncio.sleep(0.05)
+            self.done.append(key)
+
+    store = Store()
+    names = RunNames("staging", key=RunKey.generate())
+    services: Any = type("Services", (), {"objects": store})()
+    scheduler = fsdgraph.Scheduler(LocalBackend(warm=False), "object")
+    with pytest.raises(OSError, match="disk full"):
+        asyncio.run(scheduler._stage(services, names, network.plan,
+                                     sp.csr_matrix(network.inputs, dtype=np.float32)))
+    assert len(store.done) == 2 * network.plan.workers - 1
