@@ -339,7 +339,7 @@ def block_from_fields(fields: Any, batch: int | None = None) -> Block:
     data = _vector(fields, "data", "f")
     nnz = len(indices)
     if (data.dtype != np.float32 or len(data) != nnz or len(indptr) != nrows + 1
-            or indptr[0] != 0 or indptr[-1] != nnz):
+            or indptr[0] != 0 or indptr[-1] != nnz or np.any(indptr[1:] < indptr[:-1])):
         raise ProtocolError(f"raw block: CSR arrays of {len(indptr)} pointers, {nnz} column "
                             f"ids and {len(data)} values ({data.dtype}) for {nrows} rows")
     if nnz:
@@ -349,8 +349,7 @@ def block_from_fields(fields: Any, batch: int | None = None) -> Block:
         steps = np.diff(indices.astype(np.int64))
         starts = indptr[1:-1]
         steps[starts[(starts > 0) & (starts < nnz)] - 1] = 0
-        if (np.any(np.diff(indptr) < 0) or int(indices.min()) < 0
-                or int(indices.max()) >= ncols or np.any(steps < 0)):
+        if int(indices.min()) < 0 or int(indices.max()) >= ncols or np.any(steps < 0):
             raise ProtocolError("raw block: CSR column ids out of range or not sorted")
     csr = sp.csr_matrix((data, indices.astype(np.int32, copy=False), indptr),
                         shape=(nrows, ncols))
@@ -370,13 +369,12 @@ def input_parts(block: Block) -> list[bytes | memoryview]:
     return pack_parts({"version": INPUT_VERSION, "block": block_fields(block)})
 
 
-def _versioned(key: str, what: str, parts: Sequence[bytes | memoryview],
-               version: int) -> dict[str, Any]:
+def _versioned(what: str, parts: Sequence[bytes | memoryview], version: int) -> dict[str, Any]:
     d = unpack_parts(parts)
     if not isinstance(d, dict) or d.get("version") != version:
         got = d.get("version") if isinstance(d, dict) else type(d).__name__
-        raise ProtocolError(f"object {key}: {what} version {got!r} is not {version}, the "
-                            "version this fsdgraph reads")
+        raise ProtocolError(f"{what} version {got!r} is not {version}, the version this "
+                            "fsdgraph reads")
     return d
 
 
@@ -384,11 +382,9 @@ def read_input(key: str, parts: Sequence[bytes | memoryview], batch: int) -> Blo
     """The block of the input object ``key`` (its unsealed ``parts``); ProtocolError naming the
     key if it is not a well-formed one."""
     try:
-        return block_from_fields(_versioned(key, "input", parts, INPUT_VERSION).get("block"),
-                                 batch)
+        return block_from_fields(_versioned("input", parts, INPUT_VERSION).get("block"), batch)
     except ProtocolError as exc:
-        raise ProtocolError(f"{exc}" if str(exc).startswith(f"object {key}")
-                            else f"object {key}: {exc}") from exc
+        raise ProtocolError(f"object {key}: {exc}") from exc
 
 
 def output_parts(block: Block, columns: np.ndarray,
@@ -405,11 +401,10 @@ def read_output(key: str, parts: Sequence[bytes | memoryview], batch: int,
     ``parts``), for a run of ``batch`` rows and ``width`` outputs; ProtocolError naming the key
     if it is not a well-formed one."""
     try:
-        d = _versioned(key, "output", parts, OUTPUT_VERSION)
+        d = _versioned("output", parts, OUTPUT_VERSION)
         block = block_from_fields(d.get("block"), batch)
     except ProtocolError as exc:
-        raise ProtocolError(f"{exc}" if str(exc).startswith(f"object {key}")
-                            else f"object {key}: {exc}") from exc
+        raise ProtocolError(f"object {key}: {exc}") from exc
     columns, metrics = d.get("columns"), d.get("metrics")
     if (not isinstance(columns, np.ndarray) or columns.ndim != 1
             or columns.dtype.kind not in "iu" or len(columns) != block.ncols

@@ -182,9 +182,9 @@ def _same_bits(a: np.ndarray) -> bool:
 
 def _all_bits(a: np.ndarray, element: np.ndarray) -> bool:
     """Whether every element of ``a`` has the bits of ``element`` (one element, same dtype)."""
-    unsigned = f"u{a.dtype.itemsize}"
     if a.dtype.itemsize not in (1, 2, 4, 8):
         return False
+    unsigned = f"u{a.dtype.itemsize}"
     value = element.view(unsigned)[0]
     bits = a.reshape(-1).view(unsigned)
     return bool(bits[0] == value) and bool(bits[-1] == value) and bool(np.all(bits == value))
@@ -324,10 +324,10 @@ class _Unpacker:
             raw = where
         else:
             raise ProtocolError(f"array data is a {type(where).__name__}")
-        count = int(np.prod(shape, dtype=np.int64))
-        if len(memoryview(raw).cast("B")) != count * stored.itemsize:
-            raise ProtocolError(f"array of shape {list(shape)} and dtype {stored} has "
-                                f"{len(memoryview(raw).cast('B'))} bytes")
+        count, size = int(np.prod(shape, dtype=np.int64)), memoryview(raw).nbytes
+        if size != count * stored.itemsize:
+            raise ProtocolError(f"array of shape {list(shape)} and dtype {stored} has {size} "
+                                "bytes")
         a = np.frombuffer(raw, dtype=stored)
         if stored != dtype:
             a = a.astype(dtype)
@@ -366,7 +366,8 @@ class _Unpacker:
 def checked_csr(shape: Any, indptr: Any, indices: Any, values: Any) -> sp.csr_matrix:
     """A CSR matrix from its arrays, checked in full (the kernels index with them unchecked):
     ProtocolError unless the pointers start at 0, never fall and end at the number of column
-    ids, and every column id is in range. The arrays are used as they are, not copied."""
+    ids, and every column id is in range. The arrays are not copied (unless scipy changes
+    their index dtype)."""
     shape = _shape(shape)
     if len(shape) != 2 or not all(isinstance(a, np.ndarray) and a.ndim == 1
                                   for a in (indptr, indices, values)):
