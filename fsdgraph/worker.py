@@ -45,6 +45,7 @@ from fsdgraph.kernels import Block, LayerInputs, WeightRows
 from fsdgraph.kernels.choice import kernel_from_env, preload
 from fsdgraph.metrics import WorkerMetrics, counted, precount_report
 from fsdgraph.plan import INPUT, WorkerShard
+from fsdgraph.plugins import installed
 from fsdgraph.sealed import seal, unseal, unseal_parts
 from fsdgraph.transport import ObjectStore, check_invoke_payload
 
@@ -336,6 +337,9 @@ class WorkerRuntime:
         await self.channel.close()
 
 
-# The compiled kernel is loaded at import: in Lambda's init phase, and once in a local launcher
-# or Lambda zygote before it forks the workers, not in every worker's first layer.
+# The compiled kernel is loaded, and the installed plugins read, at import: in Lambda's init
+# phase, and once in a local launcher or Lambda zygote before it forks the workers, not in every
+# worker's first layer.
 preload()
+for _group in ("fsdgraph.backends", "fsdgraph.channels"):
+    installed(_group)
