@@ -53,7 +53,10 @@ class WeightRows:
 
     @cached_property
     def by_output(self) -> Arrays:
-        return kernel_arrays(self.transposed)
+        """W^T as the compiled kernels take it (only they read it), transposed by them."""
+        from fsdgraph.kernels.fused import transpose
+
+        return transpose(*self.by_input, self.shape[1])
 
     @property
     def shape(self) -> tuple[int, int]:
