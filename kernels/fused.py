@@ -69,13 +69,33 @@ _CACHE = __name__ == "fsdgraph.kernels.fused"
 DENSE_TILE = 1024
 
 
+@njit(cache=_CACHE, nogil=True, boundscheck=False, inline="always")
+def _emit(j, acc, bias, relu, cap, out_indices, out_data, at):
+    """Output ``j`` of a row from the accumulator (cleared for the next row): bias only where
+    the sum is nonzero (scipy's products keep only those), ReLU, cap, written at ``at`` if it is
+    still nonzero. Returns how many it wrote (0 or 1)."""
+    s = acc[j]
+    acc[j] = np.float32(0)
+    if s == 0:
+        return 0
+    s += bias[j]
+    if relu and s < 0:
+        s = np.float32(0)
+    if s > cap:
+        s = cap
+    if s == 0:
+        return 0
+    out_indices[at] = j
+    out_data[at] = s
+    return 1
+
+
 @njit(cache=_CACHE, nogil=True, boundscheck=False)
 def _sparse_row(i, x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bias, relu, cap,
                 acc, seen, touched, bound, out_indices, out_data, at):
     """Row ``i``: product, epilogue and output in ascending column order, written from ``at``;
     returns how many outputs it wrote. ``acc`` and ``seen`` are all zero before and after."""
     width = len(bias)
-    zero = np.float32(0)  # float32 constants keep every operation in float32
     c = 0
     if bound * 8 < width:
         # Few outputs: remember which were touched, read back those sorted.
@@ -94,18 +114,7 @@ def _sparse_row(i, x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bia
         for t in range(n):
             j = order[t]
             seen[j] = False
-            s = acc[j]
-            acc[j] = zero
-            if s != 0:  # bias only where the sum is nonzero (scipy keeps only those)
-                s += bias[j]
-                if relu and s < 0:
-                    s = zero
-                if s > cap:
-                    s = cap
-                if s != 0:
-                    out_indices[at + c] = j
-                    out_data[at + c] = s
-                    c += 1
+            c += _emit(j, acc, bias, relu, cap, out_indices, out_data, at + c)
         return c
     # Many: scatter, then scan the whole accumulator in column order.
     for p in range(x_indptr[i], x_indptr[i + 1]):
@@ -114,18 +123,8 @@ def _sparse_row(i, x_indptr, x_indices, x_data, w_indptr, w_indices, w_data, bia
         for q in range(w_indptr[k], w_indptr[k + 1]):
             acc[w_indices[q]] += v * w_data[q]
     for j in range(width):
-        s = acc[j]
-        if s != 0:
-            acc[j] = zero
-            s += bias[j]
-            if relu and s < 0:
-                s = zero
-            if s > cap:
-                s = cap
-            if s != 0:
-                out_indices[at + c] = j
-                out_data[at + c] = s
-                c += 1
+        if acc[j] != 0:
+            c += _emit(j, acc, bias, relu, cap, out_indices, out_data, at + c)
     return c
 
 

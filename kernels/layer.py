@@ -26,7 +26,8 @@ choice.Kernel`: the compiled one when numba is installed, else scipy's (same res
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -160,6 +161,14 @@ def serial_inference(y0: sp.spmatrix, layers: Sequence[Layer],
     array([[0.5, 0. ],
            [0. , 0. ]], dtype=float32)
     """
+    last = deque(serial_layers(y0, layers, kernel), maxlen=1)  # only the final output kept
+    block = last[0] if last else Block.from_matrix(sp.csr_matrix(y0, dtype=np.float32))
+    return block.to_matrix(y0.shape[0])
+
+
+def serial_layers(y0: sp.spmatrix, layers: Sequence[Layer],
+                  kernel: Kernel | None = None) -> Iterator[Block]:
+    """As :func:`serial_inference`, yielding every layer's output (its live rows) in turn."""
     kernel = kernel or kernel_from_env()
     batch = y0.shape[0]
     block = Block.from_matrix(sp.csr_matrix(y0, dtype=np.float32))
@@ -170,4 +179,4 @@ def serial_inference(y0: sp.spmatrix, layers: Sequence[Layer],
         inputs.add(block, np.arange(layer.weight.shape[0]))
         block = inputs.finish(layer.bias, bias_on_nonzero=layer.bias_on_nonzero,
                               relu=layer.relu, cap=layer.cap)
-    return block.to_matrix(batch)
+        yield block

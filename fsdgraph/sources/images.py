@@ -304,18 +304,10 @@ def live_row_curve(images: sp.spmatrix, layers: Sequence[Layer],
     Runs the layers serially with the layer kernel (default: ``kernel_from_env()``, the
     compiled one when numba is installed: a tenth of a second for 1200 official images).
     """
-    from fsdgraph.kernels import Block, LayerInputs, WeightRows, kernel_from_env
+    from fsdgraph.kernels.layer import serial_layers
 
-    kernel = kernel or kernel_from_env()
     batch = int(images.shape[0])
-    block = Block.from_matrix(sp.csr_matrix(images, dtype=np.float32))
     alive = np.zeros(len(layers), dtype=np.float64)
-    for l, layer in enumerate(layers):
-        inputs = LayerInputs(batch, WeightRows(layer.weight), kernel)
-        if not layer.bias_on_nonzero:
-            inputs.touch_all()
-        inputs.add(block, np.arange(layer.weight.shape[0]))
-        block = inputs.finish(layer.bias, bias_on_nonzero=layer.bias_on_nonzero,
-                              relu=layer.relu, cap=layer.cap)
+    for l, block in enumerate(serial_layers(images, layers, kernel)):
         alive[l] = len(block.rows) / batch if batch else 0.0
     return alive
