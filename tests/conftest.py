@@ -7,6 +7,8 @@ Tests on the official Graph Challenge data use the ``official_data`` fixture: on
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import subprocess
 import urllib.request
@@ -17,6 +19,18 @@ from pathlib import Path
 import pytest
 
 OFFICIAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "graphchallenge"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels() -> None:
+    """The numba kernels compiled (and cached on disk) once, before any test starts processes.
+
+    On a fresh clone the first import of ``fsdgraph.kernels.fused`` compiles for several seconds;
+    every process after it loads the cache. Without this the first test to start workers would
+    have its workers compile in their zygote or launcher, silent long enough to be relaunched,
+    as a Lambda function whose image was built without the cache would be."""
+    if importlib.util.find_spec("numba") is not None:
+        importlib.import_module("fsdgraph.kernels.fused")
 
 
 @pytest.fixture(scope="session")
