@@ -144,7 +144,6 @@ class LayerInputs:
         return x_t
 
 
-
 def serial_inference(y0: sp.spmatrix, layers: Sequence[Layer],
                      kernel: Kernel | None = None) -> sp.csr_matrix:
     """Every layer in this process with the layer kernel (default: the one
