@@ -251,8 +251,9 @@ class WorkerRuntime:
         """Run every layer; yields the index of each layer once it is done."""
         shard, prev, first = await self._load()
         self.shard = shard
-        # Each weight shard in the layouts the kernels read, prepared once, not per layer.
-        weights = [WeightRows(ls.weight) for ls in shard.layers]
+        # Each weight shard in the layouts the kernels read, prepared once at load (only for the
+        # layers this attempt runs).
+        weights = {l: WeightRows(ls.weight) for l, ls in enumerate(shard.layers) if l >= first}
         hook = self.services.layer_hook
         every = self.event.checkpoint_every
         slowest = 0.0
