@@ -19,6 +19,7 @@ Steps, per layer ``l`` with weight ``W`` (in x out):
 from __future__ import annotations
 
 import builtins
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,29 +30,140 @@ from fsdgraph.partitioners import Partitioner, get_partitioner
 from fsdgraph.plan import INPUT, Edge, LayerShard, LayerSpec, Plan, Send, SourceRows, WorkerShard
 
 
+#: How the workers share the work (:func:`compile`'s ``strategy``; ``auto``: the planner picks).
+STRATEGIES = ("model", "data", "hybrid")
+
+
 def compile(
     graph: Graph | builtins.list[Layer],
     workers: int,
     partitioner: str | Partitioner = "hypergraph",
+    *,
+    strategy: str = "model",
+    replicas: int | None = None,
+    collapse_at: int | None = None,
+    collapse_to: int = 1,
+    **planning: Any,
 ) -> Plan:
-    """Partition every layer of ``graph`` over ``workers`` and derive the exchange edges."""
+    """Partition every layer of ``graph`` over ``workers`` and derive the exchange edges.
+
+    ``strategy`` says how the workers share the work, all with the serial reference's results:
+
+    * ``model`` (default): every worker owns a slice of every layer's neurons and computes it for
+      all images; activations are exchanged every layer;
+    * ``data``: every worker holds the whole model and computes a slice of the images; nothing
+      is exchanged;
+    * ``hybrid``: ``replicas`` groups of ``workers / replicas`` model-parallel workers, each group
+      computing its slice of the images;
+    * ``auto``: the planner (:func:`fsdgraph.planner.choose`, given ``planning`` keywords such as
+      ``objective``, ``memory_mb``, ``channel``, ``images``) picks one of these, and whether to
+      collapse; the plan's ``planned`` says what it chose and predicted.
+
+    ``collapse_at`` (model, hybrid): from that layer on, only the first ``collapse_to`` workers of
+    each group own neurons: the previous layer's outputs are gathered onto them once, and the
+    layers where few images are still alive run with less exchange (none for ``collapse_to=1``).
+    """
     layers = graph.layers() if isinstance(graph, Graph) else _check_layers(graph)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     workers = int(workers)
-    narrowest = min(layer.weight.shape[1] for layer in layers)
-    if workers > narrowest:
-        raise ConfigError(
-            f"workers={workers} exceeds the narrowest layer ({narrowest} neurons): "
-            "every worker must own at least one neuron")
-    part = get_partitioner(partitioner)
-    weights = [layer.weight for layer in layers]
-    owners = part.partition([w.shape[1] for w in weights], workers, weights)
-    _check_owners(owners, weights, workers, part.name)
-    owners = [own.astype(np.int32, copy=False) for own in owners]
+    if strategy == "auto":
+        from fsdgraph.planner import choose  # the planner compiles candidates with this module
 
+        choice = choose(layers, workers, partitioner=partitioner, **planning)
+        plan = choice.plan
+        plan.planned = choice.to_dict()
+        return plan
+    if planning:
+        raise ConfigError(f"compile: {', '.join(sorted(planning))} only apply with "
+                          "strategy='auto'")
+    replicas = _replicas(strategy, workers, replicas)
+    group = workers // replicas
+    collapse = _collapse(collapse_at, collapse_to, len(layers), group)
+    narrowest = min(layer.weight.shape[1] for layer in layers)
+    if group > narrowest:
+        who = f"workers={workers}" if replicas == 1 else f"a group of {group} workers"
+        raise ConfigError(f"{who} exceeds the narrowest layer ({narrowest} neurons): every "
+                          "worker must own at least one neuron")
+    part = get_partitioner(partitioner)
+    owners = _owners(part, layers, group, collapse)
+    shards, input_neurons, edges = _group_shards(layers, owners, group)
     specs = [LayerSpec(int(layer.weight.shape[1]), layer.relu, layer.cap, layer.bias_on_nonzero)
              for layer in layers]
+    group_shards = [WorkerShard(w, group, input_neurons[w], specs, shards[w])
+                    for w in range(group)]
+    all_shards = [group_shards[w % group].rebased(w - w % group)
+                  for w in range(workers)]
+    all_edges = [Edge(e.layer, e.src + base, e.dst + base, e.neurons)
+                 for base in range(0, workers, group) for e in edges]
+    return Plan(workers=workers, input_width=int(layers[0].weight.shape[0]),
+                partitioner=part.name, specs=specs, owners=owners, shards=all_shards,
+                edges=all_edges, replicas=replicas, strategy=strategy,
+                collapse_at=None if collapse is None else collapse[0],
+                collapse_to=group if collapse is None else collapse[1])
+
+
+def _replicas(strategy: str, workers: int, replicas: int | None) -> int:
+    """The number of model replicas ``strategy`` means for ``workers``."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy {strategy!r}: expected auto or one of "
+                          f"{', '.join(STRATEGIES)}")
+    if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
+                                 or replicas < 1):
+        raise ConfigError(f"replicas must be a positive integer, got {replicas!r}")
+    if strategy == "model":
+        if replicas not in (None, 1):
+            raise ConfigError(f"strategy 'model' has one replica, got replicas={replicas}")
+        return 1
+    if strategy == "data":
+        if replicas not in (None, workers):
+            raise ConfigError(f"strategy 'data' has one replica per worker ({workers}), got "
+                              f"replicas={replicas}")
+        return workers
+    if replicas is None:
+        raise ConfigError("strategy 'hybrid' needs replicas (the number of model-parallel "
+                          "groups)")
+    if workers % replicas:
+        raise ConfigError(f"hybrid: replicas={replicas} must divide workers={workers}")
+    return replicas
+
+
+def _collapse(at: int | None, to: int, layers: int, group: int) -> tuple[int, int] | None:
+    """``(collapse_at, collapse_to)`` checked, or None when nothing collapses."""
+    if at is None:
+        return None
+    if isinstance(at, bool) or not isinstance(at, int) or not 0 < at < layers:
+        raise ConfigError(f"collapse_at must be a layer in [1, {layers - 1}], got {at!r}")
+    if isinstance(to, bool) or not isinstance(to, int) or not 1 <= to <= group:
+        raise ConfigError(f"collapse_to must be in [1, {group}] (the workers of a group), "
+                          f"got {to!r}")
+    return None if to == group else (at, to)
+
+
+def _owners(part: Partitioner, layers: builtins.list[Layer], group: int,
+            collapse: tuple[int, int] | None) -> builtins.list[np.ndarray]:
+    """Owners per layer within one group: ``group`` workers, or after ``collapse_at`` only the
+    first ``collapse_to``; one worker needs no partitioner."""
+    at, to = collapse if collapse is not None else (len(layers), group)
+    owners: builtins.list[np.ndarray] = []
+    for segment, width in ((layers[:at], group), (layers[at:], to)):
+        if not segment:
+            continue
+        weights = [layer.weight for layer in segment]
+        if width == 1:
+            found = [np.zeros(w.shape[1], np.int32) for w in weights]
+        else:
+            found = part.partition([w.shape[1] for w in weights], width, weights)
+            _check_owners(found, weights, width, part.name)
+        owners += [own.astype(np.int32, copy=False) for own in found]
+    return owners
+
+
+def _group_shards(
+    layers: builtins.list[Layer], owners: builtins.list[np.ndarray], workers: int,
+) -> tuple[builtins.list[builtins.list[LayerShard]], builtins.list[np.ndarray],
+           builtins.list[Edge]]:
+    """Every worker's layer shards, its input neurons and the exchange edges of one group."""
     per_worker: list[list[LayerShard]] = [[] for _ in range(workers)]
     input_neurons: list[np.ndarray] = []
     edges: list[Edge] = []
@@ -87,11 +199,7 @@ def compile(
                 per_worker[w][l] = LayerShard(shard.out_cols, shard.bias, shard.inputs,
                                               shard.weight, shard.sources, sends[w])
         prev_cols = out_cols
-
-    shards = [WorkerShard(w, workers, input_neurons[w], specs, per_worker[w])
-              for w in range(workers)]
-    return Plan(workers=workers, input_width=int(layers[0].weight.shape[0]),
-                partitioner=part.name, specs=specs, owners=owners, shards=shards, edges=edges)
+    return per_worker, input_neurons, edges
 
 
 def _check_layers(layers: object) -> builtins.list[Layer]:

@@ -68,11 +68,18 @@ class WorkerEvent:
     kernel: str = ""
     #: Threads per layer product; 0: the function's own choice (one per vCPU on Lambda).
     kernel_threads: int = 0
+    #: Workers per model-parallel group (a replica of the model); worker ``w`` reads the plan
+    #: shard of its group position ``w % group``. 0: one group of all the workers.
+    group: int = 0
     version: int = EVENT_VERSION
 
     def __post_init__(self) -> None:
         if isinstance(self.branching, int) and self.branching < 1:
             raise ProtocolError(f"worker event: branching must be >= 1, got {self.branching}")
+        if (isinstance(self.group, int) and isinstance(self.workers, int)
+                and (self.group < 0 or (self.group and self.workers % self.group))):
+            raise ProtocolError(f"worker event: group {self.group} does not divide the "
+                                f"{self.workers} workers")
 
     @property
     def names(self) -> RunNames:

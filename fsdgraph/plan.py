@@ -92,13 +92,29 @@ class LayerShard:
 
 @dataclass(frozen=True)
 class WorkerShard:
-    """One worker's part of the plan."""
+    """One worker's part of the plan. ``workers`` is the size of its model-parallel group; the
+    worker and peer ids are global (a replica's shard is its group's shard :meth:`rebased`)."""
 
     worker: int
     workers: int
     input_neurons: np.ndarray
     specs: list[LayerSpec]
     layers: list[LayerShard]
+
+    def rebased(self, base: int) -> WorkerShard:
+        """The same shard for the replica whose workers start at ``base`` (every worker and
+        peer id moved by ``base``; the arrays are shared, not copied)."""
+        if base == 0:
+            return self
+
+        def moved(ls: LayerShard) -> LayerShard:
+            sources = [SourceRows(r.src if r.src == INPUT else r.src + base, r.positions)
+                       for r in ls.sources]
+            sends = [Send(s.dst + base, s.columns) for s in ls.sends]
+            return LayerShard(ls.out_cols, ls.bias, ls.inputs, ls.weight, sources, sends)
+
+        return WorkerShard(self.worker + base, self.workers, self.input_neurons, self.specs,
+                           [moved(ls) for ls in self.layers])
 
     def _fields(self) -> dict[str, Any]:
         # Column-wise: each kind of array, of every layer, joined into one (with the lengths
@@ -208,6 +224,22 @@ class Plan:
     owners: list[np.ndarray]
     shards: list[WorkerShard]
     edges: list[Edge] = field(default_factory=list)
+    #: Replicas of the model (data parallelism): ``workers = replicas x group``; worker ``w``
+    #: belongs to replica ``w // group`` and computes only that replica's share of the images.
+    replicas: int = 1
+    #: The parallelism the plan was compiled for (``model``, ``data``, ``hybrid``).
+    strategy: str = "model"
+    #: From layer ``collapse_at`` on (None: never), only the first ``collapse_to`` workers of
+    #: each group own neurons: the live rows are gathered onto them.
+    collapse_at: int | None = None
+    collapse_to: int = 0
+    #: What the planner chose and predicted (``strategy="auto"``), for the run's report.
+    planned: dict[str, Any] | None = None
+
+    @property
+    def group(self) -> int:
+        """Workers per replica: the model-parallel width."""
+        return self.workers // self.replicas
 
     @property
     def layers(self) -> int:
@@ -216,6 +248,18 @@ class Plan:
     @property
     def output_width(self) -> int:
         return self.specs[-1].width
+
+    def image_slices(self, batch: int) -> list[tuple[int, int]]:
+        """The rows ``[start, stop)`` of a ``batch`` of images each replica computes: near-equal
+        contiguous runs."""
+        cuts = [r * batch // self.replicas for r in range(self.replicas + 1)]
+        return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+    def parallelism(self) -> dict[str, Any]:
+        """How the work is shared: strategy, replicas, group width, collapse (JSON-able)."""
+        return {"strategy": self.strategy, "replicas": self.replicas, "group": self.group,
+                "collapse_at": self.collapse_at,
+                "collapse_to": self.collapse_to if self.collapse_at is not None else None}
 
     def shard_bytes(self, worker: int) -> bytes:
         return self.shards[worker].to_bytes()
@@ -248,14 +292,16 @@ class Plan:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able description of the plan (``fsdgraph plan`` prints it)."""
+        # A replica's shards are its group's (staged once): size them once.
         shard_sizes = [sum(len(memoryview(p).cast("B")) for p in self.shards[w].to_parts())
-                       for w in range(self.workers)]
+                       for w in range(self.group)] * self.replicas
         return {
             "workers": self.workers,
             "layers": self.layers,
             "input_width": self.input_width,
             "output_width": self.output_width,
             "partitioner": self.partitioner,
+            **self.parallelism(),
             "edges": len(self.edges),
             "exchanged_neurons_per_layer": self.rows_to_send(),
             "exchanged_neurons_total": sum(self.rows_to_send()),

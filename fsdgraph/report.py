@@ -124,6 +124,11 @@ def _sum_metrics(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mappi
         "layers": plan.layers,
         "batch": facts.batch,
         "partitioner": plan.partitioner,
+        # How the work was shared, and (strategy="auto") what the planner chose and predicted,
+        # beside what was measured.
+        "parallelism": plan.parallelism(),
+        "planned": (None if plan.planned is None
+                    else {**plan.planned, "measured_wall_s": facts.wall_s}),
         "wall_s": facts.wall_s,
         "stage_s": facts.stage_s,
         "setup_s": facts.setup_s,

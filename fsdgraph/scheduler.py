@@ -362,20 +362,21 @@ class Scheduler:
 
     async def _stage(self, services: Services, names: RunNames, plan: Plan,
                      y0: sp.csr_matrix) -> None:
-        """PUT every worker's plan shard and input columns, sealed. Both go as raw arrays
-        (:func:`fsdgraph.serialize.pack_parts`): the object store carries bytes whatever they
-        hold, so only the checksum and one copy into the body touch the data."""
-        blocks = input_blocks(y0, [shard.input_neurons for shard in plan.shards])
+        """PUT every worker's input columns and every group position's plan shard, sealed (the
+        replicas of a group share its shards: worker ``w`` reads shard ``w % group``). Both go as
+        raw arrays (:func:`fsdgraph.serialize.pack_parts`): the object store carries bytes
+        whatever they hold, so only the checksum and one copy into the body touch the data."""
+        blocks = replica_input_blocks(y0, plan)
+        objects = [(names.shard_key(g), plan.shards[g].to_parts()) for g in range(plan.group)]
+        objects += [(names.input_key(w), input_parts(block)) for w, block in enumerate(blocks)]
         puts: list[asyncio.Future[None]] = []
         try:
-            for w, (shard, block) in enumerate(zip(plan.shards, blocks, strict=True)):
-                for key, parts in ((names.shard_key(w), shard.to_parts()),
-                                   (names.input_key(w), input_parts(block))):
-                    puts.append(asyncio.ensure_future(
-                        services.objects.put(key, seal(names, key, parts))))
-                    # Let this PUT start (a large one is written from a thread) while the next
-                    # object is encoded and checksummed.
-                    await asyncio.sleep(0)
+            for key, parts in objects:
+                puts.append(asyncio.ensure_future(
+                    services.objects.put(key, seal(names, key, parts))))
+                # Let this PUT start (a large one is written from a thread) while the next
+                # object is encoded and checksummed.
+                await asyncio.sleep(0)
         finally:
             # Every PUT ends before staging does, whatever fails: none may land after the
             # teardown has removed the run's objects.
@@ -395,7 +396,7 @@ class Scheduler:
             progress_interval_s=interval, branching=self.config.branching,
             run_key=names.key.hex(), checkpoint_every=self._checkpoint_every(plan, channel_config),
             time_limit_s=self.backend.time_limit_s(), kernel=self.config.kernel or "",
-            kernel_threads=self.config.kernel_threads)
+            kernel_threads=self.config.kernel_threads, group=plan.group)
         relaunch_after = max(self.config.relaunch_after_s, 4 * interval)
         state = RunState(plan.workers, plan.layers, time.monotonic())
         for root in roots(plan.workers, self.config.branching):
@@ -509,6 +510,19 @@ def _check_limits(limits: Limits) -> None:
             raise ConfigError(f"limit {name}={getattr(limits, name)} is too small: chunk "
                               f"attributes and status messages need at least "
                               f"{MIN_MESSAGE_BYTES} bytes to fit")
+
+
+def replica_input_blocks(y0: sp.csr_matrix, plan: Plan) -> list[Block]:
+    """Every worker's input block: its group position's input columns of its replica's rows
+    (:meth:`Plan.image_slices`), with global row ids."""
+    columns = [shard.input_neurons for shard in plan.shards[:plan.group]]
+    if plan.replicas == 1:
+        return input_blocks(y0, columns)
+    blocks = []
+    for start, stop in plan.image_slices(y0.shape[0]):
+        for block in input_blocks(y0[start:stop], columns):
+            blocks.append(replace(block, rows=block.rows + np.int32(start)))
+    return blocks
 
 
 def input_blocks(y0: sp.csr_matrix, columns: list[np.ndarray]) -> list[Block]:

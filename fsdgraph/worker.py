@@ -184,13 +184,20 @@ class WorkerRuntime:
         """The shard, the activations to start from and the first layer to run: the input
         columns and layer 0, or, resuming, the latest checkpoint and the layer after it."""
         objects, names = self.services.objects, self.names
-        shard_key, input_key = names.shard_key(self.worker), names.input_key(self.worker)
+        # The replicas of a group share its shards: this worker's is its group position's.
+        group = self.event.group or self.event.workers
+        position = self.worker % group
+        shard_key, input_key = names.shard_key(position), names.input_key(self.worker)
         # A first attempt needs both objects: read them at once (a large one is read from a
         # thread). A resumed one reads its input only if it has no checkpoint.
         shard_body, input_body = await asyncio.gather(
             objects.get(shard_key),
             objects.get(input_key) if not self.event.resume else asyncio.sleep(0, b""))
         shard = WorkerShard.from_parts(unseal_parts(names, shard_key, shard_body), shard_key)
+        if shard.worker != position or shard.workers != group:
+            raise ProtocolError(f"object {shard_key}: the shard of worker {shard.worker} of "
+                                f"{shard.workers}, expected {position} of {group}")
+        shard = shard.rebased(self.worker - position)
         if self.event.resume:
             latest = await self._latest_checkpoint()
             if latest is not None:
