@@ -45,6 +45,7 @@ from fsdgraph.graph import Graph, sequential
 from fsdgraph.kernels import categories, kernel_from_env, reference_inference, serial_inference
 from fsdgraph.partitioners import Partitioner
 from fsdgraph.partitioners.hypergraph import Hypergraph
+from fsdgraph.plan import Plan
 from fsdgraph.scheduler import RunConfig, Scheduler
 
 EXIT_PASSED, EXIT_FAILED, EXIT_INPUT, EXIT_RUN = 0, 1, 2, 3
@@ -67,6 +68,20 @@ def _add_plan_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--activation-aware", type=int, metavar="ROWS", default=0,
                    help="hypergraph: weigh neurons by how often they are nonzero on the first "
                         "ROWS input rows (graphchallenge) or generated images (plan)")
+    g.add_argument("--strategy", choices=["auto", "model", "data", "hybrid"],
+                   help="how the workers share the work: model (default: each owns a slice of "
+                        "every layer), data (each holds the whole model, a slice of the "
+                        "images), hybrid (--replicas groups of model-parallel workers), auto "
+                        "(the planner picks from simulated predictions)")
+    g.add_argument("--replicas", type=int, help="hybrid: model replicas (divides --workers)")
+    g.add_argument("--collapse-at", type=int, dest="collapse_at", metavar="LAYER",
+                   help="model/hybrid: from LAYER on, one worker per group computes the rows "
+                        "still alive (gathered there once)")
+    g.add_argument("--objective", choices=["time", "cost"],
+                   help="auto: minimise predicted time (default) or cost")
+    g.add_argument("--memory", type=int, dest="memory_mb", metavar="MB",
+                   help="auto: the functions' memory in MB (default 1769); a strategy whose "
+                        "worker would not fit is never chosen")
     g.add_argument("--config", type=Path, help="config file (default ~/.fsdgraph/config.toml)")
     return g
 
@@ -193,7 +208,10 @@ def _settings(args: argparse.Namespace) -> RunSettings:
                          direct=getattr(args, "direct", None),
                          prices=getattr(args, "prices", None),
                          kernel=getattr(args, "kernel", None),
-                         kernel_threads=getattr(args, "kernel_threads", None))
+                         kernel_threads=getattr(args, "kernel_threads", None),
+                         strategy=args.strategy, replicas=args.replicas,
+                         collapse_at=args.collapse_at, objective=args.objective,
+                         memory_mb=args.memory_mb)
 
 
 #: A run holds about this many copies of the network and of the images at once: the loaded
@@ -393,7 +411,7 @@ def run_graphchallenge(args: argparse.Namespace) -> int:
         load_s = time.perf_counter() - loading
         _check_run_memory(weights, y0)
         graph = sequential(weights, bias, cap=32.0)
-        plan = compile(graph, settings.workers, _partitioner(args, settings, graph, y0))
+        plan = _compile(graph, settings, _partitioner(args, settings, graph, y0), y0)
         result = scheduler.run_sync(plan, y0)
 
     report: dict[str, Any] = {"load_s": load_s, **result.report}
@@ -444,7 +462,12 @@ def _print_summary(report: dict[str, Any], checks: list[tuple[str, bool]]) -> No
     mb = report["bytes_sent"] / 1e6
     print(f"{report['layers']} layers x {report['batch']} rows on {report['workers']} workers "
           f"({report['backend']} backend, {report['channel']} channel, "
-          f"{report['partitioner']} partition)")
+          f"{report['partitioner']} partition, {_parallelism(report)})")
+    planned = report.get("planned")
+    if planned:
+        print(f"planned ({planned['objective']}): predicted {planned['predicted']['wall_s']:.3f} s, "
+              f"${planned['predicted']['cost_usd']:.6f} on {planned['channel']} "
+              f"{planned['memory_mb']} MB functions; measured {report['wall_s']:.3f} s here")
     print(f"categories: {report['categories']}   wall: {report['wall_s']:.3f} s "
           f"(setup {report.get('setup_s', 0.0):.3f} s, launch {report['launch_s']:.3f} s, "
           f"status lag {report.get('status_lag_s', 0.0):.3f} s)")
@@ -463,6 +486,17 @@ def _print_summary(report: dict[str, Any], checks: list[tuple[str, bool]]) -> No
         print(f"  {'ok  ' if ok else 'FAIL'} {name}")
 
 
+def _parallelism(report: dict[str, Any]) -> str:
+    """E.g. ``hybrid 2 x 3, collapse to 1 at layer 10``."""
+    p = report.get("parallelism") or {"strategy": "model"}
+    text = p["strategy"]
+    if p["strategy"] == "hybrid":
+        text += f" {p['replicas']} x {p['group']}"
+    if p.get("collapse_at") is not None:
+        text += f", collapse to {p['collapse_to']} at layer {p['collapse_at']}"
+    return text
+
+
 def _partitioner(args: argparse.Namespace, settings: RunSettings, graph: Graph,
                  inputs: sp.csr_matrix | None) -> str | Partitioner:
     if not args.activation_aware:
@@ -476,14 +510,38 @@ def _partitioner(args: argparse.Namespace, settings: RunSettings, graph: Graph,
     return Hypergraph.activation_aware(graph.layers(), inputs[:args.activation_aware])
 
 
+#: Input rows the planner measures the live-row curve on (a tenth of a second or less).
+PLANNING_SAMPLE = 1000
+
+
+def _compile(graph: Graph, settings: RunSettings, partitioner: str | Partitioner,
+             inputs: sp.csr_matrix | None) -> Plan:
+    """The plan for the settings' strategy (auto: the planner's choice for ``inputs``)."""
+    if settings.strategy != "auto":
+        return compile(graph, settings.workers, partitioner, strategy=settings.strategy,
+                       replicas=settings.replicas or None,
+                       collapse_at=settings.collapse_at or None)
+    if settings.replicas or settings.collapse_at:
+        raise InputError("--replicas and --collapse-at are the planner's to choose with "
+                         "--strategy auto; give them with model or hybrid")
+    images = inputs.shape[0] if inputs is not None else 10_000
+    return compile(graph, settings.workers, partitioner, strategy="auto",
+                   objective=settings.objective, memory_mb=settings.memory_mb,
+                   channel=settings.channel, images=max(1, images),
+                   sample=None if inputs is None else inputs[:PLANNING_SAMPLE])
+
+
 def run_plan(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _check_args(args, settings)
     weights, bias = _network(args)
     _check_run_memory(weights, None)
     graph: Graph = sequential(weights, bias, cap=32.0)
-    plan = compile(graph, settings.workers, _partitioner(args, settings, graph, None))
-    print(json.dumps(plan.summary(), indent=2))
+    plan = _compile(graph, settings, _partitioner(args, settings, graph, None), None)
+    summary = plan.summary()
+    if plan.planned is not None:
+        summary["planned"] = plan.planned
+    print(json.dumps(summary, indent=2))
     return EXIT_PASSED
 
 

@@ -24,14 +24,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from fsdgraph.defaults import STRATEGIES
 from fsdgraph.errors import ConfigError, GraphError
 from fsdgraph.graph import Graph, Layer
 from fsdgraph.partitioners import Partitioner, get_partitioner
 from fsdgraph.plan import INPUT, Edge, LayerShard, LayerSpec, Plan, Send, SourceRows, WorkerShard
 
 
-#: How the workers share the work (:func:`compile`'s ``strategy``; ``auto``: the planner picks).
-STRATEGIES = ("model", "data", "hybrid")
 
 
 def compile(

@@ -56,13 +56,21 @@ class RunSettings:
     kernel_threads: int = 0  #: threads per layer product (0: one per vCPU on Lambda, else 1)
     #: A TOML/JSON price table for the bill and the auto channel ("": the backend's prices).
     prices: str = ""
+    #: How the workers share the work: model, data, hybrid, or auto (the planner picks).
+    strategy: str = defaults.STRATEGY
+    replicas: int = 0  #: hybrid: model replicas (0: the planner's choice or none)
+    collapse_at: int = 0  #: gather the live rows onto one worker per group from this layer (0: no)
+    objective: str = "time"  #: auto: what the planner minimises, time or cost
+    memory_mb: int = defaults.MEMORY_MB  #: auto: the functions' memory the planner plans for
 
 
 #: The command-line option of each setting that has one.
 OPTIONS = {"workers": "--workers", "channel": "--channel", "backend": "--backend",
            "partitioner": "--partitioner", "branching": "--branching", "direct": "--direct",
            "timeout_s": "--timeout", "prices": "--prices", "kernel": "--kernel",
-           "kernel_threads": "--kernel-threads"}
+           "kernel_threads": "--kernel-threads", "strategy": "--strategy",
+           "replicas": "--replicas", "collapse_at": "--collapse-at", "objective": "--objective",
+           "memory_mb": "--memory"}
 
 
 def check_setting(name: str, value: Any, where: str) -> None:
@@ -77,8 +85,15 @@ def check_setting(name: str, value: Any, where: str) -> None:
     """
     if name in ("workers", "branching"):
         ok, expected = value >= 1, "a positive integer"
-    elif name in ("topics", "relaunches", "kernel_threads"):
+    elif name in ("topics", "relaunches", "kernel_threads", "replicas", "collapse_at"):
         ok, expected = value >= 0, "an integer >= 0"
+    elif name == "memory_mb":
+        ok, expected = 128 <= value <= 10240, "a function memory size in MB (128 to 10240)"
+    elif name == "strategy":
+        ok, expected = (value in ("auto", *defaults.STRATEGIES),
+                        f"auto or one of {', '.join(defaults.STRATEGIES)}")
+    elif name == "objective":
+        ok, expected = value in ("time", "cost"), "time or cost"
     elif name.endswith("_s"):
         ok, expected = value > 0 and math.isfinite(value), "a positive finite number of seconds"
     elif name in ("channel", "backend", "partitioner"):

@@ -17,3 +17,7 @@ VISIBILITY_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 900.0  #: queue channels: setup waits this long for subscriptions to apply
 RELAUNCHES = 3  #: workers the scheduler relaunches in a run before a silent one fails it
 RELAUNCH_AFTER_S = 10.0  #: a worker silent this long (and 4 heartbeats) is relaunched
+STRATEGY = "model"  #: how the workers share the work (``fsdgraph.compile``)
+#: The strategies a plan can be compiled for (``auto``: the planner picks one).
+STRATEGIES = ("model", "data", "hybrid")
+MEMORY_MB = 1769  #: the functions' memory (one full vCPU on Lambda)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fsdgraph import defaults
 from fsdgraph.errors import ConfigError
 from fsdgraph.transport import CHUNK_BYTES as CHUNK_BYTES  # SNS/SQS bill per started 64 KiB
 
@@ -22,7 +23,7 @@ GB_BYTES = 2**30
 #: Lambda's memory range, in MB.
 MEMORY_RANGE = (128, 10240)
 #: 1769 MB is the size that gets one full vCPU.
-DEFAULT_MEMORY_MB = 1769
+DEFAULT_MEMORY_MB = defaults.MEMORY_MB
 
 
 @dataclass(frozen=True)

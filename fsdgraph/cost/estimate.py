@@ -182,7 +182,9 @@ def estimate(plan: Plan, *, channel: str, batch: int, memory_mb: int = DEFAULT_M
     ledger.charge("SQS", "delete (control)", "requests", sqs, polls_control)
     ledger.charge("SQS", "create queue (control)", "requests", sqs, 1)
     ledger.charge("SQS", "delete queue (control)", "requests", sqs, 1)
-    ledger.charge("S3", "PUT staging, claims + outputs", "requests", put, 4 * P,
+    # One shard per group position (replicas share them), an input, a claim and an output per
+    # worker.
+    ledger.charge("S3", "PUT staging, claims + outputs", "requests", put, 3 * P + plan.group,
                   workers={w: 2.0 for w in range(P)})
     ledger.charge("S3", "GET staging, attempt checks + outputs", "requests", get, 4 * P,
                   workers={w: 3.0 for w in range(P)})
