@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -104,22 +105,27 @@ class LayerInputs:
             return Block.empty(width)  # no input, no nonzero product: nothing gets a bias
         nnz = sum(b.nnz for _, b in pieces)
         if bias_on_nonzero and nnz < DENSE_ABOVE * len(rows) * n_in:
-            return self.kernel.sparse(self._sparse_inputs(pieces), self.weight, bias,
-                                      relu=relu, cap=cap)
+            # Multiplied over the live rows only (their density picks the kernel's path, and
+            # the rows that died cost nothing), then given back their ids in the batch.
+            out = self.kernel.sparse(self._sparse_inputs(pieces, rows), self.weight, bias,
+                                     relu=relu, cap=cap)
+            return replace(out, rows=rows[out.rows])
         return self.kernel.dense(self._dense_inputs(pieces, rows), rows, self.weight, bias,
                                  bias_on_nonzero=bias_on_nonzero, relu=relu, cap=cap)
 
-    def _sparse_inputs(self, pieces: list[tuple[np.ndarray, Block]]) -> sp.csr_matrix:
-        """The pieces side by side over the whole batch (an empty row costs one indptr entry),
-        column ids mapped to input positions and sorted: the reference's summation order."""
+    def _sparse_inputs(self, pieces: list[tuple[np.ndarray, Block]],
+                       rows: np.ndarray) -> sp.csr_matrix:
+        """The pieces side by side over the live ``rows`` (a row some piece lacks is empty
+        there), column ids mapped to input positions and sorted: the reference's summation
+        order."""
         n_in = self.weight.shape[0]
         if len(pieces) == 1 and np.array_equal(pieces[0][0], np.arange(n_in)):
-            x = pieces[0][1].to_matrix(self.batch)  # one piece with every input, in order
+            x = pieces[0][1].to_csr()  # one piece with every input, in order
         else:
-            side = sp.hstack([b.to_matrix(self.batch) for _, b in pieces], format="csr")
+            side = sp.hstack([_on_rows(b, rows) for _, b in pieces], format="csr")
             positions = np.concatenate([p for p, _ in pieces]).astype(np.int32)
             x = sp.csr_matrix((side.data, positions[side.indices], side.indptr),
-                              shape=(self.batch, n_in))
+                              shape=(len(rows), n_in))
         # Only a check when the pieces' positions do not interleave: every kernel sorts its
         # outputs, so the next layer's pieces arrive in order on every worker.
         return sorted_indices(x)
@@ -142,6 +148,18 @@ class LayerInputs:
                 coo = piece.to_csr().tocoo()
                 x_t[positions[coo.col], np.searchsorted(rows, piece.rows[coo.row])] = coo.data
         return x_t
+
+
+def _on_rows(piece: Block, rows: np.ndarray) -> sp.csr_matrix:
+    """``piece`` as a CSR matrix of ``len(rows)`` rows: its own rows (a subset of the sorted
+    ``rows``) at their places, the others empty."""
+    csr = piece.to_csr()
+    if len(piece.rows) == len(rows):
+        return csr
+    counts = np.zeros(len(rows) + 1, dtype=np.int64)
+    counts[np.searchsorted(rows, piece.rows) + 1] = np.diff(csr.indptr)
+    return sp.csr_matrix((csr.data, csr.indices, np.cumsum(counts)),
+                         shape=(len(rows), csr.shape[1]))
 
 
 def serial_inference(y0: sp.spmatrix, layers: Sequence[Layer],
