@@ -25,6 +25,12 @@ result bit for bit, and the first 1200 rows to hold the official categories. Ser
 is measured in a fresh process.
 
     python bench/graphchallenge.py [--data ../shared/data/graphchallenge] [--workers 1,2,4,8]
+        [--strategies model,auto] [--channels queue,object]
+
+Each worker count runs with each strategy: ``model`` (every worker a slice of every layer),
+``data``, ``hybrid:R``, and ``auto``, the planner's choice for this machine (the simulator's
+``local`` profile) and these images; the row's ``parallelism`` says what ran and
+``predicted_wall_s`` what the planner predicted.
 """
 
 from __future__ import annotations
@@ -97,6 +103,18 @@ def timed(fn: Any, *args: Any, **kwargs: Any) -> float:
     return time.perf_counter() - start
 
 
+def compile_for(graph: fsdgraph.Graph, workers: int, strategy: str, channel: str,
+                y: sp.csr_matrix) -> fsdgraph.Plan:
+    """The plan of one configuration: ``hybrid:R`` has R replicas; ``auto`` is the planner's
+    choice for this machine (the simulator's local profile) and these images."""
+    if strategy == "auto":
+        return fsdgraph.compile(graph, workers, strategy="auto", channel=channel,
+                                images=y.shape[0], sample=y[:1000], profile="local")
+    name, _, replicas = strategy.partition(":")
+    return fsdgraph.compile(graph, workers, strategy=name,
+                            replicas=int(replicas) if replicas else None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,6 +128,9 @@ def main() -> None:
                         help="extra ink pixels per generated image (distinct_images; "
                              "fsdgraph.sources.images.THICKER keeps twice the rows alive)")
     parser.add_argument("--workers", default="1,2,4,8")
+    parser.add_argument("--strategies", default="model,auto",
+                        help="comma list of model, data, hybrid:R, auto (the planner's choice, "
+                             "with the local profile)")
     parser.add_argument("--channels", default="queue,object")
     parser.add_argument("--kernel", default="auto", help="the workers' kernel: auto, numba, scipy")
     parser.add_argument("--kernel-threads", type=int, default=1,
@@ -136,42 +157,46 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     config = fsdgraph.RunConfig(progress=False, kernel=args.kernel,
                                 kernel_threads=args.kernel_threads)
-    for workers in (int(w) for w in args.workers.split(",")):
-        plan = fsdgraph.compile(graph, workers)
-        for channel in args.channels.split(","):
-            with fsdgraph.Scheduler("local", channel, config) as scheduler:
-                scheduler.run_sync(plan, y)  # warm-up: warm launcher, page cache
-                walls, serials, bests, report = [], [], [], {}
-                for _ in range(args.repeat):
-                    serials.append(timed(fsdgraph.reference_inference, y, layers,
-                                         canonical=False))
-                    bests.append(timed(serial_inference, y, layers, best))
-                    result = scheduler.run_sync(plan, y)
-                    walls.append(result.report["wall_s"])
-                    report = result.report
-                    assert (result.activations != reference).nnz == 0, "differs from serial"
-                    assert np.array_equal(result.categories[result.categories < 1200], truth)
-            wall = statistics.median(walls)
-            serial, serial_best = statistics.median(serials), statistics.median(bests)
-            row = {
-                "workers": workers, "channel": channel, "wall_s": round(wall, 3),
-                "serial_s": round(serial, 3), "ratio": round(wall / serial, 3),
-                "serial_best_s": round(serial_best, 3),
-                "ratio_best": round(wall / serial_best, 3),
-                "launch_s": round(report["launch_s"], 3),
-                "cpu_s": round(report["cpu_s"], 3),
-                "bytes_sent": report["bytes_sent"], "messages_sent": report["messages_sent"],
-                "requests": report["requests"],
-                "peak_rss_worker_max": report["peak_rss_bytes_max"],
-                "categories": report["categories"],
-                # name/threads of the workers' kernels (one entry unless they differ)
-                "kernel": ", ".join(sorted({f"{w['kernel']}/{w['kernel_threads']}"
-                                            for w in report["per_worker"]})),
-            }
-            results.append(row)
-            print(json.dumps({k: row[k] for k in ("workers", "channel", "wall_s", "serial_s",
-                                                  "ratio", "serial_best_s", "ratio_best",
-                                                  "bytes_sent")}), file=sys.stderr)
+    for workers, strategy, channel in ((int(w), s, c) for w in args.workers.split(",")
+                                       for s in args.strategies.split(",")
+                                       for c in args.channels.split(",")):
+        plan = compile_for(graph, workers, strategy, channel, y)
+        with fsdgraph.Scheduler("local", channel, config) as scheduler:
+            scheduler.run_sync(plan, y)  # warm-up: warm launcher, page cache
+            walls, serials, bests, report = [], [], [], {}
+            for _ in range(args.repeat):
+                serials.append(timed(fsdgraph.reference_inference, y, layers,
+                                     canonical=False))
+                bests.append(timed(serial_inference, y, layers, best))
+                result = scheduler.run_sync(plan, y)
+                walls.append(result.report["wall_s"])
+                report = result.report
+                assert (result.activations != reference).nnz == 0, "differs from serial"
+                assert np.array_equal(result.categories[result.categories < 1200], truth)
+        wall = statistics.median(walls)
+        serial, serial_best = statistics.median(serials), statistics.median(bests)
+        row = {
+            "workers": workers, "strategy": strategy, "parallelism": plan.parallelism(),
+            "channel": channel, "wall_s": round(wall, 3),
+            "serial_s": round(serial, 3), "ratio": round(wall / serial, 3),
+            "serial_best_s": round(serial_best, 3),
+            "ratio_best": round(wall / serial_best, 3),
+            "launch_s": round(report["launch_s"], 3),
+            "cpu_s": round(report["cpu_s"], 3),
+            "bytes_sent": report["bytes_sent"], "messages_sent": report["messages_sent"],
+            "requests": report["requests"],
+            "peak_rss_worker_max": report["peak_rss_bytes_max"],
+            "categories": report["categories"],
+            # name/threads of the workers' kernels (one entry unless they differ)
+            "kernel": ", ".join(sorted({f"{w['kernel']}/{w['kernel_threads']}"
+                                        for w in report["per_worker"]})),
+        }
+        results.append(row)
+        if plan.planned is not None:
+            row["predicted_wall_s"] = round(plan.planned["predicted"]["wall_s"], 3)
+        print(json.dumps({k: row[k] for k in ("workers", "strategy", "channel", "wall_s",
+                                              "serial_s", "ratio", "serial_best_s",
+                                              "ratio_best", "bytes_sent")}), file=sys.stderr)
     doc = {
         "benchmark": "graphchallenge-1024x120",
         "rows": args.rows,

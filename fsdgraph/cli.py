@@ -525,9 +525,11 @@ def _compile(graph: Graph, settings: RunSettings, partitioner: str | Partitioner
         raise InputError("--replicas and --collapse-at are the planner's to choose with "
                          "--strategy auto; give them with model or hybrid")
     images = inputs.shape[0] if inputs is not None else 10_000
+    # This machine's profile for its own backend; AWS's (the default) for any other.
+    profile = "local" if settings.backend == "local" else None
     return compile(graph, settings.workers, partitioner, strategy="auto",
                    objective=settings.objective, memory_mb=settings.memory_mb,
-                   channel=settings.channel, images=max(1, images),
+                   channel=settings.channel, images=max(1, images), profile=profile,
                    sample=None if inputs is None else inputs[:PLANNING_SAMPLE])
 
 
