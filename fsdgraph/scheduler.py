@@ -320,6 +320,9 @@ class Scheduler:
             await self.backend.preflight(raw, plan.workers, self.config.timeout_s)
             channel_config, channel_setup = self.channel.fit(channel_config, plan.workers,
                                                              raw.quotas)
+            if not plan.edges:
+                channel_setup = {"mode": "none", "why": "the plan exchanges nothing: no "
+                                                        "channel resources"}
             services = counted(raw, coordinator)
             phases = _Phases(coordinator)
             try:
@@ -327,8 +330,9 @@ class Scheduler:
                     await self._stage(services, names, plan, y0)
                 with phases("setup"):
                     await services.control.create()
-                    await self.channel.create_resources(services, names, plan.workers,
-                                                        channel_config)
+                    if plan.edges:  # a plan without exchange needs no queues or topics
+                        await self.channel.create_resources(services, names, plan.workers,
+                                                            channel_config)
                 invoked = time.time()
                 state = await self._launch_and_watch(services, names, plan, y0.shape[0],
                                                      channel_config)
@@ -469,7 +473,8 @@ class Scheduler:
                        channel_config: ChannelConfig) -> None:
         """Remove every resource of the run; a failure here must not hide the run's error."""
         steps: list[Callable[[], Awaitable[object]]] = [
-            lambda: self.channel.delete_resources(services, names, plan.workers, channel_config),
+            lambda: (self.channel.delete_resources(services, names, plan.workers, channel_config)
+                     if plan.edges else asyncio.sleep(0)),
             services.control.delete,
             lambda: services.objects.delete_prefix(names.prefix),
         ]
