@@ -47,6 +47,8 @@ from fsdgraph.partitioners import Partitioner
 from fsdgraph.partitioners.hypergraph import Hypergraph
 from fsdgraph.plan import Plan
 from fsdgraph.scheduler import RunConfig, Scheduler
+from fsdgraph.simulate.cli import add_parser as add_simulate_parser
+from fsdgraph.simulate.cli import run as run_simulate
 
 EXIT_PASSED, EXIT_FAILED, EXIT_INPUT, EXIT_RUN = 0, 1, 2, 3
 
@@ -196,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--print-policy", choices=["worker", "operator"],
                         help="print the function's (worker) or the deployer's (operator) IAM "
                              "policy as JSON and exit")
+    add_simulate_parser(sub, EPILOG)
     return parser
 
 
@@ -713,6 +716,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_deploy(args)
     if args.command == "cleanup":
         return run_cleanup(args)
+    if args.command == "simulate":
+        return run_simulate(args)
     return run_plan(args)
 
 

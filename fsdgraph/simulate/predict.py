@@ -37,8 +37,10 @@ INPUT_BYTES_PER_NONZERO = 8
 
 @dataclass
 class Prediction:
-    """A predicted run. ``wall_s``: first invoke to the last output; ``runtime_s``: the billed
-    Lambda seconds summed over the workers; ``breakdown``: seconds summed over the workers
+    """A predicted run. ``wall_s``: submission to result (the coordinator's staging and
+    collecting, ``protocol.coordinator_s``, plus first invoke to the last output);
+    ``runtime_s``: the billed Lambda seconds summed over the workers; ``breakdown``: seconds
+    summed over the workers
     (launch: first invoke to the handler's start, not billed; load: invoking children and
     downloading the shard; compute, send, receive, wait, overhead per layer); ``requests`` per
     kind; ``bytes`` on the wire; ``cost_usd`` the bill's total."""
@@ -128,8 +130,8 @@ def _prediction(work: Workload, profile: Profile, memory_mb: int, seed: int) -> 
     requests = work.totals()
     requests["put"] = requests.get("put", 0.0) + work.workers  # each worker's output
     requests["get"] = requests.get("get", 0.0) + work.workers  # each worker's shard
-    if "publish" in work.requests:
-        calls = work.requests["publish"]
+    calls = work.requests.get("publish")
+    if calls is not None and calls.sum() > 0:
         with np.errstate(divide="ignore", invalid="ignore"):
             per_call = np.where(calls > 0, work.send_bytes / np.maximum(calls, 1e-12), 0.0)
         requests["publish_units"] = float((calls * np.maximum(
@@ -143,7 +145,8 @@ def _prediction(work: Workload, profile: Profile, memory_mb: int, seed: int) -> 
     breakdown = {"launch": float(timeline.start.sum()), "load": float(timeline.load.sum()),
                  **{k: float(getattr(timeline, k).sum())
                     for k in ("compute", "send", "receive", "wait", "overhead")}}
-    return Prediction(timeline.wall_s, float(runtimes.sum()), the_bill.total, breakdown,
+    wall = timeline.wall_s + profile.num("protocol.coordinator_s")
+    return Prediction(wall, float(runtimes.sum()), the_bill.total, breakdown,
                       requests, sent, the_bill, timeline, work.workers, work.layers,
                       work.channel, work.images, memory_mb, profile.name, list(work.notes))
 
@@ -200,8 +203,10 @@ def predict_plan(plan: Plan, *, images: int, channel: str = "queue", memory_mb: 
         src = np.array([e.src for e in plan.edges if e.layer == l], np.int64)
         dst = np.array([e.dst for e in plan.edges if e.layer == l], np.int64)
         pairs.append((src, dst))
+    needed = np.array([len((shards[w] if len(shards) == P else shards[w % len(shards)])
+                           .input_neurons) for w in range(P)], float)
     load = (nnz.sum(axis=1) * prof.num("protocol.load_bytes_per_nonzero")
-            + rows_of * curve.density[0] * plan.input_width * INPUT_BYTES_PER_NONZERO)
+            + rows_of * curve.density[0] * needed * INPUT_BYTES_PER_NONZERO)
     branching = BRANCHING
     work = Workload(P, L, channel, images, branching, macs, path, sent, got, req, pairs, load,
                     notes=[f"plan: {P} workers, {L} layers, {len(plan.edges)} edges, "
@@ -280,8 +285,10 @@ def predict(*, neurons: int, layers: int, workers: int, images: int, channel: st
     req, sent, got = _requests(prof, channel, P, L, edges)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     pairs = [empty] + [(src, dst)] * (L - 1)
+    # The inputs a worker needs: those with a weight into one of its outputs.
+    needed = neurons * (1 - (1 - 1 / group) ** per_neuron)
     load = (nnz.sum(axis=1) * prof.num("protocol.load_bytes_per_nonzero")
-            + rows_of * curve.density[0] * neurons * INPUT_BYTES_PER_NONZERO)
+            + rows_of * curve.density[0] * needed * INPUT_BYTES_PER_NONZERO)
     work = Workload(P, L, channel, images, BRANCHING, macs, path, sent, got, req, pairs, load,
                     notes=[f"RadiX-Net {neurons} x {layers}, {strategy}: {R} replica(s) of "
                            f"{group}; exchanged share {f:.3f}; live rows: {curve.source}"])
