@@ -24,18 +24,17 @@ True
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import ClassVar
 
 import msgpack
 
 from fsdgraph.errors import ProtocolError
-from fsdgraph.integrity import DIGEST_BYTES
+from fsdgraph.integrity import checksum
 from fsdgraph.resources import RunNames
 
 #: The first element of a sealed object: its layout.
-FORMAT = "fsd-sealed-1"
+FORMAT = "fsd-sealed-2"
 #: Bytes a seal adds around its parts (format, run id, list headers, tag).
 OVERHEAD = 64
 
@@ -44,9 +43,6 @@ OVERHEAD = 64
 Part = bytes | bytearray | memoryview
 
 
-def _digest(part: Part) -> str:
-    """:func:`fsdgraph.integrity.checksum` of any buffer, without copying it to ``bytes``."""
-    return hashlib.blake2b(part, digest_size=DIGEST_BYTES).hexdigest()
 
 
 def _array_header(n: int) -> bytes:
@@ -71,7 +67,7 @@ def seal(names: RunNames, key: str, parts: Sequence[Part]) -> bytes:
     """The object to store under ``key`` holding ``parts`` (each copied once, into the
     body)."""
     views = [memoryview(p).cast("B") for p in parts]
-    tag = names.key.tag(names.run_id, key, str(len(views)), *map(_digest, views))
+    tag = names.key.tag(names.run_id, key, str(len(views)), *map(checksum, views))
     pieces: list[Part] = [b"\x94", msgpack.packb(FORMAT), msgpack.packb(names.run_id),
                           _array_header(len(views))]
     for v in views:
@@ -145,7 +141,7 @@ def unseal_views(names: RunNames, key: str,
         return None
     if fmt != FORMAT or run_id != names.run_id:
         return None
-    sums = [_digest(p) for p in parts]
+    sums = [checksum(p) for p in parts]
     if not names.key.verify(tag, names.run_id, key, str(len(parts)), *sums):
         return None
     return list(zip(parts, sums, strict=True))

@@ -175,7 +175,7 @@ def test_edge_objects_verify_their_key_chunks_and_run() -> None:
     flipped[body.index(b"two")] ^= 1
     assert unseal(names, key, bytes(flipped)) is None
     for junk in (b"", b"\xc1", msgpack.packb({"a": 1, "b": 2}), msgpack.packb(["r1", []]),
-                 msgpack.packb(7), msgpack.packb(["fsd-sealed-1", "r1", [1], "tag"])):
+                 msgpack.packb(7), msgpack.packb(["fsd-sealed-2", "r1", [1], "tag"])):
         assert unseal(names, key, junk) is None, junk
 
 
@@ -185,7 +185,7 @@ def test_a_damaged_object_is_read_again_until_the_real_one_is_there() -> None:
     async def main() -> None:
         async with channels(ObjectChannel) as (services, names, (ch0, ch1)):
             key = names.exchange_key(0, 0, 1)
-            forged = msgpack.packb(["fsd-sealed-1", names.run_id, [], "0" * 32])  # a marker
+            forged = msgpack.packb(["fsd-sealed-2", names.run_id, [], "0" * 32])  # a marker
             await services.objects.put(key, forged)
             receiving = asyncio.ensure_future(collect(ch1, 0, [0]))
             await asyncio.sleep(0.2)

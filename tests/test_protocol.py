@@ -538,13 +538,13 @@ def test_sealed_parts_come_back_as_views_of_the_body() -> None:
     key = "runs/sealed/k"
     body = seal(SEALED_NAMES, key, parts)
     tag = SEALED_NAMES.key.tag("sealed", key, str(len(parts)), *map(checksum, parts))
-    assert body == msgpack.packb(["fsd-sealed-1", "sealed", parts, tag], use_bin_type=True)
+    assert body == msgpack.packb(["fsd-sealed-2", "sealed", parts, tag], use_bin_type=True)
     views = unseal_parts(SEALED_NAMES, key, body)
     assert [bytes(v) for v in views] == parts
     assert all(np.shares_memory(np.frombuffer(v, np.uint8), np.frombuffer(body, np.uint8))
                for v in views if v.nbytes)
     assert unseal(SEALED_NAMES, key, body) == [(p, checksum(p)) for p in parts]
-    wide = (b"\x94\xdb" + (12).to_bytes(4, "big") + b"fsd-sealed-1\xd9\x06sealed\xdd"
+    wide = (b"\x94\xdb" + (12).to_bytes(4, "big") + b"fsd-sealed-2\xd9\x06sealed\xdd"
             + len(parts).to_bytes(4, "big")
             + b"".join(b"\xc6" + len(p).to_bytes(4, "big") + p for p in parts) + msgpack.packb(tag))
     assert [bytes(v) for v in unseal_parts(SEALED_NAMES, key, wide)] == parts
@@ -561,14 +561,14 @@ def test_malformed_sealed_objects_are_refused() -> None:
     bad = {
         "truncated": body[:-1],
         "extended": body + b"\0",
-        "a map": msgpack.packb({"fsd-sealed-1": "sealed", "parts": parts, "tag": tag}),
-        "a list of five": msgpack.packb(["fsd-sealed-1", "sealed", parts, tag, 0]),
+        "a map": msgpack.packb({"fsd-sealed-2": "sealed", "parts": parts, "tag": tag}),
+        "a list of five": msgpack.packb(["fsd-sealed-2", "sealed", parts, tag, 0]),
         "another layout": msgpack.packb(["fsd-sealed-0", "sealed", parts, tag]),
-        "another run": msgpack.packb(["fsd-sealed-1", "other", parts, tag]),
-        "a text part": msgpack.packb(["fsd-sealed-1", "sealed", ["chunk one", b"two"], tag]),
+        "another run": msgpack.packb(["fsd-sealed-2", "other", parts, tag]),
+        "a text part": msgpack.packb(["fsd-sealed-2", "sealed", ["chunk one", b"two"], tag]),
         "a part length past the end": body.replace(b"\xc4\x03two", b"\xc4\x09two"),
-        "a number for a tag": msgpack.packb(["fsd-sealed-1", "sealed", parts, 7]),
-        "a forged tag": msgpack.packb(["fsd-sealed-1", "sealed", parts, "0" * 32]),
+        "a number for a tag": msgpack.packb(["fsd-sealed-2", "sealed", parts, 7]),
+        "a forged tag": msgpack.packb(["fsd-sealed-2", "sealed", parts, "0" * 32]),
         "a damaged part": bytes(flipped),
         "not utf-8": body.replace(b"sealed", b"seal\xff\xfe"),
         "nothing": b"",
