@@ -210,34 +210,46 @@ def _fit_channel(channel: str, runs: Sequence[Run], loads: Sequence[Workload], p
     return dict(zip(keys, (x * scale).tolist(), strict=True))
 
 
-def calibrate(data_dir: str | os.PathLike[str] | None = None, *, fit: bool = True,
+def fit(data_dir: str | os.PathLike[str] | None = None, *,
+        channels: Sequence[str] = ("queue", "object"), seed: int = 0,
+        profile: Profile | None = None,
+        progress: Callable[[str], None] | None = None) -> dict[str, float]:
+    """The fitted parameters (dotted keys, before :func:`expand`) of the compute and of
+    ``channels``, on the training runs of the documented split (module docstring)."""
+    say = progress or (lambda _: None)
+    base = profile or load_profile("paper")
+    runs = split_runs(data_dir)
+    train = [r for r in runs if r.train]
+    say(f"fitting compute on {len(train)} runs")
+    params = _fit_compute(train, _workloads(train, base), base, PAPER_MEMORY_MB)
+    for channel in channels:
+        fitted = _with(base, params, "fit")
+        chosen = [r for r in train if r.channel == channel]
+        say(f"fitting the {channel} channel on {len(chosen)} runs")
+        params |= _fit_channel(channel, chosen, _workloads(chosen, fitted), fitted, seed,
+                               PAPER_MEMORY_MB)
+    return params
+
+
+def calibrate(data_dir: str | os.PathLike[str] | None = None, *, fit_params: bool = True,
               seed: int = 0, profile: Profile | None = None,
               progress: Callable[[str], None] | None = None) -> Calibration:
-    """Fit the paper profile on the training runs (``fit=False``: use the ``paper`` profile as
-    shipped) and predict every run with the seeded event simulation."""
+    """Fit the paper profile on the training runs (``fit_params=False``: use ``profile``,
+    default the ``paper`` profile as shipped) and predict every run with the seeded event
+    simulation."""
     say = progress or (lambda _: None)
     base = profile or load_profile("paper")
     memory = PAPER_MEMORY_MB
     runs = split_runs(data_dir)
-    loads = _workloads(runs, base)
-    params: dict[str, float] = {}
-    fitted = base
-    if fit:
-        train = [i for i, r in enumerate(runs) if r.train]
-        say(f"fitting compute on {len(train)} runs")
-        params |= _fit_compute([runs[i] for i in train], [loads[i] for i in train], base, memory)
+    if fit_params:
+        params = fit(data_dir, seed=seed, profile=base, progress=progress)
         fitted = _with(base, params, "fit")
-        loads = _workloads(runs, fitted)
-        for channel in ("queue", "object"):
-            idx = [i for i in train if runs[i].channel == channel]
-            say(f"fitting the {channel} channel on {len(idx)} runs")
-            params |= _fit_channel(channel, [runs[i] for i in idx], [loads[i] for i in idx],
-                                   fitted, seed, memory)
-            fitted = _with(base, params, "fit")
     else:
+        fitted = base
         params = {k: fitted.num(k) for ch in FREE for k in FREE[ch]}
         params |= {"kernel.layer_s": fitted.num("kernel.layer_s"),
                    "kernel.s_per_mac": fitted.num("kernel.dense_s_per_mac")}
+    loads = _workloads(runs, fitted)
     say("predicting every run")
     out = []
     for run, work in zip(runs, loads, strict=True):

@@ -106,7 +106,7 @@ def _run_paper(args: argparse.Namespace) -> int:
         if not (folder / name).is_file():
             raise InputError(f"--paper {folder}: {name} not found")
     profile = load_profile(args.profile or "paper")
-    cal = calibrate(folder, fit=not args.no_fit, seed=args.seed, profile=profile,
+    cal = calibrate(folder, fit_params=not args.no_fit, seed=args.seed, profile=profile,
                     progress=lambda m: print(f"fsdgraph simulate: {m}", file=sys.stderr))
     data = cal.to_dict()
     _write_report(args.report, data)

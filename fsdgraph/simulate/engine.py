@@ -215,12 +215,14 @@ class Engine:
         self.rng = np.random.default_rng(seed + 1) if noise else None
         self.costs = _costs(workload, profile, memory_mb)
         self.buckets = _Buckets(profile, rate_limits)
+        self.counts = {k: v for k, v in workload.requests.items() if v.sum() > 0}
 
     def _requests(self, kinds: tuple[str, ...], w: int, l: int, now: float,
                   concurrency: float) -> float:
         total = 0.0
         for kind in kinds:
-            n = float(self.work.count(kind)[w, l])
+            counts = self.counts.get(kind)
+            n = float(counts[w, l]) if counts is not None else 0.0
             if n > 0:
                 total += self.buckets.delay(kind, n, now + total)
                 total += self.lat.total(kind, n) / (concurrency if kind != "query" else 1.0)
@@ -314,6 +316,7 @@ class Engine:
                     np.subtract.at(pending[:, l], dsts, 1)
                     for d, at in zip(dsts.tolist(), (t + s + delivery).tolist(), strict=True):
                         arrivals[d][l].append(at)
+                    for d in dsts[pending[dsts, l] == 0].tolist():
                         if d != w:
                             try_finish(d, l)
                 try_finish(w, l)
@@ -378,9 +381,11 @@ def expected(workload: Workload, profile: Profile, *, memory_mb: int) -> Timelin
                 at = found(at, local[dst], c.poll)
             k = np.bincount(dst, minlength=P)
             share = receive[:, l] / np.maximum(k, 1)
-            if np.ptp(at) == 0:  # every peer's data at once (a layer after the first)
+            top = float(at.max())
+            if top - float(at.min()) <= 1e-9 * max(1.0, abs(top)):
+                # Every peer's data at once (the layers after the first).
                 latest = np.full(P, -np.inf)
-                latest[k > 0] = at[0] + receive[k > 0, l]
+                latest[k > 0] = top + receive[k > 0, l]
             else:  # the single-server drain of engine.drain, for every worker at once
                 order = np.lexsort((at, dst))
                 d_sorted, at_sorted = dst[order], at[order]
