@@ -174,9 +174,9 @@ def _exchange_workload(workers: int, volume: float, channel: str,
     req, sent, got = fsdgraph_requests(channel, workers, layers, edges, profile)
     shape = (workers, layers)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    pairs = [empty] + [(src, dst)] * (layers - 1)
     return Workload(workers, layers, channel, 1000, 4, np.full(shape, 1e5 / workers),
-                    np.zeros(shape, np.int64), sent, got, req, [empty] + [(src, dst)] * (layers - 1),
-                    np.zeros(workers))
+                    np.zeros(shape, np.int64), sent, got, req, pairs, np.zeros(workers))
 
 
 def test_more_workers_for_the_same_volume_add_latency_bound_time() -> None:
