@@ -121,8 +121,9 @@ def _run_paper(args: argparse.Namespace) -> int:
           f"(METRIC_LAMBDA_RUNTIME), cost {cal.median_abs_err_cost:.1%} (the paper's bill)")
     if args.plot:
         plot_calibration(cal.runs, args.plot,
-                         f"simulator vs the paper's 35 AWS runs (left out: time "
-                         f"{cal.median_abs_err_time:.1%}, cost {cal.median_abs_err_cost:.1%})")
+                         f"simulator vs the paper's {len(cal.runs)} measured AWS runs (left "
+                         f"out: time {cal.median_abs_err_time:.1%}, cost "
+                         f"{cal.median_abs_err_cost:.1%})")
     if args.write_profile:
         try:
             args.write_profile.write_text(paper_profile_text(cal), encoding="utf-8")
