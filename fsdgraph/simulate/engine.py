@@ -186,10 +186,15 @@ def _costs(work: Workload, profile: Profile, memory_mb: int) -> _Costs:
 
 
 class _Buckets:
-    """Token buckets of the rate-limited request kinds, shared by every worker."""
+    """Token buckets of the rate-limited request kinds, shared by every worker (S3's
+    per prefix: times the workers when each has a prefix, ``protocol.s3_prefix_per_worker``)."""
 
-    def __init__(self, profile: Profile, enabled: bool) -> None:
+    def __init__(self, profile: Profile, enabled: bool, workers: int) -> None:
         self.rate = {k: profile.num(f"request.{k}.rate_per_s") for k in KINDS} if enabled else {}
+        if profile.num("protocol.s3_prefix_per_worker") >= 0.5:
+            for kind in ("put", "get", "list"):
+                if kind in self.rate:
+                    self.rate[kind] *= workers
         self.free: dict[str, float] = {}
 
     def delay(self, kind: str, count: float, now: float) -> float:
@@ -214,7 +219,7 @@ class Engine:
         self.lat = _Latency(profile, np.random.default_rng(seed) if noise else None)
         self.rng = np.random.default_rng(seed + 1) if noise else None
         self.costs = _costs(workload, profile, memory_mb)
-        self.buckets = _Buckets(profile, rate_limits)
+        self.buckets = _Buckets(profile, rate_limits, workload.workers)
         self.counts = {k: v for k, v in workload.requests.items() if v.sum() > 0}
 
     def _requests(self, kinds: tuple[str, ...], w: int, l: int, now: float,
