@@ -28,6 +28,7 @@ The fit (deterministic):
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class Calibration:
     split: str
     profile: Profile
     notes: list[str] = field(default_factory=list)
+    runs_rows: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
     def errors(self, *, train: bool = False, key: str = "time") -> list[float]:
         """Absolute relative errors of ``key`` ("time" or "cost") on the left-out (or training)
@@ -276,7 +278,26 @@ def calibrate(data_dir: str | os.PathLike[str] | None = None, *, fit_params: boo
         })
     notes = [f"memory {memory} MB (the paper's), seed {seed}",
              "work from the 1024-neuron live-row curve at every size (the only one measured)"]
-    return Calibration(params, out, SPLIT, fitted, notes)
+    return Calibration(params, out, SPLIT, fitted, notes, [(r.channel, r.row) for r in runs])
+
+
+def paper_empty_polls(rows: Sequence[tuple[str, Mapping[str, str]]]) -> dict[str, float]:
+    """Per channel, the median over the paper's runs of the polls that found nothing per
+    exchange edge: queue (polls - one receive per 10 messages of a worker and layer), object
+    (LISTs - one per worker and layer); ``rows`` as :func:`fsdgraph.cost.paper_runs` gives."""
+    found: dict[str, list[float]] = {"queue": [], "object": []}
+    for channel, row in rows:
+        P, L = int(row["TOTAL_NWORKERS"]), int(row["NUM_LAYERS"])
+        edges = P * (P - 1) * (L - 1)
+        if edges == 0:
+            continue
+        if channel == "queue":
+            per = float(row["METRIC_NUM_MESSAGES_SENT"]) / (P * (L - 1))
+            nonempty = P * (L - 1) * math.ceil(per / 10)
+            found["queue"].append((float(row["METRIC_RECEIVE_POLL_CALLS"]) - nonempty) / edges)
+        else:
+            found["object"].append((float(row["METRIC_S3_FOLDER_SCANS"]) - P * (L - 1)) / edges)
+    return {k: float(np.median(v)) if v else 0.0 for k, v in found.items()}
 
 
 def paper_profile_text(cal: Calibration) -> str:
@@ -295,6 +316,7 @@ def paper_profile_text(cal: Calibration) -> str:
              f"# Left-out median absolute relative error: time {cal.median_abs_err_time:.3f}, "
              f"cost {cal.median_abs_err_cost:.3f}.",
              'base = "aws"', 'description = "the paper\'s protocol, fitted on its 35 AWS runs"', ""]
+    empty = paper_empty_polls(cal.runs_rows)
     static = [
         ("protocol", "name", '"paper"', None),
         ("protocol", "overlap", 1, "PAPER.md: only the local product overlaps communication "
@@ -308,6 +330,12 @@ def paper_profile_text(cal: Calibration) -> str:
         ("object", "send_concurrency", 1, "effective per-request costs are fitted"),
         ("object", "receive_concurrency", 1, "effective per-request costs are fitted"),
         ("object", "poll_interval_s", 0.1, "PAPER.md: S3 LIST polling every 0.1 s"),
+        ("queue", "empty_polls", round(empty["queue"], 4),
+         "measured: median over the paper's queue runs of (METRIC_RECEIVE_POLL_CALLS - "
+         "non-empty receives) / exchange edges (0.06 to 0.75, falling with P)"),
+        ("object", "empty_polls", round(empty["object"], 4),
+         "measured: median over the paper's object runs of (METRIC_S3_FOLDER_SCANS - one per "
+         "worker and layer) / exchange edges (0.03 to 0.43, falling with P)"),
         ("request.put", "rate_per_s", 0, "PAPER.md: one S3 prefix per (layer, target), and S3's "
                                          "limits are per prefix (AWS_FIGURES.md §3): none binds"),
         ("request.get", "rate_per_s", 0, "as request.put.rate_per_s"),
