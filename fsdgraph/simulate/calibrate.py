@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares, nnls
 
 from fsdgraph.cost.paper import PAPER_MEMORY_MB, paper_bill, paper_runs
 from fsdgraph.errors import ConfigError
@@ -169,6 +168,8 @@ def _workloads(runs: Sequence[Run], profile: Profile) -> list[Workload]:
 
 def _fit_compute(runs: Sequence[Run], loads: Sequence[Workload], profile: Profile,
                  memory_mb: int) -> dict[str, float]:
+    from scipy.optimize import nnls  # only when fitting: the CLI starts faster
+
     from fsdgraph.simulate.engine import cpu_share
 
     _, speed = cpu_share(profile, memory_mb)
@@ -187,6 +188,8 @@ def _runtime(work: Workload, profile: Profile, seed: int, memory_mb: int) -> flo
 
 def _fit_channel(channel: str, runs: Sequence[Run], loads: Sequence[Workload], profile: Profile,
                  seed: int, memory_mb: int) -> dict[str, float]:
+    from scipy.optimize import least_squares
+
     keys = FREE[channel]
     measured = np.array([r.col(TIME_COLUMN) for r in runs])
     start = load_profile("aws")  # a fixed start: the fit does not depend on paper.toml
