@@ -68,9 +68,11 @@ class Run:
 
     @property
     def config(self) -> str:
+        """The run's CONFIG name."""
         return self.row.get("CONFIG", "?")
 
     def col(self, key: str) -> float:
+        """The number in column ``key`` (a ConfigError naming the run if missing)."""
         try:
             return float(self.row[key])
         except (KeyError, ValueError):
@@ -97,10 +99,12 @@ class Calibration:
 
     @property
     def median_abs_err_time(self) -> float:
+        """Median absolute relative error of the summed runtime on the left-out runs."""
         return float(np.median(self.errors()))
 
     @property
     def median_abs_err_cost(self) -> float:
+        """Median absolute relative error of the paper's bill on the left-out runs."""
         return float(np.median(self.errors(key="cost")))
 
     def to_dict(self) -> dict[str, Any]:

@@ -198,11 +198,10 @@ def predict_plan(plan: Plan, *, images: int, channel: str = "queue", memory_mb: 
               float(rows_of[e.src] * curve.live[e.layer] * len(e.neurons)
                     * curve.density[e.layer] * bpn)) for e in plan.edges]
     req, sent, got = _requests(prof, channel, P, L, edges)
-    pairs: list[tuple[Any, Any]] = []
-    for l in range(L):
-        src = np.array([e.src for e in plan.edges if e.layer == l], np.int64)
-        dst = np.array([e.dst for e in plan.edges if e.layer == l], np.int64)
-        pairs.append((src, dst))
+    by_layer = np.array([e.layer for e in plan.edges], np.int64)
+    srcs = np.array([e.src for e in plan.edges], np.int64)
+    dsts = np.array([e.dst for e in plan.edges], np.int64)
+    pairs: list[tuple[Any, Any]] = [(srcs[by_layer == l], dsts[by_layer == l]) for l in range(L)]
     needed = np.array([len((shards[w] if len(shards) == P else shards[w % len(shards)])
                            .input_neurons) for w in range(P)], float)
     load = (nnz.sum(axis=1) * prof.num("protocol.load_bytes_per_nonzero")
