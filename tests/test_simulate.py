@@ -219,6 +219,15 @@ def test_a_data_parallel_plan_makes_no_exchange_requests() -> None:
     assert model.requests["put"] > 4
 
 
+def test_the_concurrency_quota_is_enforced() -> None:
+    with pytest.raises(ConfigError, match=r"1200 workers need 1200 concurrent functions, but "
+                                          r"profile aws allows 1000 \(function.concurrency\)"):
+        predict(neurons=4096, layers=4, workers=1200, images=1200, strategy="data")
+    raised = load_profile("aws", {"function.concurrency": 2000})
+    assert predict(neurons=4096, layers=4, workers=1200, images=1200, strategy="data",
+                   profile=raised).workers == 1200
+
+
 def test_memory_buys_cpu() -> None:
     """1 vCPU per 1769 MB: a compute-bound run (data parallel) gets faster with memory."""
     small = predict(neurons=4096, layers=40, workers=2, images=10000, strategy="data",

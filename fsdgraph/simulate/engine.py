@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fsdgraph.errors import ConfigError
 from fsdgraph.simulate.kernelcost import PATHS
 from fsdgraph.simulate.profile import KINDS, Profile
 from fsdgraph.simulate.workload import RECEIVE_KINDS, SEND_KINDS, Array, Workload
@@ -213,6 +214,12 @@ class Engine:
     def __init__(self, workload: Workload, profile: Profile, *, memory_mb: int, seed: int = 0,
                  noise: bool = True, rate_limits: bool = True) -> None:
         workload.check()
+        quota = profile.num("function.concurrency")
+        if quota and workload.workers > quota:
+            raise ConfigError(f"{workload.workers} workers need {workload.workers} concurrent "
+                              f"functions, but profile {profile.name} allows {quota:g} "
+                              "(function.concurrency); the layers synchronise, so the run "
+                              "could not finish")
         self.work = workload
         self.profile = profile
         self.memory_mb = memory_mb
