@@ -468,8 +468,9 @@ def _print_summary(report: dict[str, Any], checks: list[tuple[str, bool]]) -> No
           f"{report['partitioner']} partition, {_parallelism(report)})")
     planned = report.get("planned")
     if planned:
-        print(f"planned ({planned['objective']}): predicted {planned['predicted']['wall_s']:.3f} s, "
-              f"${planned['predicted']['cost_usd']:.6f} on {planned['channel']} "
+        predicted = planned["predicted"]
+        print(f"planned ({planned['objective']}): predicted {predicted['wall_s']:.3f} s, "
+              f"${predicted['cost_usd']:.6f} on {planned['channel']} "
               f"{planned['memory_mb']} MB functions; measured {report['wall_s']:.3f} s here")
     print(f"categories: {report['categories']}   wall: {report['wall_s']:.3f} s "
           f"(setup {report.get('setup_s', 0.0):.3f} s, launch {report['launch_s']:.3f} s, "
@@ -492,7 +493,7 @@ def _print_summary(report: dict[str, Any], checks: list[tuple[str, bool]]) -> No
 def _parallelism(report: dict[str, Any]) -> str:
     """E.g. ``hybrid 2 x 3, collapse to 1 at layer 10``."""
     p = report.get("parallelism") or {"strategy": "model"}
-    text = p["strategy"]
+    text = str(p["strategy"])
     if p["strategy"] == "hybrid":
         text += f" {p['replicas']} x {p['group']}"
     if p.get("collapse_at") is not None:

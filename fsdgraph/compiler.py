@@ -31,8 +31,6 @@ from fsdgraph.partitioners import Partitioner, get_partitioner
 from fsdgraph.plan import INPUT, Edge, LayerShard, LayerSpec, Plan, Send, SourceRows, WorkerShard
 
 
-
-
 def compile(
     graph: Graph | builtins.list[Layer],
     workers: int,

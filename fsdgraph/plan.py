@@ -14,6 +14,7 @@ so a worker downloads only its own.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -253,7 +254,7 @@ class Plan:
         """The rows ``[start, stop)`` of a ``batch`` of images each replica computes: near-equal
         contiguous runs."""
         cuts = [r * batch // self.replicas for r in range(self.replicas + 1)]
-        return list(zip(cuts[:-1], cuts[1:], strict=True))
+        return list(itertools.pairwise(cuts))
 
     def parallelism(self) -> dict[str, Any]:
         """How the work is shared: strategy, replicas, group width, collapse (JSON-able)."""

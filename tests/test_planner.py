@@ -73,8 +73,10 @@ def test_a_model_that_does_not_fit_a_function_is_never_planned_data_parallel(
 
 
 def test_when_nothing_fits_the_planner_says_so(big_layers: list[fsdgraph.Layer]) -> None:
-    with pytest.raises(ConfigError, match="^no way to share the model over 2 workers fits "
-                                          "128 MB functions: a worker needs "):
+    needs = worker_bytes(big_layers, 2, 100) / 2**20  # the widest share: model parallel
+    with pytest.raises(ConfigError, match=exactly(
+            f"no way to share the model over 2 workers fits 128 MB functions: a worker needs "
+            f"{needs:.0f} MiB, 102 MiB usable of 128 MB; use more workers or memory")):
         choose(big_layers, 2, memory_mb=128, images=100)
 
 
