@@ -23,6 +23,8 @@ CLIENT_SIDE = (
     "moto",
     "fsdgraph.scheduler",
     "fsdgraph.compiler",
+    "fsdgraph.planner",
+    "fsdgraph.simulate",
     "fsdgraph.partitioners",
     "fsdgraph.cost.bill",
     "fsdgraph.cost.estimate",
