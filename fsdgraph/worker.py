@@ -168,9 +168,13 @@ class WorkerRuntime:
         channel_cls = get_channel(event.channel)
         self.channel: Channel = channel_cls(WorkerContext(
             services, self.names, self.worker, event.workers, config, metrics, self.codec))
-        # Received data is deleted only once a checkpoint has made it unnecessary, so that a
-        # relaunch or a continuation from that checkpoint finds it again.
-        self.channel.hold_until_durable = bool(event.checkpoint_every or deadline)
+        # With relaunches possible, received data is deleted only once a checkpoint has made it
+        # unnecessary, so that a relaunch from that checkpoint finds it again. (A continuation
+        # needs no held messages: the chunks it needs travel in its hand-over checkpoint.)
+        self.channel.hold_until_durable = bool(event.checkpoint_every)
+        #: Longest a received message stays undeleted: past the visibility timeout the queue
+        #: would deliver it again, and a queue full of held messages slows every receive.
+        self.hold_limit_s = config.visibility_timeout_s / 2
         self.output: Block | None = None
         self.shard: WorkerShard | None = None
         self.kernel = kernel_from_env(event.kernel or None, event.kernel_threads or None)
@@ -264,6 +268,7 @@ class WorkerRuntime:
         hook = self.services.layer_hook
         every = self.event.checkpoint_every
         slowest = 0.0
+        durable_at = time.monotonic()  # nothing received is held before this
         for l, (spec, ls) in enumerate(zip(shard.specs, shard.layers, strict=True)):
             if l < first:
                 continue
@@ -310,8 +315,12 @@ class WorkerRuntime:
             if not last and self._near_limit(slowest):
                 await self._hand_over(l, prev)
                 return
-            if every and not last and (l + 1) % every == 0:
+            # Every ``every`` layers, and sooner once what was received since the last
+            # checkpoint has been held for ``hold_limit_s`` (layers slower than planned).
+            held_too_long = time.monotonic() - durable_at > self.hold_limit_s
+            if every and not last and ((l + 1) % every == 0 or held_too_long):
                 await self._checkpoint(l, prev)
+                durable_at = time.monotonic()
         self.metrics.end_layers()
         self.output = prev
 
