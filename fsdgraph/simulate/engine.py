@@ -162,6 +162,7 @@ class _Costs:
     """Per (worker, layer) durations that depend on no sample: compute, codec + network."""
 
     compute: Array
+    load: Array  #: per worker: reading, verifying and decoding its staged shard and input
     send_fixed: Array
     receive_fixed: Array
     overhead: float
@@ -173,13 +174,18 @@ class _Costs:
 
 def _costs(work: Workload, profile: Profile, memory_mb: int) -> _Costs:
     vcpus, speed = cpu_share(profile, memory_mb)
+    # Functions that share a host's cores (the local backend: every worker on this machine)
+    # compute that much slower while all of them are busy; a cloud function has its own.
+    cores = profile.num("function.host_cores")
+    shared = max(1.0, work.workers / cores) if cores > 0 else 1.0
     per_mac = np.array([profile.num(f"kernel.{p}_s_per_mac") for p in PATHS])
-    compute = (profile.num("kernel.layer_s") + work.macs * per_mac[work.path]) / speed
+    compute = (profile.num("kernel.layer_s") + work.macs * per_mac[work.path]) / speed * shared
     ch = work.channel
     codec = profile.num(f"{ch}.codec_s_per_byte") / min(1.0, vcpus)
     bandwidth = profile.num("function.bandwidth_mb_s") * 1e6
     net = 1.0 / bandwidth if bandwidth > 0 else 0.0
-    return _Costs(compute, work.send_bytes * (codec + net), work.recv_bytes * (codec + net),
+    load = work.load_bytes * (net + profile.num("protocol.load_s_per_byte") / speed * shared)
+    return _Costs(compute, load, work.send_bytes * (codec + net), work.recv_bytes * (codec + net),
                   profile.num(f"{ch}.layer_overhead_s"), profile.num("protocol.overlap") >= 0.5,
                   profile.num(f"{ch}.poll_interval_s"),
                   max(1.0, profile.num(f"{ch}.send_concurrency")),
@@ -312,8 +318,7 @@ class Engine:
                 out.start[w] = t
                 t1 = invoke_all(t, children(w, P, b))
                 t1 += self.buckets.delay("get", 1, t1) + self.lat.total("get", 1)  # the shard
-                bandwidth = self.profile.num("function.bandwidth_mb_s") * 1e6
-                t1 += self.work.load_bytes[w] / bandwidth if bandwidth > 0 else 0.0
+                t1 += float(c.load[w])
                 out.load[w] = t1 - t
                 push(t1, _LAYER, w, 0)
             elif kind == _LAYER:
@@ -358,7 +363,6 @@ def expected(workload: Workload, profile: Profile, *, memory_mb: int) -> Timelin
         env += 1
         heapq.heappush(heap, (t + engine._start_delay(env), child))
     ready = np.zeros(P)
-    bandwidth = profile.num("function.bandwidth_mb_s") * 1e6
     while heap:
         t, w = heapq.heappop(heap)
         start[w] = t
@@ -366,7 +370,7 @@ def expected(workload: Workload, profile: Profile, *, memory_mb: int) -> Timelin
             t += lat.mean("invoke")
             env += 1
             heapq.heappush(heap, (t + engine._start_delay(env), child))
-        t += lat.mean("get") + (work.load_bytes[w] / bandwidth if bandwidth > 0 else 0.0)
+        t += lat.mean("get") + float(c.load[w])
         ready[w] = t
     out.start, out.load = start, ready - start
 

@@ -185,6 +185,14 @@ def load_profile(name_or_path: str | os.PathLike[str] | None = None,
     """A built-in profile by name (``aws``, ``paper``, ``local``; default ``aws``) or a TOML
     file merged over its ``base`` (default ``aws``), then ``overrides`` (dotted keys) on top."""
     profile = _load(name_or_path if name_or_path is not None else DEFAULT)
+    if profile.name == "local" and profile.files[-1].startswith("fsdgraph/"):
+        # The built-in local profile describes the machine it runs on: its workers share its
+        # cores.
+        profile = Profile(profile.name, {**profile.values, "function.host_cores":
+                                         float(os.cpu_count() or 1)},
+                          {**profile.sources, "function.host_cores": "this machine: "
+                                                                     "os.cpu_count()"},
+                          profile.files)
     if overrides:
         flat: dict[str, tuple[Any, str | None]] = {}
         _flatten(overrides, "", "overrides", flat)
