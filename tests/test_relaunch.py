@@ -86,6 +86,24 @@ def test_a_worker_killed_before_any_checkpoint_restarts_from_its_input(
     assert result.report["relaunches"] == 1
 
 
+def test_messages_held_past_half_the_visibility_timeout_bring_a_checkpoint_forward(
+        network: Network) -> None:
+    """Layers slower than planned: with an interval past the last layer, workers still
+    checkpoint (and delete what they hold) once held messages near the visibility timeout, here
+    10 ms, which a 24-layer exchange outlasts, instead of holding everything to the end."""
+    graph, images, reference = network
+    channel = fsdgraph.ChannelConfig(peer_timeout_s=60, visibility_timeout_s=0.01,
+                                     poll_wait_s=0.2)
+    backend = LocalBackend()
+    try:
+        result = fsdgraph.Scheduler(backend, "queue", config(
+            checkpoint_every=1000, channel=channel)).run_sync(fsdgraph.compile(graph, 4), images)
+    finally:
+        backend.close()
+    exact(result, reference)
+    assert result.report["checkpoints"] >= 4  # every worker at least once
+
+
 def test_the_relaunch_budget_spent_fails_naming_the_worker(network: Network) -> None:
     graph, images, _ = network
     backend = LocalBackend(kill=(1, 4))
