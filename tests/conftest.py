@@ -33,15 +33,32 @@ def compiled_kernels() -> None:
         importlib.import_module("fsdgraph.kernels.fused")
 
 
-@pytest.fixture(scope="session")
-def official_data() -> Path:
-    """The folder with the official 1024-neuron network, the first 1200 images and their truth."""
-    if not (OFFICIAL_DIR / "neuron1024").is_dir():
-        reason = f"official Graph Challenge data not found at {OFFICIAL_DIR}"
+def _required(found: bool, reason: str) -> None:
+    """Skip with ``reason`` when data outside the repository is missing (a user's clone), fail
+    where it must be there (``FSDGRAPH_REQUIRE_OFFICIAL=1``)."""
+    if not found:
         if os.environ.get("FSDGRAPH_REQUIRE_OFFICIAL") == "1":
             pytest.fail(reason + " (FSDGRAPH_REQUIRE_OFFICIAL=1)")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def official_data() -> Path:
+    """The folder with the official 1024-neuron network, the first 1200 images and their truth."""
+    _required((OFFICIAL_DIR / "neuron1024").is_dir(),
+              f"official Graph Challenge data not found at {OFFICIAL_DIR}")
     return OFFICIAL_DIR
+
+
+@pytest.fixture(scope="session")
+def paper_data() -> Path:
+    """The folder with the paper's measured runs, queue_runs.csv and object_runs.csv."""
+    from fsdgraph.cost import paper_data_dir
+
+    folder = paper_data_dir()
+    _required(all((folder / f"{c}_runs.csv").is_file() for c in ("queue", "object")),
+              f"the paper's measured runs not found at {folder}")
+    return folder
 
 
 # -- AWS: a moto server, and a Lambda invoke server in front of it --------------------------------

@@ -12,7 +12,6 @@ import dataclasses
 import doctest
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,6 @@ from fsdgraph.cost import (
     paper_runs,
 )
 from fsdgraph.errors import ConfigError, InputError
-
-PAPER_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsd-inference"
-
-
-@pytest.fixture(scope="module")
-def paper_data() -> Path:
-    """The folder with the paper's queue_runs.csv and object_runs.csv."""
-    if not all((PAPER_DIR / f"{c}_runs.csv").is_file() for c in ("queue", "object")):
-        reason = f"the paper's measured runs not found at {PAPER_DIR}"
-        if os.environ.get("FSDGRAPH_REQUIRE_OFFICIAL") == "1":
-            pytest.fail(reason + " (FSDGRAPH_REQUIRE_OFFICIAL=1)")
-        pytest.skip(reason)
-    return PAPER_DIR
 
 
 def _row(folder: Path, channel: str, config: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import pytest
 import fsdgraph
 from fsdgraph.backends.local import LocalBackend
 from fsdgraph.cli import main
-from fsdgraph.cost.paper import paper_data_dir
 from fsdgraph.errors import ConfigError
 from fsdgraph.simulate import (
     Engine,
@@ -40,18 +38,6 @@ from fsdgraph.sources.images import live_row_curve, synthetic_images
 from fsdgraph.sources.radixnet import radixnet
 
 SIZES = {1024, 4096, 16384, 65536}
-
-
-@pytest.fixture(scope="module")
-def paper_data() -> Path:
-    """The folder with the paper's queue_runs.csv and object_runs.csv."""
-    folder = paper_data_dir()
-    if not all((folder / f"{c}_runs.csv").is_file() for c in ("queue", "object")):
-        reason = f"the paper's measured runs not found at {folder}"
-        if os.environ.get("FSDGRAPH_REQUIRE_OFFICIAL") == "1":
-            pytest.fail(reason + " (FSDGRAPH_REQUIRE_OFFICIAL=1)")
-        pytest.skip(reason)
-    return folder
 
 
 @pytest.fixture(scope="module")
