@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,6 +39,9 @@ from fsdgraph.graph import Layer
 from fsdgraph.partitioners import Partitioner
 from fsdgraph.plan import Plan
 from fsdgraph.prices import DEFAULT_MEMORY_MB
+
+if TYPE_CHECKING:
+    from fsdgraph.simulate.profile import Profile
 
 #: A worker's own footprint before any model or data (Python, numpy, scipy, the compiled
 #: kernels, the transports): measured as the peak RSS of a local worker running one 1024-neuron
@@ -124,7 +127,7 @@ def choose(
     layers: Sequence[Layer], workers: int, *, partitioner: str | Partitioner = "hypergraph",
     objective: str = "time", memory_mb: int = DEFAULT_MEMORY_MB, channel: str = "queue",
     images: int = 10_000, live_rows: Sequence[float] | None = None,
-    sample: sp.spmatrix | None = None, profile: str | None = None,
+    sample: sp.spmatrix | None = None, profile: Profile | str | None = None,
 ) -> Choice:
     """The plan for ``workers`` workers with the least predicted time or cost; see the module
     docstring.

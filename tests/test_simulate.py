@@ -280,6 +280,30 @@ def test_the_command_prints_time_cost_and_breakdown(tmp_path: Path,
     assert math.isclose(data["cost_usd"], data["bill"]["total"])
 
 
+def test_the_command_simulates_the_compiled_plan_of_a_network(
+        official_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--weights: the plan compiled from the official network, here chosen by the planner
+    (the 32 MB network fits 3 GB functions, so data parallel) and then a model-parallel one,
+    whose exchange edges the prediction sends."""
+    report = tmp_path / "r.json"
+    base = ["simulate", "--weights", str(official_data), "--neurons", "1024", "--layers", "120",
+            "--workers", "4", "--memory", "3008", "--report", str(report)]
+    assert main([*base, "--strategy", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: 4 workers, data, 4 replica(s) of 1, collapse at None, 0 exchange edges" in out
+    data = json.loads(report.read_text())
+    assert data["strategy"] == "data" and data["planned"]["objective"] == "time"
+    assert data["requests"].get("publish", 0) == 0
+    assert main([*base, "--strategy", "model", "--partitioner", "contiguous"]) == 0
+    assert "plan: 4 workers, model, 1 replica(s) of 4" in capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert data["strategy"] == "model" and data["planned"] is None
+    assert data["requests"]["publish"] > 0 and data["bytes"] > 0
+    assert main(["simulate", "--neurons", "1024", "--workers", "4", "--strategy", "auto"]) == 2
+    assert ("--strategy auto and --collapse-at need a compiled plan: give the network with "
+            "--weights DIR") in capsys.readouterr().err
+
+
 def test_a_bad_profile_file_exits_2_naming_it(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"

@@ -31,8 +31,20 @@ def add_parser(subparsers: Any, epilog: str) -> None:
     sim.add_argument("--channel", choices=["queue", "object"], default="queue")
     sim.add_argument("--memory", type=int, default=1769, metavar="MB",
                      help="Lambda memory (default 1769 MB = 1 vCPU)")
-    sim.add_argument("--strategy", choices=["model", "data", "hybrid"], default="model")
+    sim.add_argument("--strategy", choices=["model", "data", "hybrid", "auto"], default="model",
+                     help="how the workers share the work (auto: the planner's choice, needs "
+                          "--weights)")
     sim.add_argument("--replicas", type=int, default=1, help="hybrid: model replicas")
+    sim.add_argument("--weights", type=Path, metavar="DIR",
+                     help="simulate the compiled plan of this network (n{N}-l{k}.tsv[.gz] in "
+                          "DIR; --neurons and --layers say which) instead of a RadiX-Net "
+                          "described by its size")
+    sim.add_argument("--partitioner", default="hypergraph",
+                     help="--weights: the neuron partitioner (default hypergraph)")
+    sim.add_argument("--collapse-at", type=int, dest="collapse_at", metavar="LAYER",
+                     help="--weights, model/hybrid: one worker per group from LAYER on")
+    sim.add_argument("--objective", choices=["time", "cost"], default="time",
+                     help="--strategy auto: minimise predicted time (default) or cost")
     sim.add_argument("--profile", metavar="F",
                      help="aws (default), paper, local, or a TOML file merged over aws")
     sim.add_argument("--seed", type=int, default=0, help="latency samples (default 0)")
@@ -161,11 +173,44 @@ def run(args: argparse.Namespace) -> int:
     from fsdgraph.simulate.predict import predict
 
     profile = load_profile(args.profile)
-    p = predict(neurons=args.neurons, layers=args.layers, workers=args.workers,
-                images=args.images, channel=args.channel, memory_mb=args.memory,
-                strategy=args.strategy, replicas=args.replicas, profile=profile, seed=args.seed)
+    if args.weights is not None:
+        p, parallelism = _predict_compiled(args, profile)
+    elif args.strategy == "auto" or args.collapse_at is not None:
+        raise InputError("--strategy auto and --collapse-at need a compiled plan: give the "
+                         "network with --weights DIR")
+    else:
+        p = predict(neurons=args.neurons, layers=args.layers, workers=args.workers,
+                    images=args.images, channel=args.channel, memory_mb=args.memory,
+                    strategy=args.strategy, replicas=args.replicas, profile=profile,
+                    seed=args.seed)
+        parallelism = {"strategy": args.strategy, "replicas": args.replicas}
     print(format_prediction(p))
-    _write_report(args.report, {"command": "simulate", "neurons": args.neurons,
-                                "strategy": args.strategy, "replicas": args.replicas,
+    _write_report(args.report, {"command": "simulate", "neurons": args.neurons, **parallelism,
                                 **p.to_dict()})
     return EXIT_PASSED
+
+
+def _predict_compiled(args: argparse.Namespace, profile: Any) -> tuple[Any, dict[str, Any]]:
+    """The prediction for the plan compiled from the network in ``--weights``, and how that
+    plan shares the work."""
+    import fsdgraph
+    from fsdgraph.simulate.predict import predict_plan
+    from fsdgraph.sources.graphchallenge import graphchallenge_bias, load_weights
+
+    weights = load_weights(args.weights, args.neurons, args.layers)
+    graph = fsdgraph.sequential(weights, graphchallenge_bias(args.neurons), cap=32.0)
+    planning: dict[str, Any] = {}
+    if args.strategy == "auto":
+        planning = {"objective": args.objective, "memory_mb": args.memory,
+                    "channel": args.channel, "images": args.images, "profile": profile}
+    plan = fsdgraph.compile(graph, args.workers, args.partitioner, strategy=args.strategy,
+                            replicas=args.replicas if args.strategy == "hybrid" else None,
+                            collapse_at=args.collapse_at, **planning)
+    p = predict_plan(plan, images=args.images, channel=args.channel, memory_mb=args.memory,
+                     profile=profile, seed=args.seed)
+    shared = plan.parallelism()
+    print(f"plan: {plan.workers} workers, {shared['strategy']}, {shared['replicas']} replica(s) "
+          f"of {shared['group']}, collapse at {shared['collapse_at']}, {len(plan.edges)} "
+          f"exchange edges ({args.partitioner})")
+    return p, {**plan.parallelism(), "partitioner": args.partitioner,
+               "planned": plan.planned}
