@@ -26,6 +26,7 @@ that prediction is the one reported.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -80,14 +81,14 @@ class Candidate:
     predicted_cost_usd: float | None = None
     #: Why it was not planned (empty for the candidates that were simulated).
     refused: str = ""
+    #: The worker count, functions' memory and channel it was weighed with.
+    workers: int = 0
+    memory_mb: int = 0
+    channel: str = ""
 
     @property
     def fits(self) -> bool:
         return self.worker_bytes <= self.memory_bytes
-
-    def key(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "replicas": self.replicas,
-                "collapse_at": self.collapse_at}
 
 
 @dataclass
@@ -124,18 +125,28 @@ def worker_bytes(layers: Sequence[Layer], group: int, images: int,
 
 
 def choose(
-    layers: Sequence[Layer], workers: int, *, partitioner: str | Partitioner = "hypergraph",
-    objective: str = "time", memory_mb: int = DEFAULT_MEMORY_MB, channel: str = "queue",
+    layers: Sequence[Layer], workers: int | Sequence[int], *,
+    partitioner: str | Partitioner = "hypergraph", objective: str = "time",
+    memory_mb: int | Sequence[int] = DEFAULT_MEMORY_MB, channel: str | Sequence[str] = "queue",
     images: int = 10_000, live_rows: Sequence[float] | None = None,
     sample: sp.spmatrix | None = None, profile: Profile | str | None = None,
 ) -> Choice:
-    """The plan for ``workers`` workers with the least predicted time or cost; see the module
-    docstring.
+    """The plan with the least predicted time or cost; see the module docstring.
 
+    ``workers``, ``memory_mb`` and ``channel`` may each be a list: the planner then also picks
+    the worker count, the functions' memory and the channel, weighing every combination (the
+    choice's ``plan.workers``, ``memory_mb`` and ``channel`` say which won).
     ``live_rows[l]`` is the fraction of the images alive entering layer ``l``; or give a
     ``sample`` of the inputs and it is measured on them (a few hundred rows suffice). With
     neither, the simulator assumes the official images' curve and no collapse is weighed.
     ``profile`` is the simulator's cloud profile (default: AWS).
+
+    >>> import numpy as np, scipy.sparse as sp, fsdgraph
+    >>> w = sp.random(64, 64, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    >>> c = choose(fsdgraph.sequential([w] * 4, bias=-0.1).layers(), [1, 2],
+    ...            memory_mb=[1769, 3008], channel=["queue", "object"], images=100)
+    >>> len(c.candidates) >= 8, c.plan.workers in (1, 2), c.channel in ("queue", "object")
+    (True, True, True)
     """
     from fsdgraph.compiler import compile
     from fsdgraph.simulate import predict_plan
@@ -144,54 +155,78 @@ def choose(
         raise ConfigError(f"objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise ConfigError(f"images must be a positive integer, got {images!r}")
+    counts = _options("workers", workers, int)
+    sizes = _options("memory_mb", memory_mb, int)
+    channels = _options("channel", channel, str)
     if live_rows is None and sample is not None:
         live_rows = entering_live_rows(sample, layers)
     curve = _live_curve(live_rows, len(layers))
-    memory = int(memory_mb * 2**20 * USABLE_MEMORY)
     narrowest = min(layer.weight.shape[1] for layer in layers)
 
-    def predicted(plan: Plan) -> tuple[float, float, dict[str, Any]]:
-        p = predict_plan(plan, images=images, channel=channel, memory_mb=memory_mb,
+    def predicted(plan: Plan, c: Candidate) -> tuple[float, float, dict[str, Any]]:
+        p = predict_plan(plan, images=images, channel=c.channel, memory_mb=c.memory_mb,
                          profile=profile, live_rows=curve)
         return p.wall_s, p.cost_usd, p.to_dict()
 
     candidates: list[Candidate] = []
     scored: list[tuple[float, int, Candidate]] = []
-    for replicas in sorted(d for d in range(1, workers + 1) if workers % d == 0)[::-1]:
-        group = workers // replicas
-        strategy = "data" if group == 1 else "model" if replicas == 1 else "hybrid"
-        collapses: list[int | None] = [None]
-        if group > 1:
-            at = _collapse_layer(curve, images / replicas)
-            if at is not None:
-                collapses.append(at)
-        for collapse_at in collapses:
-            c = Candidate(strategy, replicas, collapse_at, memory_bytes=memory,
-                          worker_bytes=worker_bytes(layers, group, math.ceil(images / replicas),
-                                                    collapse_at))
-            candidates.append(c)
-            if group > narrowest:
-                c.refused = f"a group of {group} exceeds the narrowest layer ({narrowest})"
-                continue
-            if not c.fits:
-                c.refused = (f"a worker needs {c.worker_bytes / 2**20:.0f} MiB, "
-                             f"{memory / 2**20:.0f} MiB usable of {memory_mb} MB")
-                continue
-            plan = compile(list(layers), workers, "contiguous", strategy=strategy,
-                           replicas=replicas, collapse_at=collapse_at)
-            c.predicted_wall_s, c.predicted_cost_usd, _ = predicted(plan)
-            score = c.predicted_wall_s if objective == "time" else c.predicted_cost_usd
-            scored.append((score, len(plan.edges), c))
+    for P, mb, ch in itertools.product(counts, sizes, channels):
+        memory = int(mb * 2**20 * USABLE_MEMORY)
+        for replicas in sorted(d for d in range(1, P + 1) if P % d == 0)[::-1]:
+            group = P // replicas
+            strategy = "data" if group == 1 else "model" if replicas == 1 else "hybrid"
+            collapses: list[int | None] = [None]
+            if group > 1:
+                at = _collapse_layer(curve, images / replicas)
+                if at is not None:
+                    collapses.append(at)
+            for collapse_at in collapses:
+                c = Candidate(strategy, replicas, collapse_at, memory_bytes=memory,
+                              worker_bytes=worker_bytes(layers, group,
+                                                        math.ceil(images / replicas),
+                                                        collapse_at),
+                              workers=P, memory_mb=mb, channel=ch)
+                candidates.append(c)
+                if group > narrowest:
+                    c.refused = f"a group of {group} exceeds the narrowest layer ({narrowest})"
+                    continue
+                if not c.fits:
+                    c.refused = (f"a worker needs {c.worker_bytes / 2**20:.0f} MiB, "
+                                 f"{memory / 2**20:.0f} MiB usable of {mb} MB")
+                    continue
+                plan = compile(list(layers), P, "contiguous", strategy=strategy,
+                               replicas=replicas, collapse_at=collapse_at)
+                c.predicted_wall_s, c.predicted_cost_usd, _ = predicted(plan, c)
+                score = c.predicted_wall_s if objective == "time" else c.predicted_cost_usd
+                scored.append((score, len(plan.edges), c))
     if not scored:
-        raise ConfigError(f"no way to share the model over {workers} workers fits {memory_mb} MB "
-                          f"functions: {candidates[-1].refused}; use more workers or memory")
+        raise ConfigError(f"no way to share the model over {_said(counts)} workers fits "
+                          f"{_said(sizes)} MB functions: {candidates[-1].refused}; use more "
+                          f"workers or memory")
     best = min(scored, key=lambda s: (s[0], s[1]))[2]
-    plan = compile(list(layers), workers, partitioner, strategy=best.strategy,
+    plan = compile(list(layers), best.workers, partitioner, strategy=best.strategy,
                    replicas=best.replicas, collapse_at=best.collapse_at)
-    wall, cost, details = predicted(plan)
-    return Choice(plan, objective, channel, memory_mb, images,
+    wall, cost, details = predicted(plan, best)
+    return Choice(plan, objective, best.channel, best.memory_mb, images,
                   {"wall_s": wall, "cost_usd": cost, "breakdown": details.get("breakdown", {})},
                   candidates)
+
+
+def _options(name: str, value: Any, kind: type) -> list[Any]:
+    """One setting, or the list of settings the planner chooses among, checked."""
+    single = isinstance(value, (kind, np.integer)) or not isinstance(value, (list, tuple))
+    options: list[Any] = [value] if single else list(value)
+    if not options or not all(isinstance(o, (kind, np.integer)) and not isinstance(o, bool)
+                              for o in options):
+        what = "an integer" if kind is int else "a string"
+        raise ConfigError(f"{name}: expected {what} or a non-empty list of them, got {value!r}")
+    if kind is int and min(int(o) for o in options) < 1:
+        raise ConfigError(f"{name}: expected positive integers, got {value!r}")
+    return options
+
+
+def _said(options: list[Any]) -> str:
+    return ", ".join(str(o) for o in options)
 
 
 def _live_curve(live_rows: Sequence[float] | None, layers: int) -> list[float] | None:

@@ -87,11 +87,35 @@ def test_when_nothing_fits_the_planner_says_so(big_layers: list[fsdgraph.Layer])
                                 "got 2"),
     ({"sample": sp.csr_matrix((0, 32), dtype=np.float32)},
      "sample: no rows to measure the live rows on"),
+    ({"memory_mb": []}, "memory_mb: expected an integer or a non-empty list of them, got []"),
+    ({"memory_mb": [1769, 0]}, "memory_mb: expected positive integers, got [1769, 0]"),
+    ({"channel": ["queue", 3]},
+     "channel: expected a string or a non-empty list of them, got ['queue', 3]"),
 ])
 def test_planner_errors_say_what_is_expected(kwargs: dict[str, object], message: str) -> None:
     w = sp.random(32, 32, density=0.2, format="csr", dtype=np.float32, random_state=0)
     with pytest.raises(ConfigError, match=exactly(message)):
         choose(fsdgraph.sequential([w] * 3, bias=-0.1).layers(), 2, **kwargs)  # type: ignore[arg-type]
+
+
+def test_on_request_the_planner_also_picks_the_worker_count_memory_and_channel() -> None:
+    """Lists of P, memory sizes and channels: every combination is weighed, and the winner is
+    the fitting candidate with the least predicted time (or cost)."""
+    layers = fsdgraph.sequential(radixnet(1024, 12, seed=2), graphchallenge_bias(1024),
+                                 cap=32).layers()
+    for objective, score in (("time", "predicted_wall_s"), ("cost", "predicted_cost_usd")):
+        choice = choose(layers, [1, 2, 4], memory_mb=[1769, 3008],
+                        channel=["queue", "object"], images=2000, objective=objective)
+        setups = {(c.workers, c.memory_mb, c.channel) for c in choice.candidates}
+        assert setups == {(p, m, c) for p in (1, 2, 4) for m in (1769, 3008)
+                          for c in ("queue", "object")}
+        weighed = [c for c in choice.candidates if getattr(c, score) is not None]
+        chosen = next(c for c in weighed if (c.workers, c.memory_mb, c.channel, c.strategy,
+                                             c.replicas, c.collapse_at) == (
+            choice.plan.workers, choice.memory_mb, choice.channel, choice.plan.strategy,
+            choice.plan.replicas, choice.plan.collapse_at))
+        assert getattr(chosen, score) == min(getattr(c, score) for c in weighed)
+        assert choice.to_dict()["channel"] == chosen.channel
 
 
 def test_a_sample_whose_images_die_offers_a_collapsed_candidate() -> None:
