@@ -299,6 +299,21 @@ def test_the_command_simulates_the_compiled_plan_of_a_network(
     data = json.loads(report.read_text())
     assert data["strategy"] == "model" and data["planned"] is None
     assert data["requests"]["publish"] > 0 and data["bytes"] > 0
+    # The planner may also pick P, the memory and the channel from lists.
+    assert main([*base[:-6], "--workers", "2,4", "--memory", "1769,3008", "--channel",
+                 "queue,object", "--strategy", "auto", "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    setups = {(c["workers"], c["memory_mb"], c["channel"]) for c in data["planned"]["candidates"]}
+    assert setups == {(p, m, c) for p in (2, 4) for m in (1769, 3008) for c in ("queue", "object")}
+    assert (data["memory_mb"], data["channel"]) == (data["planned"]["memory_mb"],
+                                                    data["planned"]["channel"])
+    fastest = min(c["predicted_wall_s"] for c in data["planned"]["candidates"]
+                  if c["predicted_wall_s"] is not None)
+    assert data["planned"]["predicted"]["wall_s"] == pytest.approx(fastest, rel=0.5)
+    capsys.readouterr()
+    assert main(["simulate", "--neurons", "1024", "--workers", "2,4"]) == 2
+    assert ("lists of --workers are for the planner to choose from: give --strategy auto (and "
+            "the network with --weights DIR)") in capsys.readouterr().err
     assert main(["simulate", "--neurons", "1024", "--workers", "4", "--strategy", "auto"]) == 2
     assert ("--strategy auto and --collapse-at need a compiled plan: give the network with "
             "--weights DIR") in capsys.readouterr().err

@@ -26,11 +26,15 @@ def add_parser(subparsers: Any, epilog: str) -> None:
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     sim.add_argument("--neurons", type=int, help="neurons per layer (e.g. 1024)")
     sim.add_argument("--layers", type=int, default=120, help="layers (default 120)")
-    sim.add_argument("--workers", type=int, help="functions (P)")
+    sim.add_argument("--workers", type=_ints, metavar="P",
+                     help="functions (P); with --strategy auto a list to choose from (2,4,8)")
     sim.add_argument("--images", type=int, default=10_000, help="images (default 10000)")
-    sim.add_argument("--channel", choices=["queue", "object"], default="queue")
-    sim.add_argument("--memory", type=int, default=1769, metavar="MB",
-                     help="Lambda memory (default 1769 MB = 1 vCPU)")
+    sim.add_argument("--channel", type=_channels, default=["queue"], metavar="C",
+                     help="queue (default) or object; with --strategy auto a list to choose "
+                          "from (queue,object)")
+    sim.add_argument("--memory", type=_ints, default=[1769], metavar="MB",
+                     help="Lambda memory (default 1769 MB = 1 vCPU); with --strategy auto a "
+                          "list to choose from (1769,3008)")
     sim.add_argument("--strategy", choices=["model", "data", "hybrid", "auto"], default="model",
                      help="how the workers share the work (auto: the planner's choice, needs "
                           "--weights)")
@@ -57,6 +61,27 @@ def add_parser(subparsers: Any, epilog: str) -> None:
                      help="--paper: evaluate the shipped paper profile without fitting")
     sim.add_argument("--write-profile", type=Path, metavar="F.toml",
                      help="--paper: write the fitted paper profile to F.toml")
+
+
+def _ints(text: str) -> list[int]:
+    """``4`` or ``2,4,8``: positive integers."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or a comma-separated list of "
+                                         f"them, got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _channels(text: str) -> list[str]:
+    """``queue``, ``object`` or ``queue,object``."""
+    values = text.split(",")
+    unknown = [v for v in values if v not in ("queue", "object")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"channel {unknown[0]!r}: expected queue or object")
+    return values
 
 
 def _write_report(path: Path | None, data: dict[str, Any]) -> None:
@@ -173,14 +198,18 @@ def run(args: argparse.Namespace) -> int:
     from fsdgraph.simulate.predict import predict
 
     profile = load_profile(args.profile)
+    lists = [f"--{n}" for n in ("workers", "memory", "channel") if len(getattr(args, n)) > 1]
+    if lists and args.strategy != "auto":
+        raise InputError(f"lists of {', '.join(lists)} are for the planner to choose from: give "
+                         f"--strategy auto (and the network with --weights DIR)")
     if args.weights is not None:
         p, parallelism = _predict_compiled(args, profile)
     elif args.strategy == "auto" or args.collapse_at is not None:
         raise InputError("--strategy auto and --collapse-at need a compiled plan: give the "
                          "network with --weights DIR")
     else:
-        p = predict(neurons=args.neurons, layers=args.layers, workers=args.workers,
-                    images=args.images, channel=args.channel, memory_mb=args.memory,
+        p = predict(neurons=args.neurons, layers=args.layers, workers=args.workers[0],
+                    images=args.images, channel=args.channel[0], memory_mb=args.memory[0],
                     strategy=args.strategy, replicas=args.replicas, profile=profile,
                     seed=args.seed)
         parallelism = {"strategy": args.strategy, "replicas": args.replicas}
@@ -194,19 +223,26 @@ def _predict_compiled(args: argparse.Namespace, profile: Any) -> tuple[Any, dict
     """The prediction for the plan compiled from the network in ``--weights``, and how that
     plan shares the work."""
     import fsdgraph
+    from fsdgraph.planner import choose
     from fsdgraph.simulate.predict import predict_plan
     from fsdgraph.sources.graphchallenge import graphchallenge_bias, load_weights
 
     weights = load_weights(args.weights, args.neurons, args.layers)
     graph = fsdgraph.sequential(weights, graphchallenge_bias(args.neurons), cap=32.0)
-    planning: dict[str, Any] = {}
+    channel, memory_mb = args.channel[0], args.memory[0]
     if args.strategy == "auto":
-        planning = {"objective": args.objective, "memory_mb": args.memory,
-                    "channel": args.channel, "images": args.images, "profile": profile}
-    plan = fsdgraph.compile(graph, args.workers, args.partitioner, strategy=args.strategy,
-                            replicas=args.replicas if args.strategy == "hybrid" else None,
-                            collapse_at=args.collapse_at, **planning)
-    p = predict_plan(plan, images=args.images, channel=args.channel, memory_mb=args.memory,
+        if args.collapse_at is not None:
+            raise InputError("--collapse-at is the planner's to choose with --strategy auto")
+        choice = choose(graph.layers(), args.workers, partitioner=args.partitioner,
+                        objective=args.objective, memory_mb=args.memory, channel=args.channel,
+                        images=args.images, profile=profile)
+        plan, channel, memory_mb = choice.plan, choice.channel, choice.memory_mb
+        plan.planned = choice.to_dict()
+    else:
+        plan = fsdgraph.compile(graph, args.workers[0], args.partitioner, strategy=args.strategy,
+                                replicas=args.replicas if args.strategy == "hybrid" else None,
+                                collapse_at=args.collapse_at)
+    p = predict_plan(plan, images=args.images, channel=channel, memory_mb=memory_mb,
                      profile=profile, seed=args.seed)
     shared = plan.parallelism()
     print(f"plan: {plan.workers} workers, {shared['strategy']}, {shared['replicas']} replica(s) "
