@@ -242,8 +242,10 @@ def backend() -> Iterator[LocalBackend]:
 
 def test_a_local_run_is_within_2x_of_its_prediction(backend: LocalBackend) -> None:
     """The ``local`` profile against real local runs (object channel), P = 1, 2, 4: the
-    prediction's wall time within 0.5x..2x of the report's (best of two runs, after a
-    warm-up). The live rows given are the images' own (live_row_curve)."""
+    prediction's wall time within 0.5x..2x of the report's, after a warm-up. The live rows
+    given are the images' own (live_row_curve). Other load on the machine only ever adds to a
+    run's wall time, so the fastest of up to five runs is the one compared: a prediction too
+    high fails whatever the load, one too low fails only if no run comes near it."""
     graph = fsdgraph.sequential(radixnet(1024, 24, seed=3), graphchallenge_bias(1024), cap=32)
     images = synthetic_images(1024, 1000, seed=4)
     alive = live_row_curve(images, graph.layers())
@@ -252,9 +254,13 @@ def test_a_local_run_is_within_2x_of_its_prediction(backend: LocalBackend) -> No
         scheduler.run_sync(fsdgraph.compile(graph, 1), images)  # warm-up
         for workers in (1, 2, 4):
             plan = fsdgraph.compile(graph, workers)
-            measured = min(scheduler.run_sync(plan, images).report["wall_s"] for _ in range(2))
             predicted = predict_plan(plan, images=1000, channel="object", profile="local",
                                      live_rows=live).wall_s
+            measured = float("inf")
+            for _ in range(5):
+                measured = min(measured, scheduler.run_sync(plan, images).report["wall_s"])
+                if predicted / measured >= 0.5:
+                    break
             assert 0.5 <= predicted / measured <= 2.0, (workers, predicted, measured)
 
 

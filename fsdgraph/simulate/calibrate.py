@@ -328,6 +328,9 @@ def paper_profile_text(cal: Calibration) -> str:
         ("protocol", "name", '"paper"', None),
         ("protocol", "overlap", 1, "PAPER.md: only the local product overlaps communication "
                                    "(publisher threads)"),
+        ("protocol", "layer_overhead_s", 0, "the paper's per-layer costs are all in the fitted "
+                                            "channel overheads (every worker exchanges every "
+                                            "layer)"),
         ("function", "threads", 1, "the paper's workers multiply in one thread (scipy)"),
         ("queue", "wire_factor", 1, "the paper's bytes are counted as sent (its CSV)"),
         ("queue", "send_concurrency", 1, "effective per-request costs are fitted (no concurrency "

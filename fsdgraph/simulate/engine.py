@@ -165,7 +165,9 @@ class _Costs:
     load: Array  #: per worker: reading, verifying and decoding its staged shard and input
     send_fixed: Array
     receive_fixed: Array
-    overhead: float
+    #: Per (worker, layer): the worker loop's own, plus the channel's where the worker
+    #: exchanges anything (a layer without exchange seals, counts and polls nothing).
+    overhead: Array
     overlap: bool
     poll: float
     send_concurrency: float
@@ -185,8 +187,13 @@ def _costs(work: Workload, profile: Profile, memory_mb: int) -> _Costs:
     bandwidth = profile.num("function.bandwidth_mb_s") * 1e6
     net = 1.0 / bandwidth if bandwidth > 0 else 0.0
     load = work.load_bytes * (net + profile.num("protocol.load_s_per_byte") / speed * shared)
+    exchanging = np.zeros((work.workers, work.layers), bool)
+    for l, (src, dst) in enumerate(work.edges):
+        exchanging[src, l] = exchanging[dst, l] = True
+    overhead = (profile.num("protocol.layer_overhead_s")
+                + profile.num(f"{ch}.layer_overhead_s") * exchanging)
     return _Costs(compute, load, work.send_bytes * (codec + net), work.recv_bytes * (codec + net),
-                  profile.num(f"{ch}.layer_overhead_s"), profile.num("protocol.overlap") >= 0.5,
+                  overhead, profile.num("protocol.overlap") >= 0.5,
                   profile.num(f"{ch}.poll_interval_s"),
                   max(1.0, profile.num(f"{ch}.send_concurrency")),
                   max(1.0, profile.num(f"{ch}.receive_concurrency")))
@@ -308,8 +315,8 @@ class Engine:
             end = drain(done, times, r)
             out.receive[w, l] = r
             out.wait[w, l] = end - done - r
-            out.overhead[w, l] = c.overhead
-            push(end + c.overhead, _FINISH, w, l)
+            out.overhead[w, l] = c.overhead[w, l]
+            push(end + c.overhead[w, l], _FINISH, w, l)
 
         invoke_all(0.0, roots(P, b))
         while heap:
@@ -352,7 +359,7 @@ def expected(workload: Workload, profile: Profile, *, memory_mb: int) -> Timelin
     P, L = work.workers, work.layers
     shape = (P, L)
     out = Timeline(np.zeros(P), np.zeros(P), c.compute.copy(), np.zeros(shape), np.zeros(shape),
-                   np.zeros(shape), np.full(shape, c.overhead), np.zeros(P))
+                   np.zeros(shape), c.overhead.copy(), np.zeros(P))
     # Launch: the tree, in the event loop (P events).
     b = max(1, work.branching)
     start = np.zeros(P)
@@ -411,6 +418,6 @@ def expected(workload: Workload, profile: Profile, *, memory_mb: int) -> Timelin
                 np.maximum.at(latest, d_sorted, at_sorted + remaining * share[d_sorted])
             end = np.maximum(end, latest)
         out.wait[:, l] = end - local - receive[:, l]
-        ready = end + c.overhead
+        ready = end + c.overhead[:, l]
     out.finish = ready + lat.mean("put")
     return out
