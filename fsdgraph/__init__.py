@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from fsdgraph.errors import FsdError, GraphError, InputError, RunError, RunTimeout
     from fsdgraph.graph import Graph, Layer, sequential
     from fsdgraph.kernels import categories, reference_inference
+    from fsdgraph.model import Model
     from fsdgraph.plan import Plan
     from fsdgraph.scheduler import Result, RunConfig, Scheduler
+    from fsdgraph.sources.onnx import from_onnx
 
 __version__ = "0.1.0"
 
@@ -47,16 +49,18 @@ _LAZY: dict[str, str] = {
     "sequential": "fsdgraph.graph",
     "categories": "fsdgraph.kernels",
     "reference_inference": "fsdgraph.kernels",
+    "Model": "fsdgraph.model",
     "Plan": "fsdgraph.plan",
     "Result": "fsdgraph.scheduler",
     "RunConfig": "fsdgraph.scheduler",
     "Scheduler": "fsdgraph.scheduler",
+    "from_onnx": "fsdgraph.sources.onnx",
 }
 
 __all__ = [
-    "ChannelConfig", "FsdError", "Graph", "GraphError", "InputError", "Layer", "Plan", "Result",
-    "RunConfig", "RunError", "RunTimeout", "Scheduler", "categories", "compile",
-    "reference_inference", "sequential",
+    "ChannelConfig", "FsdError", "Graph", "GraphError", "InputError", "Layer", "Model", "Plan",
+    "Result", "RunConfig", "RunError", "RunTimeout", "Scheduler", "categories", "compile",
+    "from_onnx", "reference_inference", "sequential",
 ]
 
 
