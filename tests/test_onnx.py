@@ -375,6 +375,23 @@ def test_external_data_is_read_from_a_path_only(tmp_path: Path) -> None:
                     "onnx.load(path), which reads it, or pass the path")
 
 
+def test_external_data_outside_the_model_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "outside.data").write_bytes(np.ones(4, np.float32).tobytes())
+    weight = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[2, 2],
+                         data_location=TensorProto.EXTERNAL)
+    weight.external_data.add(key="location", value="../outside.data")
+    graph = helper.make_graph(
+        [node("MatMul", ["x", "W"], "y")], "test",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    path = tmp_path / "models" / "escape.onnx"
+    path.parent.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                ir_version=IR_VERSION), str(path))
+    with pytest.raises(GraphError, match=f"^{re.escape(f'{path}: cannot load the ONNX model (')}"):
+        from_onnx(path)
+
+
 def test_without_onnx_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # what a missing package looks like
     with pytest.raises(ConfigError, match=re.escape("pip install 'fsdgraph[onnx]'")):

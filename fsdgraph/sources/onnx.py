@@ -20,7 +20,7 @@ LayerNormalization    layer_norm   last axis; scale and bias initializers; ``eps
 Softmax               softmax      last axis
 Concat                concat       feature axis (one input: identity)
 Identity, Flatten     identity     on a 2-D batch (Flatten with axis 1)
-Reshape               identity     to ``[-1 or 0, features]`` (the same 2-D batch)
+Reshape               identity     to the same 2-D batch: ``[-1, F]``, ``[0, F]``, ``[0, -1]``
 Cast                  identity     to FLOAT
 Constant              (none)       read as an initializer
 ====================  ===========  ========================================================
@@ -105,6 +105,8 @@ def _load(onnx: Any, source: object) -> Any:
         proto = source
         where = "the ONNX model"
     elif isinstance(source, (str, os.PathLike)):
+        from google.protobuf.message import DecodeError  # onnx's own dependency
+
         where = os.fspath(source)
         try:
             proto = onnx.load(where)
@@ -112,9 +114,11 @@ def _load(onnx: Any, source: object) -> Any:
             raise GraphError(f"{where}: file not found") from None
         except OSError as exc:
             raise GraphError(f"{where}: cannot read: {exc.strerror or exc}") from None
-        except Exception as exc:  # protobuf's DecodeError, or onnx's own on a text format
-            raise GraphError(f"{where}: not an ONNX model ({type(exc).__name__}: {exc})") \
-                from None
+        except DecodeError as exc:
+            raise GraphError(f"{where}: not an ONNX model ({exc})") from None
+        except Exception as exc:  # onnx's own: an external data file outside the model's folder
+            raise GraphError(f"{where}: cannot load the ONNX model ({type(exc).__name__}: "
+                             f"{exc})") from None
     else:
         raise TypeError(f"from_onnx: expected a path to a .onnx file or an onnx.ModelProto, got "
                         f"{type(source).__name__}")
