@@ -19,7 +19,7 @@ Steps, per layer ``l`` with weight ``W`` (in x out):
 from __future__ import annotations
 
 import builtins
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,21 +27,36 @@ import scipy.sparse as sp
 from fsdgraph.defaults import STRATEGIES
 from fsdgraph.errors import ConfigError, GraphError
 from fsdgraph.graph import Graph, Layer
+from fsdgraph.model import Model
+from fsdgraph.model_plan import ModelPlan, compile_model
 from fsdgraph.partitioners import Partitioner, get_partitioner
 from fsdgraph.plan import INPUT, Edge, LayerShard, LayerSpec, Plan, Send, SourceRows, WorkerShard
 
 
+@overload
+def compile(graph: Model, workers: int, partitioner: str | Partitioner = ..., *,
+            strategy: str | None = ..., replicas: int | None = ..., collapse_at: int | None = ...,
+            collapse_to: int = ..., **planning: Any) -> ModelPlan: ...
+
+
+@overload
+def compile(graph: Graph | builtins.list[Layer], workers: int,
+            partitioner: str | Partitioner = ..., *, strategy: str | None = ...,
+            replicas: int | None = ..., collapse_at: int | None = ..., collapse_to: int = ...,
+            **planning: Any) -> Plan: ...
+
+
 def compile(
-    graph: Graph | builtins.list[Layer],
+    graph: Graph | builtins.list[Layer] | Model,
     workers: int,
     partitioner: str | Partitioner = "hypergraph",
     *,
-    strategy: str = "model",
+    strategy: str | None = None,
     replicas: int | None = None,
     collapse_at: int | None = None,
     collapse_to: int = 1,
     **planning: Any,
-) -> Plan:
+) -> Plan | ModelPlan:
     """Partition every layer of ``graph`` over ``workers`` and derive the exchange edges.
 
     ``strategy`` says how the workers share the work, all with the serial reference's results:
@@ -56,10 +71,19 @@ def compile(
       ``objective``, ``memory_mb``, ``channel``, ``images``) picks one of these, and whether to
       collapse; the plan's ``planned`` says what it chose and predicted.
 
+    An op-level :class:`~fsdgraph.model.Model` compiles to a
+    :class:`~fsdgraph.model_plan.ModelPlan`: data parallel (its default; ``auto`` picks it too),
+    every worker running the whole model on a slice of the rows.
+
     ``collapse_at`` (model, hybrid): from that layer on, only the first ``collapse_to`` workers of
     each group own neurons: the previous layer's outputs are gathered onto them once, and the
     layers where few images are still alive run with less exchange (none for ``collapse_to=1``).
     """
+    if isinstance(graph, Model):  # an op-level model: data parallel (fsdgraph.model_plan)
+        if planning or replicas is not None or collapse_at is not None:
+            raise ConfigError("compile: an op-level model takes only workers and strategy")
+        return compile_model(graph, workers, strategy or "data")
+    strategy = strategy or "model"
     layers = graph.layers() if isinstance(graph, Graph) else _check_layers(graph)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")

@@ -71,9 +71,15 @@ class WorkerEvent:
     #: Workers per model-parallel group (a replica of the model); worker ``w`` reads the plan
     #: shard of its group position ``w % group``. 0: one group of all the workers.
     group: int = 0
+    #: What the worker runs: ``layers`` (a layer chain's shard, :mod:`fsdgraph.plan`) or
+    #: ``model`` (an op-level model on a slice of the rows, :mod:`fsdgraph.model_plan`).
+    kind: str = "layers"
     version: int = EVENT_VERSION
 
     def __post_init__(self) -> None:
+        if self.kind not in ("layers", "model"):
+            raise ProtocolError(f"worker event: kind must be 'layers' or 'model', got "
+                                f"{self.kind!r}")
         if isinstance(self.branching, int) and self.branching < 1:
             raise ProtocolError(f"worker event: branching must be >= 1, got {self.branching}")
         if (isinstance(self.group, int) and isinstance(self.workers, int)

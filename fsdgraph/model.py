@@ -22,12 +22,12 @@ runs the nodes in a topological order, each on whole blocks (float32).
 
 from __future__ import annotations
 
+import graphlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
@@ -110,8 +110,11 @@ class Model:
         """Every input's and node's output features."""
         return self._known_widths()
 
-    def graph(self) -> nx.DiGraph:
-        """The DAG: an edge from each input or node to each node it feeds."""
+    def graph(self) -> Any:
+        """The DAG as a ``networkx.DiGraph``: an edge from each input or node to each node it
+        feeds."""
+        import networkx as nx
+
         g = nx.DiGraph()
         g.add_nodes_from(self.inputs)
         g.add_nodes_from(self.nodes)
@@ -121,12 +124,25 @@ class Model:
     def evaluate(self, inputs: Mapping[str, Any] | Any) -> dict[str, Block]:
         """The outputs (by name) of the model on ``inputs`` (a mapping from input name to a
         rows x features array, dense or sparse; or one array when there is one input)."""
-        self._check_complete()
-        values = self._bind(inputs)
-        for name in self.order():
+        values = self.bind(inputs)
+        for _ in self.steps(values):
+            pass
+        return {name: values[name] for name in self.outputs}
+
+    def steps(self, values: dict[str, Block]) -> Iterator[str]:
+        """Compute the nodes one at a time into ``values`` (the bound inputs, :meth:`bind`),
+        yielding each node's name once its output is there; a value no later node or output
+        reads is dropped as soon as it is used, so memory holds only the live ones."""
+        last_use = {src: i for i, name in enumerate(self.order())
+                    for src in self.nodes[name].inputs}
+        keep = set(self.outputs)
+        for i, name in enumerate(self.order()):
             node = self.nodes[name]
             values[name] = node.op.apply(*(values[src] for src in node.inputs))
-        return {name: values[name] for name in self.outputs}
+            for src in node.inputs:
+                if last_use.get(src) == i and src not in keep:
+                    values.pop(src, None)
+            yield name
 
     # -- as data ----------------------------------------------------------------------------
 
@@ -161,14 +177,14 @@ class Model:
             if spec["name"] in by_name:
                 raise GraphError(f"model: node {spec['name']!r} is defined twice")
             by_name[spec["name"]] = spec
-        deps = nx.DiGraph()
-        deps.add_nodes_from(by_name)
-        for name, spec in by_name.items():
-            deps.add_edges_from((src, name) for src in spec.get("inputs", []) if src in by_name)
+        # graphlib, not networkx: a worker reads models too, and keeps its imports small.
+        deps = graphlib.TopologicalSorter(
+            {name: [src for src in spec.get("inputs", []) if src in by_name]
+             for name, spec in by_name.items()})
         try:
-            order = list(nx.topological_sort(deps))
-        except nx.NetworkXUnfeasible:
-            cycle = " -> ".join(u for u, _ in nx.find_cycle(deps))
+            order = list(deps.static_order())
+        except graphlib.CycleError as exc:
+            cycle = " -> ".join(exc.args[1][:-1])
             raise GraphError(f"model: the nodes form a cycle ({cycle})") from None
         for name in order:
             spec = by_name[name]
@@ -224,7 +240,11 @@ class Model:
         if not self.outputs:
             raise GraphError("model has no output: declare them with output()")
 
-    def _bind(self, inputs: Mapping[str, Any] | Any) -> dict[str, Block]:
+    def bind(self, inputs: Mapping[str, Any] | Any) -> dict[str, Block]:
+        """The model's inputs checked against their declared widths and made float32 blocks:
+        a mapping from input name to a rows x features array, dense or sparse (or one array
+        when there is one input)."""
+        self._check_complete()
         if not isinstance(inputs, Mapping):
             if len(self.inputs) != 1:
                 raise GraphError(f"the model has inputs {', '.join(self.inputs)}: give a mapping "

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fsdgraph.metrics import COUNTERS, TIMERS, LayerMetrics
+from fsdgraph.model_plan import ModelPlan
 from fsdgraph.plan import Plan
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class RunFacts:
 
 
 def build_report(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mapping[str, Any],
-                 plan: Plan, facts: RunFacts, channel: type[Channel],
+                 plan: Plan | ModelPlan, facts: RunFacts, channel: type[Channel],
                  channel_config: ChannelConfig, prices: Prices | None) -> dict[str, Any]:
     """The report of a run: the metrics summed, the channel's details (``Channel.describe``)
     and the bill at ``prices`` (None: the backend is not billed, the bill is None)."""
@@ -68,7 +69,7 @@ def build_report(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mappi
 
 
 def _sum_metrics(worker_metrics: Sequence[Mapping[str, Any]], coordinator: Mapping[str, Any],
-                 plan: Plan, facts: RunFacts, channel: str,
+                 plan: Plan | ModelPlan, facts: RunFacts, channel: str,
                  channel_counters: Sequence[str]) -> dict[str, Any]:
     """Sum worker metrics into per-layer, per-worker and run totals. ``channel_counters`` (the
     channel's own, ``Channel.counters``) are summed like the core's counters."""

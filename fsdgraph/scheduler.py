@@ -63,13 +63,16 @@ from fsdgraph.control import (
     heartbeat_interval,
     pollers,
 )
-from fsdgraph.errors import ConfigError, FsdError, InputError, RunError, RunTimeout
+from fsdgraph.errors import ConfigError, FsdError, GraphError, InputError, RunError, RunTimeout
 from fsdgraph.event import WorkerEvent
 from fsdgraph.integrity import RunKey
 from fsdgraph.kernels import Block, categories
 from fsdgraph.kernels.block import DENSE_ABOVE
 from fsdgraph.kernels.choice import NAMES as KERNELS
 from fsdgraph.metrics import WorkerMetrics, counted
+from fsdgraph.model_plan import ModelPlan
+from fsdgraph.model_plan import input_parts as model_input_parts
+from fsdgraph.model_plan import read_outputs as read_model_outputs
 from fsdgraph.plan import Plan
 from fsdgraph.prices import Prices
 from fsdgraph.report import RunFacts, build_report
@@ -131,6 +134,9 @@ class Result:
     activations: sp.csr_matrix
     categories: np.ndarray
     report: dict[str, Any]
+    #: An op-level model's outputs by name (batch x width, float32); for a model run,
+    #: ``activations`` is its first output as CSR.
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 #: How long the scheduler waits for more peer timeouts after the first, to name the edge that
@@ -294,18 +300,24 @@ class Scheduler:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run_sync(self, plan: Plan, inputs: sp.spmatrix | np.ndarray) -> Result:
+    def run_sync(self, plan: Plan | ModelPlan, inputs: Any) -> Result:
         """:meth:`run` for callers without an event loop."""
         return asyncio.run(self.run(plan, inputs))
 
-    async def run(self, plan: Plan, inputs: sp.spmatrix | np.ndarray) -> Result:
-        """Run ``plan`` on ``inputs`` (batch x input width); see the module docstring."""
-        y0 = sp.csr_matrix(inputs, dtype=np.float32)
-        if y0.shape[1] != plan.input_width:
-            raise InputError(f"inputs have {y0.shape[1]} features, the plan expects "
-                             f"{plan.input_width}")
-        if not np.all(np.isfinite(y0.data)):
-            raise InputError("inputs contain NaN or infinite values")
+    async def run(self, plan: Plan | ModelPlan, inputs: Any) -> Result:
+        """Run ``plan`` on ``inputs`` (batch x input width; for an op-level model, a mapping
+        from input name to array, or one array); see the module docstring."""
+        model_io = _ModelIO(plan, inputs) if isinstance(plan, ModelPlan) else None
+        if model_io is not None:
+            y0 = sp.csr_matrix((model_io.batch, 0), dtype=np.float32)
+        else:
+            assert isinstance(plan, Plan)
+            y0 = sp.csr_matrix(inputs, dtype=np.float32)
+            if y0.shape[1] != plan.input_width:
+                raise InputError(f"inputs have {y0.shape[1]} features, the plan expects "
+                                 f"{plan.input_width}")
+            if not np.all(np.isfinite(y0.data)):
+                raise InputError("inputs contain NaN or infinite values")
         submitted = time.perf_counter()
         names = RunNames(uuid.uuid4().hex[:12], self.backend.namespace, RunKey.generate())
         coordinator = WorkerMetrics(-1)
@@ -327,7 +339,11 @@ class Scheduler:
             phases = _Phases(coordinator)
             try:
                 with phases("stage"):
-                    await self._stage(services, names, plan, y0)
+                    if model_io is not None:
+                        await model_io.stage(services, names)
+                    else:
+                        assert isinstance(plan, Plan)
+                        await self._stage(services, names, plan, y0)
                 with phases("setup"):
                     await services.control.create()
                     if plan.edges:  # a plan without exchange needs no queues or topics
@@ -338,11 +354,17 @@ class Scheduler:
                                                      channel_config)
                 keys = [names.output_key(w) for w in range(plan.workers)]
                 outputs = await asyncio.gather(*map(services.objects.get, keys))
-                activations, worker_metrics = _assemble(
-                    [read_output(key, unseal_parts(names, key, body), y0.shape[0],
-                                 plan.output_width)
-                     for key, body in zip(keys, outputs, strict=True)],
-                    y0.shape[0], plan.output_width)
+                model_outputs: dict[str, np.ndarray] = {}
+                if model_io is not None:
+                    model_outputs, worker_metrics = model_io.collect(names, keys, outputs)
+                    activations = sp.csr_matrix(model_outputs[model_io.plan.model.outputs[0]])
+                else:
+                    assert isinstance(plan, Plan)
+                    activations, worker_metrics = _assemble(
+                        [read_output(key, unseal_parts(names, key, body), y0.shape[0],
+                                     plan.output_width)
+                         for key, body in zip(keys, outputs, strict=True)],
+                        y0.shape[0], plan.output_width)
                 wall_s = time.perf_counter() - submitted
             finally:
                 with phases("teardown"):
@@ -362,7 +384,10 @@ class Scheduler:
             continuations=state.continuations)
         report = build_report(worker_metrics, coordinator.to_dict(), plan, facts, self.channel,
                               self.config.channel, prices)
-        return Result(activations, cats, report)
+        if model_io is not None:
+            report["model"] = {"ops": list(model_io.plan.model.order()),
+                               "outputs": list(model_io.plan.model.outputs)}
+        return Result(activations, cats, report, model_outputs)
 
     async def _stage(self, services: Services, names: RunNames, plan: Plan,
                      y0: sp.csr_matrix) -> None:
@@ -389,7 +414,8 @@ class Scheduler:
             if isinstance(outcome, BaseException):
                 raise outcome
 
-    async def _launch_and_watch(self, services: Services, names: RunNames, plan: Plan,
+    async def _launch_and_watch(self, services: Services, names: RunNames,
+                                plan: Plan | ModelPlan,
                                 batch: int, channel_config: ChannelConfig) -> RunState:
         interval = heartbeat_interval(plan.workers, self.config.progress_interval_s,
                                       self.config.stall_timeout_s)
@@ -400,7 +426,8 @@ class Scheduler:
             progress_interval_s=interval, branching=self.config.branching,
             run_key=names.key.hex(), checkpoint_every=self._checkpoint_every(plan, channel_config),
             time_limit_s=self.backend.time_limit_s(), kernel=self.config.kernel or "",
-            kernel_threads=self.config.kernel_threads, group=plan.group)
+            kernel_threads=self.config.kernel_threads, group=plan.group,
+            kind="model" if isinstance(plan, ModelPlan) else "layers")
         relaunch_after = max(self.config.relaunch_after_s, 4 * interval)
         state = RunState(plan.workers, plan.layers, time.monotonic())
         for root in roots(plan.workers, self.config.branching):
@@ -450,7 +477,9 @@ class Scheduler:
             await asyncio.gather(*drains, return_exceptions=True)
         return state
 
-    def _checkpoint_every(self, plan: Plan, channel_config: ChannelConfig) -> int:
+    def _checkpoint_every(self, plan: Plan | ModelPlan, channel_config: ChannelConfig) -> int:
+        if isinstance(plan, ModelPlan):
+            return 0  # a model worker keeps no state worth a checkpoint: it restarts
         if self.config.checkpoint_every is not None:
             return self.config.checkpoint_every
         if not self.config.relaunches:
@@ -469,7 +498,7 @@ class Scheduler:
         check_invoke_payload(payload, services.limits)
         await services.functions.invoke(payload)
 
-    async def _cleanup(self, services: Services, names: RunNames, plan: Plan,
+    async def _cleanup(self, services: Services, names: RunNames, plan: Plan | ModelPlan,
                        channel_config: ChannelConfig) -> None:
         """Remove every resource of the run; a failure here must not hide the run's error."""
         steps: list[Callable[[], Awaitable[object]]] = [
@@ -507,6 +536,42 @@ class _Phases:
 #: The smallest message limit the protocol works with: a chunk's attributes take about 120 bytes
 #: and a worker's status message a few hundred.
 MIN_MESSAGE_BYTES = 1024
+
+
+class _ModelIO:
+    """The inputs and outputs of an op-level model run: each worker's rows of every input
+    staged, and its rows of every output read back."""
+
+    def __init__(self, plan: ModelPlan, inputs: Any) -> None:
+        self.plan = plan
+        try:
+            self.values = plan.model.bind(inputs)
+        except GraphError as exc:
+            raise InputError(str(exc)) from None
+        self.batch = next(iter(self.values.values())).shape[0]
+        self.slices = plan.image_slices(self.batch)
+        widths = plan.model.widths()
+        self.widths = {name: widths[name] for name in plan.model.outputs}
+
+    async def stage(self, services: Services, names: RunNames) -> None:
+        objects = [(names.shard_key(0), self.plan.model_parts())]
+        objects += [(names.input_key(w), model_input_parts(
+            (start, stop), {n: v[start:stop] for n, v in self.values.items()}))
+            for w, (start, stop) in enumerate(self.slices)]
+        await asyncio.gather(*(services.objects.put(key, seal(names, key, parts))
+                               for key, parts in objects))
+
+    def collect(self, names: RunNames, keys: list[str], bodies: list[bytes]
+                ) -> tuple[dict[str, np.ndarray], list[Mapping[str, Any]]]:
+        pieces: list[dict[str, np.ndarray]] = []
+        metrics: list[Mapping[str, Any]] = []
+        for key, body, rows in zip(keys, bodies, self.slices, strict=True):
+            outputs, m = read_model_outputs(key, unseal_parts(names, key, body), rows,
+                                            self.widths)
+            pieces.append(outputs)
+            metrics.append(m)
+        joined = {name: np.concatenate([p[name] for p in pieces]) for name in self.widths}
+        return joined, metrics
 
 
 def _check_limits(limits: Limits) -> None:

@@ -44,6 +44,7 @@ from fsdgraph.integrity import checksum
 from fsdgraph.kernels import Block, LayerInputs, WeightRows
 from fsdgraph.kernels.choice import kernel_from_env, preload
 from fsdgraph.metrics import WorkerMetrics, counted, precount_report
+from fsdgraph.model_worker import ModelRuntime
 from fsdgraph.plan import INPUT, WorkerShard
 from fsdgraph.plugins import installed
 from fsdgraph.sealed import seal, unseal, unseal_parts
@@ -99,11 +100,13 @@ async def run_worker(raw_event: Mapping[str, Any],
                     payload = event.child(child).to_json()
                     check_invoke_payload(payload, services.limits)
                     await services.functions.invoke(payload)
-            runtime = WorkerRuntime(services, event, metrics, deadline)
+            runtime: WorkerRuntime | ModelRuntime = (
+                ModelRuntime(services, event, metrics) if event.kind == "model"
+                else WorkerRuntime(services, event, metrics, deadline))
             async for layer in runtime.layers():
                 reporter.layers_done = layer + 1
             heartbeat.cancel()
-            if runtime.continued_after is not None:
+            if isinstance(runtime, WorkerRuntime) and runtime.continued_after is not None:
                 await runtime.channel.close()
                 await reporter.report("continued", runtime.continued_after + 1,
                                       f"near the function's time limit: attempt "

@@ -48,6 +48,16 @@ def _vector(bias: Any, width: int, kind: str) -> np.ndarray:
     return b
 
 
+def product(x: Block, weight: Any) -> Block:
+    """``x @ weight`` in float32. A single row goes through BLAS's matrix-matrix kernel like
+    any slice of rows (paired with a copy of itself): the matrix-vector kernel sums in another
+    order, and a worker holding one row must give the bits the whole batch gives."""
+    x = as_block(x)
+    if x.shape[0] == 1 and not sp.issparse(weight):
+        return as_block((np.repeat(x, 2, axis=0) @ weight)[:1])
+    return as_block(x @ weight)
+
+
 @dataclass(frozen=True, eq=False)
 class MatMul(Op):
     """``x @ weight``."""
@@ -66,7 +76,7 @@ class MatMul(Op):
         return int(self.weight.shape[1])
 
     def apply(self, *xs: Block) -> Block:
-        return as_block(xs[0] @ self.weight)
+        return product(xs[0], self.weight)
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +93,7 @@ class Gemm(MatMul):
         object.__setattr__(self, "bias", _vector(bias, width, self.kind))
 
     def apply(self, *xs: Block) -> Block:
-        return as_block(as_block(xs[0] @ self.weight) + self.bias)
+        return as_block(product(xs[0], self.weight) + self.bias)
 
 
 @dataclass(frozen=True, eq=False)
