@@ -6,6 +6,10 @@ Commands:
   with ``--synthetic``, on a generated RadiX-Net and generated images), checked against the
   official truth and/or the serial reference;
 * ``fsdgraph plan`` — compile a network and print the plan's summary as JSON;
+* ``fsdgraph run MODEL.onnx`` — an ONNX model run distributed on numpy inputs, checked against
+  onnxruntime with ``--compare-reference`` (:mod:`fsdgraph.model_cli`);
+* ``fsdgraph simulate`` — predicted time, cost and where the time goes, or the calibration
+  against the paper's runs (:mod:`fsdgraph.simulate.cli`);
 * ``fsdgraph report RUN.json`` — the itemised AWS bill and the per-layer table of a run report,
   and PNG plots with ``--plots DIR``;
 * ``fsdgraph deploy`` / ``fsdgraph teardown`` — create (or update) and remove the AWS backend's
@@ -43,6 +47,8 @@ from fsdgraph.config import RunSettings, load_settings
 from fsdgraph.errors import FsdError, InputError
 from fsdgraph.graph import Graph, sequential
 from fsdgraph.kernels import categories, kernel_from_env, reference_inference, serial_inference
+from fsdgraph.model_cli import add_parser as add_run_parser
+from fsdgraph.model_cli import run as run_model
 from fsdgraph.partitioners import Partitioner
 from fsdgraph.partitioners.hypergraph import Hypergraph
 from fsdgraph.plan import Plan
@@ -199,11 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the function's (worker) or the deployer's (operator) IAM "
                              "policy as JSON and exit")
     add_simulate_parser(sub, EPILOG)
+    add_run_parser(sub, EPILOG)
     return parser
 
 
-def _settings(args: argparse.Namespace) -> RunSettings:
-    return load_settings(args.config, workers=args.workers, partitioner=args.partitioner,
+def settings_of(args: argparse.Namespace) -> RunSettings:
+    """The run settings: the command's options over the environment over the config file."""
+    return load_settings(args.config, workers=args.workers,
+                         partitioner=getattr(args, "partitioner", None),
                          channel=getattr(args, "channel", None),
                          backend=getattr(args, "backend", None),
                          branching=getattr(args, "branching", None),
@@ -212,9 +221,11 @@ def _settings(args: argparse.Namespace) -> RunSettings:
                          prices=getattr(args, "prices", None),
                          kernel=getattr(args, "kernel", None),
                          kernel_threads=getattr(args, "kernel_threads", None),
-                         strategy=args.strategy, replicas=args.replicas,
-                         collapse_at=args.collapse_at, objective=args.objective,
-                         memory_mb=args.memory_mb)
+                         strategy=getattr(args, "strategy", None),
+                         replicas=getattr(args, "replicas", None),
+                         collapse_at=getattr(args, "collapse_at", None),
+                         objective=getattr(args, "objective", None),
+                         memory_mb=getattr(args, "memory_mb", None))
 
 
 #: A run holds about this many copies of the network and of the images at once: the loaded
@@ -325,7 +336,7 @@ def _check_run_memory(weights: list[sp.csr_matrix], images: sp.csr_matrix | None
                  f"a run of this network and these images ({format_bytes(loaded)} loaded)")
 
 
-def _check_writable(path: Path, option: str) -> None:
+def check_writable(path: Path, option: str) -> None:
     """InputError unless ``path`` can be written, found out before the run rather than after:
     its folders are created, the file opened for appending, and what did not exist before is
     removed again."""
@@ -380,11 +391,8 @@ def _inputs(args: argparse.Namespace) -> sp.csr_matrix:
     return load_images(args.images, args.neurons)
 
 
-def run_graphchallenge(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    _check_args(args, settings)
-    if args.report is not None:
-        _check_writable(args.report, "--report")
+def make_scheduler(args: argparse.Namespace, settings: RunSettings) -> Scheduler:
+    """The scheduler the settings ask for: backend, channel, run config and prices."""
     config = RunConfig(branching=settings.branching, timeout_s=settings.timeout_s,
                        stall_timeout_s=settings.stall_timeout_s,
                        relaunches=settings.relaunches,
@@ -401,7 +409,15 @@ def run_graphchallenge(args: argparse.Namespace) -> int:
         from fsdgraph.prices import Prices
 
         prices = Prices.from_file(settings.prices)
-    with Scheduler(backend, settings.channel, config, prices=prices) as scheduler:
+    return Scheduler(backend, settings.channel, config, prices=prices)
+
+
+def run_graphchallenge(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    _check_args(args, settings)
+    if args.report is not None:
+        check_writable(args.report, "--report")
+    with make_scheduler(args, settings) as scheduler:
         scheduler.prewarm()  # warm workers start while the files are parsed
         loading = time.perf_counter()
         weights, bias = _network(args)
@@ -538,7 +554,7 @@ def _compile(graph: Graph, settings: RunSettings, partitioner: str | Partitioner
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_of(args)
     _check_args(args, settings)
     weights, bias = _network(args)
     _check_run_memory(weights, None)
@@ -719,6 +735,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_cleanup(args)
     if args.command == "simulate":
         return run_simulate(args)
+    if args.command == "run":
+        return run_model(args)
     return run_plan(args)
 
 
