@@ -407,7 +407,10 @@ def test_exported_from_the_package() -> None:
 # -- a real model: scikit-learn's MLP on the digits ---------------------------------------------
 
 
-def test_digits_mlp_from_skl2onnx() -> None:
+@pytest.fixture(scope="module")
+def digits() -> tuple[Any, Any, np.ndarray]:
+    """scikit-learn's MLPClassifier trained on the bundled digits, its skl2onnx export, and the
+    1797 images."""
     datasets = pytest.importorskip("sklearn.datasets")
     neural_network = pytest.importorskip("sklearn.neural_network")
     exceptions = pytest.importorskip("sklearn.exceptions")
@@ -418,14 +421,18 @@ def test_digits_mlp_from_skl2onnx() -> None:
     clf = neural_network.MLPClassifier(hidden_layer_sizes=(64, 32), random_state=0,
                                        max_iter=300)
     with warnings.catch_warnings():
-        # Whether 300 iterations converge depends on the scikit-learn version; the test is the
+        # Whether 300 iterations converge depends on the scikit-learn version; the tests are the
         # export's agreement with the classifier, whatever its fit.
         warnings.simplefilter("ignore", exceptions.ConvergenceWarning)
         clf.fit(features, labels)
     exported = skl2onnx.convert_sklearn(
         clf, initial_types=[("input", data_types.FloatTensorType([None, 64]))],
         options={id(clf): {"zipmap": False}})
+    return clf, exported, features
 
+
+def test_digits_mlp_from_skl2onnx(digits: tuple[Any, Any, np.ndarray]) -> None:
+    clf, exported, features = digits
     # The label output goes through ArgMax and ai.onnx.ml's ArrayFeatureExtractor: refused,
     # with the way out; the probabilities are the model.
     with pytest.raises(GraphError, match=re.escape("pass outputs=[...]")):
@@ -441,3 +448,15 @@ def test_digits_mlp_from_skl2onnx() -> None:
     np.testing.assert_allclose(probabilities, clf.predict_proba(features), rtol=0, atol=1e-4)
     np.testing.assert_allclose(probabilities, run_ort(exported, {"input": X})["probabilities"],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_digits_mlp_runs_distributed(digits: tuple[Any, Any, np.ndarray]) -> None:
+    clf, exported, features = digits
+    model = from_onnx(exported, outputs=["probabilities"])
+    inputs = {"input": features.astype(np.float32)}
+    config = fsdgraph.RunConfig(progress=False)
+    with fsdgraph.Scheduler("inproc", "object", config) as scheduler:
+        result = scheduler.run_sync(fsdgraph.compile(model, 3), inputs)
+    probabilities = result.outputs["probabilities"]
+    assert np.array_equal(probabilities, model.evaluate(inputs)["probabilities"])
+    assert np.array_equal(clf.classes_[probabilities.argmax(axis=1)], clf.predict(features))
