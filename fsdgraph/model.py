@@ -54,6 +54,7 @@ class Model:
         self.inputs: dict[str, int] = {}
         self.nodes: dict[str, Node] = {}
         self.outputs: list[str] = []
+        self._widths: dict[str, int] = {}  #: every input's and node's features, as added
 
     # -- building ---------------------------------------------------------------------------
 
@@ -64,7 +65,7 @@ class Model:
                 or features < 1:
             raise GraphError(f"input {name!r}: features must be a positive integer, got "
                              f"{features!r}")
-        self.inputs[name] = int(features)
+        self.inputs[name] = self._widths[name] = int(features)
         return name
 
     def add(self, op: str | Op, *inputs: str, name: str | None = None, **attrs: Any) -> str:
@@ -87,7 +88,7 @@ class Model:
         name = name or self._fresh(op.kind)
         self._check_new(name, "node")
         node = Node(name, op, tuple(inputs))
-        self._check_node(node, self._known_widths())
+        self._widths[name] = self._check_node(node, self._widths)
         self.nodes[name] = node
         return name
 
@@ -108,7 +109,7 @@ class Model:
 
     def widths(self) -> dict[str, int]:
         """Every input's and node's output features."""
-        return self._known_widths()
+        return dict(self._widths)
 
     def graph(self) -> Any:
         """The DAG as a ``networkx.DiGraph``: an edge from each input or node to each node it
@@ -188,8 +189,15 @@ class Model:
             raise GraphError(f"model: the nodes form a cycle ({cycle})") from None
         for name in order:
             spec = by_name[name]
-            model.add(spec["op"], *spec.get("inputs", []), name=name,
-                      **dict(spec.get("attrs", {})), **dict(spec.get("params", {})))
+            inputs, attrs, params = (spec.get("inputs", []), spec.get("attrs", {}),
+                                     spec.get("params", {}))
+            if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+                raise GraphError(f"node {name!r}: 'inputs' must be a list of names")
+            if not isinstance(attrs, Mapping) or not isinstance(params, Mapping) \
+                    or set(attrs) & set(params) or "name" in attrs or "name" in params:
+                raise GraphError(f"node {name!r}: 'attrs' and 'params' must be mappings with "
+                                 f"distinct keys other than 'name'")
+            model.add(spec["op"], *inputs, name=name, **{**attrs, **params})
         model.output(*outputs)
         return model
 
@@ -211,13 +219,8 @@ class Model:
         if name in self.inputs or name in self.nodes:
             raise GraphError(f"{what} {name!r}: the name is taken")
 
-    def _known_widths(self) -> dict[str, int]:
-        widths = dict(self.inputs)
-        for node in self.nodes.values():
-            widths[node.name] = node.op.width([widths[src] for src in node.inputs])
-        return widths
-
-    def _check_node(self, node: Node, widths: Mapping[str, int]) -> None:
+    def _check_node(self, node: Node, widths: Mapping[str, int]) -> int:
+        """The node's output features, once its arity, inputs and widths are checked."""
         arity = node.op.arity
         if arity is None and len(node.inputs) < 2:
             raise GraphError(f"node {node.name!r}: {node.op.kind} takes two or more inputs, got "
@@ -230,7 +233,7 @@ class Model:
                 raise GraphError(f"node {node.name!r}: input {src!r} is not a model input or "
                                  f"an earlier node")
         try:
-            node.op.width([widths[src] for src in node.inputs])
+            return node.op.width([widths[src] for src in node.inputs])
         except GraphError as exc:
             raise GraphError(f"node {node.name!r}: {exc}") from None
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from fsdgraph.errors import ConfigError, GraphError, ProtocolError
 from fsdgraph.model import Model
+from fsdgraph.ops import in_process_only
 from fsdgraph.serialize import pack_parts, unpack_parts
 
 #: Layout of the staged model, input and output objects of a model run.
@@ -104,6 +105,11 @@ def compile_model(model: Model, workers: int, strategy: str = "data") -> ModelPl
                           f"(fsdgraph.sequential)")
     if not model.outputs:
         raise GraphError("model has no output: declare them with output()")
+    local = sorted({n.op.kind for n in model.nodes.values() if in_process_only(n.op.kind)})
+    if local:
+        raise ConfigError(f"op {local[0]!r} is registered in this process only: workers run in "
+                          f"other processes and find ops by entry point (group fsdgraph.ops); "
+                          f"publish it there to run the model distributed")
     return ModelPlan(model, int(workers))
 
 

@@ -136,6 +136,12 @@ def test_the_graph_is_data_and_reads_back_in_any_order() -> None:
     ([{"name": "a", "op": "relu", "inputs": ["nope"]}],
      "node 'a': input 'nope' is not a model input or an earlier node"),
     ([{"op": "relu", "inputs": ["x"]}], "model: nodes[0] needs a string 'name' and 'op'"),
+    ([{"name": "a", "op": "relu", "inputs": "x"}], "node 'a': 'inputs' must be a list of names"),
+    ([{"name": "a", "op": "capped_relu", "inputs": ["x"], "attrs": {"cap": 3},
+       "params": {"cap": 4}}],
+     "node 'a': 'attrs' and 'params' must be mappings with distinct keys other than 'name'"),
+    ([{"name": "a", "op": "relu", "inputs": ["x"], "attrs": {"name": "b"}}],
+     "node 'a': 'attrs' and 'params' must be mappings with distinct keys other than 'name'"),
 ])
 def test_bad_graph_data_names_the_node(nodes: list[dict[str, Any]], message: str) -> None:
     with pytest.raises(GraphError, match=exactly(message)):
@@ -158,6 +164,10 @@ def test_building_errors_name_the_node() -> None:
          "node 'g': gelu: approximate must be 'none' or 'tanh', got 'erf'"),
         (lambda: m.add("capped_relu", x, cap=-1, name="c"),
          "node 'c': capped_relu: cap must be a positive finite number, got -1"),
+        (lambda: m.add("capped_relu", x, cap=True, name="c"),
+         "node 'c': capped_relu: cap must be a positive finite number, got True"),
+        (lambda: m.add("layer_norm", x, scale=np.ones(5), epsilon=float("nan"), name="n"),
+         "node 'n': layer_norm: epsilon must be a positive finite number, got nan"),
         (lambda: m.add("relu", x, bogus=1, name="b"),
          "node 'b': relu attributes: Relu.__init__() got an unexpected keyword argument 'bogus'"),
         (lambda: m.add("matmul", x, weight=np.full((5, 2), np.nan), name="nan"),
@@ -190,6 +200,12 @@ def test_bad_inputs_to_evaluate_are_refused() -> None:
             m.evaluate(inputs)
 
 
+def test_numpy_scalars_are_numbers_and_gemm_does_not_split_by_input() -> None:
+    assert get_op("capped_relu")(np.float32(32)).cap == 32.0
+    assert get_op("layer_norm")(np.ones(3), epsilon=np.float64(1e-3)).epsilon == 1e-3
+    assert "reduce" in get_op("matmul").splits and "reduce" not in get_op("gemm").splits
+
+
 def test_users_register_element_wise_and_row_wise_ops() -> None:
     elementwise("double", lambda x: 2 * x)
     rowwise("center", lambda x: x - x.mean(axis=1, keepdims=True))
@@ -202,3 +218,9 @@ def test_users_register_element_wise_and_row_wise_ops() -> None:
     assert get_op("center").splits == ("rows",)
     with pytest.raises(ConfigError, match=exactly("register: 'relu' is a built-in op")):
         register(type("Shadow", (Relu,), {"kind": "relu"}))
+    # Workers run in other processes: such ops serve the serial evaluator, not a run.
+    with pytest.raises(ConfigError, match=exactly(
+            "op 'center' is registered in this process only: workers run in other processes "
+            "and find ops by entry point (group fsdgraph.ops); publish it there to run the "
+            "model distributed")):
+        fsdgraph.compile(m, 2)

@@ -25,6 +25,8 @@ array([[0.6931472, 0.6931472]], dtype=float32)
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -99,14 +101,17 @@ _LOCAL: dict[str, type[Op]] = {}
 
 def get_op(name: str) -> type[Op]:
     """The op class registered as ``name``; a ConfigError naming the known ones otherwise."""
-    if name in _LOCAL and name not in _BUILTIN:
-        return _LOCAL[name]
-    try:
+    if name in _REGISTRY.names():
         return _REGISTRY.load(name)
-    except ConfigError:
-        if name in _LOCAL:
-            return _LOCAL[name]
-        raise ConfigError(f"unknown op {name!r}; known: {', '.join(op_names())}") from None
+    if name in _LOCAL:
+        return _LOCAL[name]
+    raise ConfigError(f"unknown op {name!r}; known: {', '.join(op_names())}")
+
+
+def in_process_only(name: str) -> bool:
+    """Whether op ``name`` was registered in this process only (:func:`register`), so that a
+    worker, in another process, would not find it."""
+    return name in _LOCAL and name not in _REGISTRY.names()
 
 
 def op_names() -> list[str]:
@@ -115,7 +120,9 @@ def op_names() -> list[str]:
 
 
 def register(cls: type[Op]) -> type[Op]:
-    """Register an :class:`Op` subclass under its ``kind`` in this process (a decorator)."""
+    """Register an :class:`Op` subclass under its ``kind`` in this process (a decorator). Such
+    an op serves :meth:`fsdgraph.model.Model.evaluate`; for workers, which run in other
+    processes, publish it as an entry point of the group ``fsdgraph.ops``."""
     if not (isinstance(cls, type) and issubclass(cls, Op)) or not cls.kind:
         raise ConfigError(f"register: {cls!r} is not an Op subclass with a kind")
     if cls.kind in _BUILTIN:
@@ -138,6 +145,15 @@ def rowwise(name: str, fn: Callable[[Block], Block]) -> type[Op]:
     return register(dataclass(frozen=True, eq=False)(type(f"Rowwise_{name}", (Op,), body)))
 
 
+def positive(kind: str, name: str, value: object) -> float:
+    """``value`` as a float if it is a positive finite real number (numpy's too, not a bool);
+    a GraphError naming the attribute otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not 0 < float(value) < math.inf:
+        raise GraphError(f"{kind}: {name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
 def same_widths(kind: str, widths: Sequence[int]) -> int:
     """The common width of an element-wise op's inputs; a GraphError if they differ."""
     if len(set(widths)) != 1:
@@ -145,5 +161,5 @@ def same_widths(kind: str, widths: Sequence[int]) -> int:
     return widths[0]
 
 
-__all__ = ["Block", "GraphError", "Op", "as_block", "elementwise", "get_op", "op_names",
-           "register", "rowwise", "same_widths"]
+__all__ = ["Block", "GraphError", "Op", "as_block", "elementwise", "get_op", "in_process_only",
+           "op_names", "positive", "register", "rowwise", "same_widths"]

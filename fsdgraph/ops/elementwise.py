@@ -19,7 +19,7 @@ import numpy as np
 from scipy.special import erf
 
 from fsdgraph.errors import GraphError
-from fsdgraph.ops import Block, Op, as_block, same_widths
+from fsdgraph.ops import Block, Op, as_block, positive, same_widths
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,9 +57,7 @@ class CappedRelu(Op):
     cap: float = 32.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.cap, (int, float)) and 0 < self.cap < math.inf):
-            raise GraphError(f"{self.kind}: cap must be a positive finite number, got "
-                             f"{self.cap!r}")
+        object.__setattr__(self, "cap", positive(self.kind, "cap", self.cap))
 
     def apply(self, *xs: Block) -> Block:
         return as_block(np.clip(as_block(xs[0]), np.float32(0), np.float32(self.cap)))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -63,7 +63,7 @@ class MatMul(Op):
     """``x @ weight``."""
 
     kind = "matmul"
-    splits = ("rows", "features", "reduce")
+    splits: ClassVar[tuple[str, ...]] = ("rows", "features", "reduce")
     weight: Any
 
     def __post_init__(self) -> None:
@@ -84,6 +84,8 @@ class Gemm(MatMul):
     """``x @ weight + bias``."""
 
     kind = "gemm"
+    #: Not "reduce": split by input features, the bias must be added once, after the sum.
+    splits: ClassVar[tuple[str, ...]] = ("rows", "features")
     bias: Any = None
 
     def __post_init__(self) -> None:

@@ -8,15 +8,14 @@ array([[0.25, 0.75]], dtype=float32)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from fsdgraph.errors import GraphError
-from fsdgraph.ops import Block, Op, as_block
+from fsdgraph.ops import Block, Op, as_block, positive
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,7 +24,7 @@ class LayerNorm(Op):
     LayerNormalization on the last axis)."""
 
     kind = "layer_norm"
-    splits = ("rows",)
+    splits: ClassVar[tuple[str, ...]] = ("rows",)
     scale: Any
     bias: Any = None
     epsilon: float = 1e-5
@@ -37,9 +36,7 @@ class LayerNorm(Op):
         if bias.shape != scale.shape or not (np.isfinite(scale).all() and np.isfinite(bias).all()):
             raise GraphError(f"{self.kind}: scale and bias must be finite vectors of one width, "
                              f"got {scale.shape} and {bias.shape}")
-        if not (isinstance(self.epsilon, (int, float)) and 0 < self.epsilon < math.inf):
-            raise GraphError(f"{self.kind}: epsilon must be a positive finite number, got "
-                             f"{self.epsilon!r}")
+        object.__setattr__(self, "epsilon", positive(self.kind, "epsilon", self.epsilon))
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "bias", bias)
 
@@ -61,7 +58,7 @@ class Softmax(Op):
     """``exp(x) / sum(exp(x))`` over each row."""
 
     kind = "softmax"
-    splits = ("rows",)
+    splits: ClassVar[tuple[str, ...]] = ("rows",)
 
     def apply(self, *xs: Block) -> Block:
         x = as_block(xs[0]).astype(np.float64)
