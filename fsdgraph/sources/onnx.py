@@ -353,15 +353,22 @@ def _feature_axis(node: _Node, name: str, default: int | None) -> None:
                          f"a 2-D batch")
 
 
-def _matmul(im: _Importer, node: _Node) -> None:
-    a, b = _arity(node, 2)
+def _product(im: _Importer, node: _Node, a: str, b: str,
+             layout: str = " (in x out)") -> tuple[str, np.ndarray]:
+    """The activation ``a`` and the 2-D weight initializer ``b`` of a product."""
     x = im.activation(node, a)
     if b in im.widths:
         raise node.error(f"a product of two activations ({a!r} @ {b!r}) is not supported: the "
                          f"second input must be a weight initializer")
     weight = im.weights(node, b, "weight")
     if weight.ndim != 2:
-        raise node.error(f"weight {b!r} must be 2-D (in x out), got shape {list(weight.shape)}")
+        raise node.error(f"weight {b!r} must be 2-D{layout}, got shape {list(weight.shape)}")
+    return x, weight
+
+
+def _matmul(im: _Importer, node: _Node) -> None:
+    a, b = _arity(node, 2)
+    x, weight = _product(im, node, a, b)
     im.emit(node, "matmul", x, weight=weight)
 
 
@@ -370,13 +377,7 @@ def _gemm(im: _Importer, node: _Node) -> None:
     if node.attrs.get("transA", 0):
         raise node.error("transA=1 is not supported: the first input must be the activation, "
                          "[batch, features]")
-    x = im.activation(node, a)
-    if b in im.widths:
-        raise node.error(f"a product of two activations ({a!r} @ {b!r}) is not supported: the "
-                         f"second input must be a weight initializer")
-    weight = im.weights(node, b, "weight")
-    if weight.ndim != 2:
-        raise node.error(f"weight {b!r} must be 2-D, got shape {list(weight.shape)}")
+    x, weight = _product(im, node, a, b, layout="")  # (out x in) with transB
     if node.attrs.get("transB", 0):
         weight = np.ascontiguousarray(weight.T)
     # Scaling the weight rather than the product: the same values up to float32 rounding.
