@@ -558,8 +558,13 @@ class _ModelIO:
         objects += [(names.input_key(w), model_input_parts(
             (start, stop), {n: v[start:stop] for n, v in self.values.items()}))
             for w, (start, stop) in enumerate(self.slices)]
-        await asyncio.gather(*(services.objects.put(key, seal(names, key, parts))
-                               for key, parts in objects))
+        # Every PUT ends before staging does, whatever fails (as in Scheduler._stage): none may
+        # land after the teardown has removed the run's objects.
+        outcomes = await asyncio.gather(*(services.objects.put(key, seal(names, key, parts))
+                                          for key, parts in objects), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     def collect(self, names: RunNames, keys: list[str], bodies: list[bytes]
                 ) -> tuple[dict[str, np.ndarray], list[Mapping[str, Any]]]:
