@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import fsdgraph
 import fsdgraph.sources.memory as memory
 from fsdgraph.channels import ChannelConfig
-from fsdgraph.cli import _check_writable, main
+from fsdgraph.cli import check_writable, main
 from fsdgraph.config import load_settings
 from fsdgraph.errors import ConfigError, GraphError, InputError
 from fsdgraph.sources.graphchallenge import load_images, load_weights
@@ -279,11 +279,11 @@ def test_an_unwritable_report_path_is_refused_before_the_run(
 
 
 def test_the_report_check_leaves_nothing_behind(tmp_path: Path) -> None:
-    _check_writable(tmp_path / "a" / "b" / "run.json", "--report")
+    check_writable(tmp_path / "a" / "b" / "run.json", "--report")
     assert list(tmp_path.iterdir()) == []
     kept = tmp_path / "old.json"
     kept.write_text("{}")
-    _check_writable(kept, "--report")
+    check_writable(kept, "--report")
     assert kept.read_text() == "{}"
 
 
