@@ -17,7 +17,7 @@ import fsdgraph
 from fsdgraph.errors import ConfigError, GraphError
 from fsdgraph.model import Model, from_layers
 from fsdgraph.ops import elementwise, get_op, op_names, register, rowwise
-from fsdgraph.ops.elementwise import Relu
+from fsdgraph.ops.pointwise import Relu
 from fsdgraph.sources.graphchallenge import graphchallenge_bias
 from fsdgraph.sources.images import synthetic_images
 from fsdgraph.sources.radixnet import radixnet
@@ -132,7 +132,7 @@ def test_the_graph_is_data_and_reads_back_in_any_order() -> None:
     ([{"name": "a", "op": "relu", "inputs": ["x"]}, {"name": "a", "op": "tanh", "inputs": ["x"]}],
      "model: node 'a' is defined twice"),
     ([{"name": "a", "op": "conv", "inputs": ["x"]}],
-     f"node 'a': unknown op 'conv'; known: {', '.join(op_names())}"),
+     "node 'a': unknown op 'conv'; known: {known}"),
     ([{"name": "a", "op": "relu", "inputs": ["nope"]}],
      "node 'a': input 'nope' is not a model input or an earlier node"),
     ([{"op": "relu", "inputs": ["x"]}], "model: nodes[0] needs a string 'name' and 'op'"),
@@ -144,6 +144,8 @@ def test_the_graph_is_data_and_reads_back_in_any_order() -> None:
      "node 'a': 'attrs' and 'params' must be mappings with distinct keys other than 'name'"),
 ])
 def test_bad_graph_data_names_the_node(nodes: list[dict[str, Any]], message: str) -> None:
+    # The known ops as of now: other tests (and doctests) may have registered some.
+    message = message.replace("{known}", ", ".join(op_names()))
     with pytest.raises(GraphError, match=exactly(message)):
         Model.from_dict({"format": "fsdgraph-model-1", "inputs": {"x": 4}, "nodes": nodes,
                          "outputs": []})

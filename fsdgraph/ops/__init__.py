@@ -12,6 +12,10 @@ worker may hold a share of it:
 * ``"reduce"``: a slice of its input features, giving partial sums that must be added (a matrix
   product's rows).
 
+The built-ins live in ``linear`` (products, bias), ``pointwise`` (element-wise ops),
+``normalize`` (row-wise ops) and ``shape``; the submodules are not named after
+:func:`elementwise` and :func:`rowwise`, which an import of them would hide.
+
 Ops are found by name: the built-ins below, then the entry-point group ``fsdgraph.ops`` (the
 precedence rule of :mod:`fsdgraph.plugins`), then those registered in this process with
 :func:`register`, :func:`elementwise` or :func:`rowwise`:
@@ -83,14 +87,14 @@ _BUILTIN = {
     "matmul": "fsdgraph.ops.linear:MatMul",
     "gemm": "fsdgraph.ops.linear:Gemm",
     "bias_add": "fsdgraph.ops.linear:BiasAdd",
-    "add": "fsdgraph.ops.elementwise:Add",
-    "relu": "fsdgraph.ops.elementwise:Relu",
-    "capped_relu": "fsdgraph.ops.elementwise:CappedRelu",
-    "gelu": "fsdgraph.ops.elementwise:Gelu",
-    "sigmoid": "fsdgraph.ops.elementwise:Sigmoid",
-    "tanh": "fsdgraph.ops.elementwise:Tanh",
-    "layer_norm": "fsdgraph.ops.rowwise:LayerNorm",
-    "softmax": "fsdgraph.ops.rowwise:Softmax",
+    "add": "fsdgraph.ops.pointwise:Add",
+    "relu": "fsdgraph.ops.pointwise:Relu",
+    "capped_relu": "fsdgraph.ops.pointwise:CappedRelu",
+    "gelu": "fsdgraph.ops.pointwise:Gelu",
+    "sigmoid": "fsdgraph.ops.pointwise:Sigmoid",
+    "tanh": "fsdgraph.ops.pointwise:Tanh",
+    "layer_norm": "fsdgraph.ops.normalize:LayerNorm",
+    "softmax": "fsdgraph.ops.normalize:Softmax",
     "concat": "fsdgraph.ops.shape:Concat",
     "identity": "fsdgraph.ops.shape:Identity",
 }
