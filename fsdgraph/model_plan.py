@@ -26,7 +26,6 @@ The objects, all sealed (:mod:`fsdgraph.sealed`) and raw-array packed
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +35,7 @@ import numpy as np
 from fsdgraph.errors import ConfigError, GraphError, ProtocolError
 from fsdgraph.model import Model
 from fsdgraph.ops import in_process_only
+from fsdgraph.plan import row_slices
 from fsdgraph.serialize import pack_parts, unpack_parts
 
 #: Layout of the staged model, input and output objects of a model run.
@@ -71,8 +71,7 @@ class ModelPlan:
 
     def image_slices(self, batch: int) -> list[tuple[int, int]]:
         """The rows ``[start, stop)`` each worker computes: near-equal contiguous runs."""
-        cuts = [w * batch // self.workers for w in range(self.workers + 1)]
-        return list(itertools.pairwise(cuts))
+        return row_slices(batch, self.workers)
 
     def parallelism(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "replicas": self.workers, "group": 1,

@@ -253,8 +253,7 @@ class Plan:
     def image_slices(self, batch: int) -> list[tuple[int, int]]:
         """The rows ``[start, stop)`` of a ``batch`` of images each replica computes: near-equal
         contiguous runs."""
-        cuts = [r * batch // self.replicas for r in range(self.replicas + 1)]
-        return list(itertools.pairwise(cuts))
+        return row_slices(batch, self.replicas)
 
     def parallelism(self) -> dict[str, Any]:
         """How the work is shared: strategy, replicas, group width, collapse (JSON-able)."""
@@ -311,3 +310,9 @@ class Plan:
             "tasks": self.dag.number_of_nodes(),
             "dag_edges": self.dag.number_of_edges(),
         }
+
+
+def row_slices(batch: int, parts: int) -> list[tuple[int, int]]:
+    """``batch`` rows cut into ``parts`` near-equal contiguous runs ``[start, stop)``."""
+    cuts = [r * batch // parts for r in range(parts + 1)]
+    return list(itertools.pairwise(cuts))

@@ -398,21 +398,7 @@ class Scheduler:
         blocks = replica_input_blocks(y0, plan)
         objects = [(names.shard_key(g), plan.shards[g].to_parts()) for g in range(plan.group)]
         objects += [(names.input_key(w), input_parts(block)) for w, block in enumerate(blocks)]
-        puts: list[asyncio.Future[None]] = []
-        try:
-            for key, parts in objects:
-                puts.append(asyncio.ensure_future(
-                    services.objects.put(key, seal(names, key, parts))))
-                # Let this PUT start (a large one is written from a thread) while the next
-                # object is encoded and checksummed.
-                await asyncio.sleep(0)
-        finally:
-            # Every PUT ends before staging does, whatever fails: none may land after the
-            # teardown has removed the run's objects.
-            outcomes = await asyncio.gather(*puts, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await put_sealed(services, names, objects)
 
     async def _launch_and_watch(self, services: Services, names: RunNames,
                                 plan: Plan | ModelPlan,
@@ -538,6 +524,26 @@ class _Phases:
 MIN_MESSAGE_BYTES = 1024
 
 
+async def put_sealed(services: Services, names: RunNames,
+                     objects: list[tuple[str, list[bytes | memoryview]]]) -> None:
+    """PUT each ``(key, parts)`` sealed; the first failure is raised once every PUT has ended."""
+    puts: list[asyncio.Future[None]] = []
+    try:
+        for key, parts in objects:
+            puts.append(asyncio.ensure_future(
+                services.objects.put(key, seal(names, key, parts))))
+            # Let this PUT start (a large one is written from a thread) while the next
+            # object is encoded and checksummed.
+            await asyncio.sleep(0)
+    finally:
+        # Every PUT ends before staging does, whatever fails: none may land after the
+        # teardown has removed the run's objects.
+        outcomes = await asyncio.gather(*puts, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 class _ModelIO:
     """The inputs and outputs of an op-level model run: each worker's rows of every input
     staged, and its rows of every output read back."""
@@ -558,13 +564,7 @@ class _ModelIO:
         objects += [(names.input_key(w), model_input_parts(
             (start, stop), {n: v[start:stop] for n, v in self.values.items()}))
             for w, (start, stop) in enumerate(self.slices)]
-        # Every PUT ends before staging does, whatever fails (as in Scheduler._stage): none may
-        # land after the teardown has removed the run's objects.
-        outcomes = await asyncio.gather(*(services.objects.put(key, seal(names, key, parts))
-                                          for key, parts in objects), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await put_sealed(services, names, objects)
 
     def collect(self, names: RunNames, keys: list[str], bodies: list[bytes]
                 ) -> tuple[dict[str, np.ndarray], list[Mapping[str, Any]]]:
