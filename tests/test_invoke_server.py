@@ -527,6 +527,31 @@ def test_killed_execution_is_recorded(lam: Any, lambda_server: Any,
     assert not any(Path(e["path"]).exists() for e in events.values())
 
 
+def test_held_events_start_only_when_released(lam: Any, lambda_server: Any,
+                                             make_function: MakeFunction,
+                                             tmp_path: Path) -> None:
+    """``POST /_fsdgraph/hold`` keeps the matching Event invocations from starting while the
+    others run; ``POST /_fsdgraph/release`` starts them."""
+    name = make_function("sleep_then_write", timeout=120)
+    events = {worker: {"worker": worker, "started": str(tmp_path / f"started-{worker}"),
+                       "path": str(tmp_path / f"done-{worker}"), "sleep_s": 0}
+              for worker in (3, 4)}
+    assert control(lambda_server.url, "/_fsdgraph/hold", {"match": {"worker": 3}}) == \
+        {"held": {"worker": 3}}
+    for event in events.values():
+        send_event(lam, name, json.dumps(event).encode())
+    assert control(lambda_server.url, "/_fsdgraph/status")["held"] == 1
+    wait_until(Path(events[4]["path"]).exists, "the unheld event's result")
+    assert not Path(events[3]["started"]).exists()
+
+    assert control(lambda_server.url, "/_fsdgraph/release", {"match": {"worker": 3}}) == \
+        {"released": 1}
+    wait_until(Path(events[3]["path"]).exists, "the released event's result")
+    assert control(lambda_server.url, "/_fsdgraph/status")["held"] == 0
+    assert control(lambda_server.url, "/_fsdgraph/release", {"match": {"worker": 3}}) == \
+        {"released": 0}
+
+
 def test_failed_event_is_retried_as_configured(moto_server: Any, make_function: MakeFunction,
                                               failures: Any, tmp_path: Path) -> None:
     """Without an event invoke configuration Lambda retries twice: three executions of one

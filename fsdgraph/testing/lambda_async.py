@@ -5,7 +5,9 @@ destinations.
 An accepted Event waits in a first-in first-out queue until one of the account's concurrency
 slots (:class:`~fsdgraph.testing.lambda_executions.Executions`) is free, as Lambda queues throttled
 asynchronous events; with ``duplicate_events`` it is queued twice, one request id for both, as
-Lambda's at-least-once delivery may do.
+Lambda's at-least-once delivery may do. A test may hold the events that match a pattern
+(:meth:`EventQueue.hold`) and release them later, as a busy Lambda may start one function's event
+long after another's.
 
 An execution fails when its handler raises, times out or its process dies. Then, as on Lambda, the
 event is retried ``MaximumRetryAttempts`` times (2 for a function without an event invoke
@@ -37,7 +39,13 @@ from typing import Any, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fsdgraph.testing.lambda_executions import Executions, Outcome, invocation_response
+from fsdgraph.testing.lambda_executions import (
+    Executions,
+    Outcome,
+    event_matches,
+    event_object,
+    invocation_response,
+)
 from fsdgraph.testing.lambda_functions import ApiError, Function, Upstream
 
 __all__ = ["Delivery", "EventConfig", "EventQueue", "invocation_record",
@@ -192,6 +200,8 @@ class EventQueue:
         # The executions' lock: a freed slot goes to the first event waiting, in the same step.
         self._lock = executions.lock
         self._queue: deque[Delivery] = deque()
+        self._holds: list[dict[str, Any]] = []  # events matching one of these wait in _held
+        self._held: list[Delivery] = []
         self._threads: set[threading.Thread] = set()
         self._timers: set[threading.Timer] = set()
         executions.slot_freed = self._dispatch
@@ -201,6 +211,34 @@ class EventQueue:
         """How many deliveries wait for a slot."""
         return len(self._queue)
 
+    @property
+    def held(self) -> int:
+        """How many deliveries are held (:meth:`hold`)."""
+        return len(self._held)
+
+    def hold(self, match: Mapping[str, Any]) -> None:
+        """Keep the Event invocations accepted from now on whose event has every member of
+        ``match`` from starting, until :meth:`release` of the same ``match``."""
+        with self._lock:
+            self._holds.append(dict(match))
+
+    def release(self, match: Mapping[str, Any]) -> int:
+        """End the hold of ``match``: what it held and no other hold holds is queued to start;
+        returns how many deliveries that is."""
+        with self._lock:
+            if dict(match) in self._holds:
+                self._holds.remove(dict(match))
+            still = [d for d in self._held if self._is_held(d)]
+            freed = [d for d in self._held if not self._is_held(d)]
+            self._held = still
+            self._queue.extend(freed)
+            self._dispatch()
+        return len(freed)
+
+    def _is_held(self, delivery: Delivery) -> bool:
+        event = event_object(delivery.payload)
+        return any(event_matches(event, match) for match in self._holds)
+
     def accept(self, function: Function, payload: bytes, request_id: str) -> None:
         """Queue an Event invocation (twice with duplicate_events); it starts when a slot frees."""
         copies = 2 if self.duplicate_events else 1
@@ -208,7 +246,8 @@ class EventQueue:
             if self._executions.closed:
                 raise ApiError(500, "ServiceException", "the invoke server is shutting down")
             self._executions.invocations[function.name] += 1
-            self._queue.extend(Delivery(function, request_id, payload) for _ in range(copies))
+            deliveries = [Delivery(function, request_id, payload) for _ in range(copies)]
+            (self._held if self._is_held(deliveries[0]) else self._queue).extend(deliveries)
             self._dispatch()
         log.info("%s (%s): Event invocation accepted", function.name, request_id)
 
@@ -216,6 +255,7 @@ class EventQueue:
         """Drop the deliveries waiting, and the retries not yet due."""
         with self._lock:
             self._queue.clear()
+            self._held.clear()
             timers = list(self._timers)
             self._timers.clear()
         for timer in timers:

@@ -62,8 +62,11 @@ the current one, as Lambda's does).
 ``{"match": {"worker": 3}}`` SIGKILLs every running execution whose event is a JSON object with
 all those members, and answers ``{"killed": [{"functionName": ..., "requestId": ...}, ...]}``
 (in-process: :meth:`InvokeServer.kill`); the failure then takes the path above like any dead
-process. ``GET /_fsdgraph/status`` answers :meth:`InvokeServer.status`: the executions running
-(function, request id, pid), the Event deliveries queued, and the zygotes' pids. With
+process. ``POST /_fsdgraph/hold`` with ``{"match": {...}}`` keeps the Event invocations accepted
+from then on whose event matches from starting (their Timeout does not run), until ``POST
+/_fsdgraph/release`` with the same match, which answers ``{"released": n}`` (in-process:
+:meth:`InvokeServer.hold`, :meth:`InvokeServer.release`). ``GET /_fsdgraph/status`` answers :meth:`InvokeServer.status`: the executions running
+(function, request id, pid), the Event deliveries queued and held, and the zygotes' pids. With
 ``duplicate_events`` every Event invocation runs twice (two executions, one request id), as
 Lambda's at-least-once delivery may do.
 
@@ -163,6 +166,8 @@ ACCOUNT_SETTINGS_PATH = re.compile(r"^/2016-08-19/account-settings/?$")
 EVENT_INVOKE_CONFIG_PATH = re.compile(
     r"^/2019-09-25/functions/(?P<function>[^/]+)/event-invoke-config/?$")
 KILL_PATH = "/_fsdgraph/kill"
+HOLD_PATH = "/_fsdgraph/hold"
+RELEASE_PATH = "/_fsdgraph/release"
 STATUS_PATH = "/_fsdgraph/status"
 INVOCATION_TYPES = frozenset({"RequestResponse", "Event", "DryRun"})
 #: ``LogType=Tail`` returns the last 4 KB of the invocation's log, as Lambda does.
@@ -249,11 +254,12 @@ class InvokeServer:
 
     def status(self) -> dict[str, Any]:
         """The executions running (function, request id, pid), how many Event deliveries wait
-        for a slot, the two counters, and the zygotes' pids."""
+        for a slot and how many are held, the two counters, and the zygotes' pids."""
         executions = self._executions
         # The event queue shares the executions' lock: all the numbers are of one instant.
         with executions.lock:
             status = {"running": executions.describe_running(), "queued": self._events.queued,
+                      "held": self._events.held,
                       "invocations": dict(executions.invocations),
                       "executions": dict(executions.started)}
         return {**status, "zygotes": executions.zygotes.pids()}
@@ -262,6 +268,15 @@ class InvokeServer:
         """SIGKILL the running executions whose event has every member of ``match``; returns
         their (function name, request id)."""
         return self._executions.kill(match)
+
+    def hold(self, match: Mapping[str, Any]) -> None:
+        """Hold the Event invocations accepted from now on whose event has every member of
+        ``match``: they start only once :meth:`release` ends the hold."""
+        self._events.hold(match)
+
+    def release(self, match: Mapping[str, Any]) -> int:
+        """End the hold of ``match``; returns how many invocations it frees to start."""
+        return self._events.release(match)
 
     def start(self) -> None:
         """Serve in a daemon thread (once; later calls do nothing)."""
@@ -379,8 +394,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._account_settings()
         elif self.command in ("PUT", "POST") and config is not None:
             self._put_event_invoke_config(unquote(config["function"]), body)
-        elif self.command == "POST" and split.path == KILL_PATH:
-            self._kill(body)
+        elif self.command == "POST" and split.path in (KILL_PATH, HOLD_PATH, RELEASE_PATH):
+            self._control(split.path, body)
         elif self.command == "GET" and split.path == STATUS_PATH:
             self._json(200, self._owner.status())
         else:
@@ -522,8 +537,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._proxy(body)
 
-    def _kill(self, body: bytes) -> None:
-        """``{"match": {...}}``: kill the running executions whose event matches."""
+    def _control(self, path: str, body: bytes) -> None:
+        """``{"match": {...}}``: kill the running executions whose event matches, or hold or
+        release the Event invocations whose event matches."""
         try:
             match = json.loads(body).get("match")
             if not isinstance(match, dict) or not match:
@@ -531,9 +547,15 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, AttributeError) as exc:
             self._error(400, "InvalidRequestContentException", str(exc), str(uuid.uuid4()))
             return
-        killed = self._owner.kill(match)
-        self._json(200, {"killed": [{"functionName": name, "requestId": request_id}
-                                    for name, request_id in killed]})
+        owner = self._owner
+        if path == KILL_PATH:
+            self._json(200, {"killed": [{"functionName": name, "requestId": request_id}
+                                        for name, request_id in owner.kill(match)]})
+        elif path == HOLD_PATH:
+            owner.hold(match)
+            self._json(200, {"held": match})
+        else:
+            self._json(200, {"released": owner.release(match)})
 
     # -- everything else ---------------------------------------------------------------------------
     def _proxy(self, body: bytes) -> None:

@@ -81,7 +81,8 @@ class Execution:
             self.process.kill()
 
 
-def _event_object(payload: bytes) -> Mapping[str, Any] | None:
+def event_object(payload: bytes) -> Mapping[str, Any] | None:
+    """The payload as a JSON object, or None if it is not one."""
     try:
         event = json.loads(payload) if payload.strip() else {}
     except ValueError:
@@ -89,7 +90,8 @@ def _event_object(payload: bytes) -> Mapping[str, Any] | None:
     return event if isinstance(event, dict) else None
 
 
-def _matches(event: Mapping[str, Any] | None, match: Mapping[str, Any]) -> bool:
+def event_matches(event: Mapping[str, Any] | None, match: Mapping[str, Any]) -> bool:
+    """Whether ``event`` is an object with every member of ``match``."""
     return event is not None and all(k in event and event[k] == v for k, v in match.items())
 
 
@@ -169,7 +171,7 @@ class Executions:
         if self.log_dir is not None:
             log_path = self.log_dir / f"{function.name}-{seq}-{request_id}.log"
         return Execution(next(self._ids), function, request_id, seq, payload, invocation_type,
-                         log_path, _event_object(payload))
+                         log_path, event_object(payload))
 
     def execute(self, execution: Execution) -> Outcome:
         """Run one execution to its end (the caller holds a slot for it)."""
@@ -266,7 +268,7 @@ class Executions:
         their (function name, request id)."""
         with self.lock:
             chosen = [e for e in self._running.values()
-                      if e.process is not None and _matches(e.event, match)]
+                      if e.process is not None and event_matches(e.event, match)]
         for execution in chosen:
             log.warning("%s #%d (%s): killed on request", execution.function.name, execution.seq,
                         execution.request_id)
