@@ -65,8 +65,9 @@ all those members, and answers ``{"killed": [{"functionName": ..., "requestId": 
 process. ``POST /_fsdgraph/hold`` with ``{"match": {...}}`` keeps the Event invocations accepted
 from then on whose event matches from starting (their Timeout does not run), until ``POST
 /_fsdgraph/release`` with the same match, which answers ``{"released": n}`` (in-process:
-:meth:`InvokeServer.hold`, :meth:`InvokeServer.release`). ``GET /_fsdgraph/status`` answers :meth:`InvokeServer.status`: the executions running
-(function, request id, pid), the Event deliveries queued and held, and the zygotes' pids. With
+:meth:`InvokeServer.hold`, :meth:`InvokeServer.release`). ``GET /_fsdgraph/status`` answers
+:meth:`InvokeServer.status`: the executions running (function, request id, pid), the Event
+deliveries queued and held, and the zygotes' pids. With
 ``duplicate_events`` every Event invocation runs twice (two executions, one request id), as
 Lambda's at-least-once delivery may do.
 
