@@ -72,17 +72,22 @@ def compile(
       collapse; the plan's ``planned`` says what it chose and predicted.
 
     An op-level :class:`~fsdgraph.model.Model` compiles to a
-    :class:`~fsdgraph.model_plan.ModelPlan`: data parallel (its default; ``auto`` picks it too),
-    every worker running the whole model on a slice of the rows.
+    :class:`~fsdgraph.model_plan.ModelPlan`: ``data`` parallel (its default), every worker
+    running the whole model on a slice of the rows, or ``model`` (tensor) parallel, every worker
+    holding a share of each op's features and weights, with the collectives that needs
+    (:mod:`fsdgraph.model_lowering`); ``auto`` picks data parallel unless the weights do not fit
+    ``memory_mb`` (a ``planning`` keyword).
 
     ``collapse_at`` (model, hybrid): from that layer on, only the first ``collapse_to`` workers of
     each group own neurons: the previous layer's outputs are gathered onto them once, and the
     layers where few images are still alive run with less exchange (none for ``collapse_to=1``).
     """
-    if isinstance(graph, Model):  # an op-level model: data parallel (fsdgraph.model_plan)
+    if isinstance(graph, Model):  # an op-level model (fsdgraph.model_plan)
+        memory_mb = planning.pop("memory_mb", None)
         if planning or replicas is not None or collapse_at is not None:
-            raise ConfigError("compile: an op-level model takes only workers and strategy")
-        return compile_model(graph, workers, strategy or "data")
+            raise ConfigError("compile: an op-level model takes only workers, strategy and "
+                              "memory_mb")
+        return compile_model(graph, workers, strategy or "data", memory_mb)
     strategy = strategy or "model"
     layers = graph.layers() if isinstance(graph, Graph) else _check_layers(graph)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:

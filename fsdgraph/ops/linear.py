@@ -49,13 +49,10 @@ def _vector(bias: Any, width: int, kind: str) -> np.ndarray:
 
 
 def product(x: Block, weight: Any) -> Block:
-    """``x @ weight`` in float32. A single row goes through BLAS's matrix-matrix kernel like
-    any slice of rows (paired with a copy of itself): the matrix-vector kernel sums in another
-    order, and a worker holding one row must give the bits the whole batch gives."""
-    x = as_block(x)
-    if x.shape[0] == 1 and not sp.issparse(weight):
-        return as_block((np.repeat(x, 2, axis=0) @ weight)[:1])
-    return as_block(x @ weight)
+    """``x @ weight`` in float32. BLAS may sum a row in another order depending on how many
+    rows it is given (its kernels treat a block's tail rows apart), so a slice of rows agrees
+    with the whole batch to float32 rounding, not always bit for bit."""
+    return as_block(as_block(x) @ weight)
 
 
 @dataclass(frozen=True, eq=False)
