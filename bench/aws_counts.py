@@ -103,7 +103,7 @@ def main() -> None:
     images = sp.csr_matrix(sp.vstack([images] * tiles)[:args.images])
     truth = np.concatenate([truth + k * 1200 for k in range(tiles)])
     truth = truth[truth < args.images]
-    graph = fsdgraph.sequential(weights, -0.3, cap=32)
+    graph = fsdgraph.sequential(weights, -0.3, cap=32, bias_on_nonzero=True)
     os.environ.update(CREDENTIALS)  # the local servers want credentials, any will do
     runs = []
     with LocalAws() as aws:

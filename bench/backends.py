@@ -43,7 +43,7 @@ def main() -> None:
 
     weights = load_weights(args.data / "neuron1024", 1024, args.layers)
     images = load_images(args.data / "sparse-images-1024-first1200.tsv.gz", 1024)
-    graph = fsdgraph.sequential(weights, graphchallenge_bias(1024), cap=32.0)
+    graph = fsdgraph.sequential(weights, graphchallenge_bias(1024), cap=32.0, bias_on_nonzero=True)
     plan = fsdgraph.compile(graph, args.workers)
     reference = fsdgraph.reference_inference(images, graph.layers())
 

@@ -42,7 +42,7 @@ def main() -> None:
     weights = load_weights(args.data / "neuron1024", 1024, 120)
     y = load_images(args.data / "sparse-images-1024-first1200.tsv.gz", 1024)
     y = sp.csr_matrix(sp.vstack([y] * -(-args.rows // y.shape[0]))[: args.rows])
-    graph = fsdgraph.sequential(weights, -0.3, cap=32)
+    graph = fsdgraph.sequential(weights, -0.3, cap=32, bias_on_nonzero=True)
     per_1000 = 1000 / args.rows
     runs = []
     for partitioner in args.partitioners.split(","):

@@ -142,7 +142,7 @@ def main() -> None:
     load_before = os.getloadavg()  # a shared machine: how busy it was is part of the result
     weights = load_weights(args.data / "neuron1024", 1024, 120)
     y, source = benchmark_images(args)
-    graph = fsdgraph.sequential(weights, -0.3, cap=32)
+    graph = fsdgraph.sequential(weights, -0.3, cap=32, bias_on_nonzero=True)
     layers = graph.layers()
     if args.serial_rss:  # the child of serial_peak_rss
         fsdgraph.reference_inference(y, layers, canonical=False)

@@ -171,7 +171,7 @@ def network(args: argparse.Namespace) -> tuple[list[Layer], sp.csr_matrix, dict[
         what = {"network": f"RadiX-Net {args.neurons} x {args.layers} (seed {args.seed})",
                 "neurons": args.neurons,
                 "images": f"{count} synthetic_images (seed {args.seed + 1})"}
-    layers = fsdgraph.sequential(weights, bias, cap=32).layers()
+    layers = fsdgraph.sequential(weights, bias, cap=32, bias_on_nonzero=True).layers()
     return layers, y0, {**what, "layers": args.layers, "bias": bias, "rows": count}
 
 

@@ -47,7 +47,7 @@ def main() -> None:
         network = f"official-1024x{args.layers}"
     load_s = time.perf_counter() - start
     neurons = weights[0].shape[0]
-    graph = fsdgraph.sequential(weights, graphchallenge_bias(neurons), cap=32)
+    graph = fsdgraph.sequential(weights, graphchallenge_bias(neurons), cap=32, bias_on_nonzero=True)
     names = args.only.split(",") if args.only else ["contiguous", "random", "hypergraph"]
     runs: dict[str, dict[str, Any]] = {}
     for name in names:

@@ -43,7 +43,8 @@ def network(data: Path | None) -> tuple[fsdgraph.Graph, sp.csr_matrix]:
         images = load_images(data / "sparse-images-1024-first1200.tsv.gz", 1024)
     else:
         weights, images = radixnet(1024, 120, seed=0), synthetic_images(1024, 1200, seed=1)
-    return fsdgraph.sequential(weights, graphchallenge_bias(1024), cap=32.0), images
+    return fsdgraph.sequential(weights, graphchallenge_bias(1024),
+                               cap=32.0, bias_on_nonzero=True), images
 
 
 def run(backend: LocalBackend, channel: str, config: fsdgraph.RunConfig, plan: fsdgraph.Plan,

@@ -147,7 +147,8 @@ def main() -> None:
     args = parser.parse_args()
 
     weights = radixnet(args.neurons, args.layers, seed=0)
-    graph = fsdgraph.sequential(weights, graphchallenge_bias(args.neurons), cap=32.0)
+    graph = fsdgraph.sequential(weights, graphchallenge_bias(args.neurons),
+                                cap=32.0, bias_on_nonzero=True)
     inputs = synthetic_images(args.neurons, args.images, seed=1)
     reference = fsdgraph.reference_inference(inputs, graph.layers())
     network = (graph, inputs, reference)

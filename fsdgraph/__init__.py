@@ -5,7 +5,7 @@ Three steps — define, compile, submit::
     >>> import numpy as np, scipy.sparse as sp
     >>> import fsdgraph
     >>> w = sp.random(64, 64, density=0.1, format="csr", dtype=np.float32, random_state=0)
-    >>> graph = fsdgraph.sequential([w] * 3, bias=-0.01, cap=32)            # 1. define
+    >>> graph = fsdgraph.sequential([w] * 3, bias=-0.01, cap=32)             # 1. define
     >>> plan = fsdgraph.compile(graph, workers=3)                            # 2. compile
     >>> y = sp.random(8, 64, density=0.5, format="csr", dtype=np.float32, random_state=1)
     >>> result = fsdgraph.Scheduler("local", "queue").run_sync(plan, y)       # 3. submit

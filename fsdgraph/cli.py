@@ -429,7 +429,7 @@ def run_graphchallenge(args: argparse.Namespace) -> int:
             truth = load_truth(args.truth)
         load_s = time.perf_counter() - loading
         _check_run_memory(weights, y0)
-        graph = sequential(weights, bias, cap=32.0)
+        graph = sequential(weights, bias, cap=32.0, bias_on_nonzero=True)
         plan = _compile(graph, settings, _partitioner(args, settings, graph, y0), y0)
         result = scheduler.run_sync(plan, y0)
 
@@ -558,7 +558,7 @@ def run_plan(args: argparse.Namespace) -> int:
     _check_args(args, settings)
     weights, bias = _network(args)
     _check_run_memory(weights, None)
-    graph: Graph = sequential(weights, bias, cap=32.0)
+    graph: Graph = sequential(weights, bias, cap=32.0, bias_on_nonzero=True)
     plan = _compile(graph, settings, _partitioner(args, settings, graph, None), None)
     summary = plan.summary()
     if plan.planned is not None:

@@ -102,10 +102,12 @@ class Graph:
         weight: Weight,
         bias: float | np.ndarray = 0.0,
         *,
-        bias_on_nonzero: bool = True,
+        bias_on_nonzero: bool = False,
         name: str | None = None,
     ) -> Linear:
-        """``source @ weight + bias`` with ``weight`` (in x out), sparse (scipy) or dense."""
+        """``source @ weight + bias`` with ``weight`` (in x out), sparse (scipy) or dense; with
+        ``bias_on_nonzero`` (the Graph Challenge's rule) the bias goes only where the product
+        is nonzero."""
         name = name or f"linear{sum(isinstance(n, Linear) for n in self.nodes)}"
         self._check_source(source, name)
         w = _as_weight(weight, name)
@@ -184,9 +186,11 @@ def sequential(
     bias: float | np.ndarray | list[float] | list[np.ndarray] = 0.0,
     *,
     cap: float | None = None,
-    bias_on_nonzero: bool = True,
+    bias_on_nonzero: bool = False,
 ) -> Graph:
-    """A chain of ``linear -> relu`` layers, as the Graph Challenge networks are.
+    """A chain of ``linear -> relu`` layers, as the Graph Challenge networks are (their own
+    constructor, :func:`fsdgraph.sources.graphchallenge.graphchallenge_network`, adds the bias
+    only where the product is nonzero and caps the ReLU at 32).
 
     >>> import scipy.sparse as sp, numpy as np
     >>> g = sequential([sp.eye(3, format="csr", dtype=np.float32)] * 2, bias=-0.3, cap=32)

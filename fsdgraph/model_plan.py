@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from fsdgraph.errors import ConfigError, GraphError, ProtocolError
 from fsdgraph.model import Model
@@ -109,7 +110,8 @@ class ModelPlan:
 
     def weight_bytes(self) -> list[int]:
         """Each group position's bytes of weights (what a worker holds of the model)."""
-        return [sum(_nbytes(v) for i in program if i["do"] == "op" for v in i["params"].values())
+        return [sum(_nbytes(v) for i in program
+                    for v in [*i.get("params", {}).values(), *i.values()] if _is_array(v))
                 for program in self.lowering.programs]
 
     def summary(self) -> dict[str, Any]:
@@ -132,6 +134,10 @@ class ModelPlan:
                            "outputs": dict(self.lowering.outputs),
                            "inputs": dict(self.model.inputs),
                            "widths": {n: widths[n] for n in self.model.outputs}})
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or sp.issparse(value)
 
 
 def _nbytes(value: Any) -> int:

@@ -58,7 +58,8 @@ def deployed(servers: LocalAws, directory: Path, deployment: str,
 
 @pytest.fixture(scope="module")
 def network() -> tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_matrix]:
-    graph = fsdgraph.sequential(radixnet(1024, 4, seed=0), graphchallenge_bias(1024), cap=32.0)
+    graph = fsdgraph.sequential(radixnet(1024, 4, seed=0), graphchallenge_bias(1024),
+                                cap=32.0, bias_on_nonzero=True)
     inputs = synthetic_images(1024, 32, seed=1)
     return graph, inputs, fsdgraph.reference_inference(inputs, graph.layers())
 
@@ -185,7 +186,8 @@ def test_a_worker_killed_mid_run_is_relaunched_and_the_result_is_exact(
     import boto3
 
     servers, backend = aws
-    graph = fsdgraph.sequential(radixnet(1024, 60, seed=0), graphchallenge_bias(1024), cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 60, seed=0), graphchallenge_bias(1024),
+                                cap=32, bias_on_nonzero=True)
     inputs = synthetic_images(1024, 64, seed=1)
     reference = fsdgraph.reference_inference(inputs, graph.layers())
     config = fsdgraph.RunConfig(progress=False, stall_timeout_s=600, checkpoint_every=1,
@@ -213,7 +215,8 @@ def test_a_run_longer_than_the_function_timeout_continues(tmp_path: Path) -> Non
     """A function Lambda stops after 10 s, and worker 1's invocation is held until worker 0 has
     handed over: worker 0, waiting for worker 1's columns, hands over near its limit and
     continues in a new invocation, and the result is the reference's."""
-    graph = fsdgraph.sequential(radixnet(1024, 24, seed=0), graphchallenge_bias(1024), cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 24, seed=0), graphchallenge_bias(1024),
+                                cap=32, bias_on_nonzero=True)
     inputs = synthetic_images(1024, 1000, seed=1)
     reference = fsdgraph.reference_inference(inputs, graph.layers())
     config = fsdgraph.RunConfig(progress=False, checkpoint_every=0, relaunch_after_s=600,

@@ -190,7 +190,7 @@ def test_weights_are_stored_as_canonical_float32_csr() -> None:
     assert first.weight.dtype == np.float32 and first.weight.nnz == 2
     assert first.weight.toarray().tolist() == [[0, 3, 0], [0, 0, 0], [0, 0, 5]]
     assert first.bias.dtype == np.float32 and first.bias.tolist() == [1, 2, 3]
-    assert (first.relu, first.cap, first.bias_on_nonzero) == (False, None, True)
+    assert (first.relu, first.cap, first.bias_on_nonzero) == (False, None, False)  # default
     assert isinstance(second.weight, sp.csr_matrix) and second.weight.nnz == 2
     assert second.bias.tolist() == [0.5, 0.5]
     assert (second.relu, second.cap, second.bias_on_nonzero) == (True, 4.0, False)

@@ -211,7 +211,8 @@ def test_bill_rejects_inconsistent_reports() -> None:
 @pytest.mark.parametrize("channel", ["queue", "object"])
 def test_bill_of_a_real_run(channel: str) -> None:
     w = sp.random(64, 64, density=0.1, format="csr", dtype=np.float32, random_state=0)
-    plan = fsdgraph.compile(fsdgraph.sequential([w] * 3, bias=-0.01, cap=32), workers=3)
+    plan = fsdgraph.compile(fsdgraph.sequential([w] * 3, bias=-0.01,
+                                                cap=32, bias_on_nonzero=True), workers=3)
     y = sp.random(20, 64, density=0.5, format="csr", dtype=np.float32, random_state=1)
     with fsdgraph.Scheduler("local", channel) as scheduler:
         report = scheduler.run_sync(plan, y).report
@@ -288,7 +289,8 @@ def test_price_files(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def small_plan() -> fsdgraph.Plan:
     w = sp.random(64, 64, density=0.1, format="csr", dtype=np.float32, random_state=0)
-    return fsdgraph.compile(fsdgraph.sequential([w] * 3, bias=-0.01, cap=32), workers=3)
+    return fsdgraph.compile(fsdgraph.sequential([w] * 3, bias=-0.01,
+                                                cap=32, bias_on_nonzero=True), workers=3)
 
 
 def test_estimate_counts_checkpoints_and_attempt_checks(small_plan: fsdgraph.Plan) -> None:

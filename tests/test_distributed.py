@@ -36,7 +36,8 @@ def backend() -> Iterator[LocalBackend]:
 @pytest.fixture(scope="module")
 def network() -> Network:
     """A generated 1024-neuron RadiX-Net (36 layers: six blocks) on generated images."""
-    graph = fsdgraph.sequential(radixnet(1024, LAYERS, seed=3), graphchallenge_bias(1024), cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, LAYERS, seed=3), graphchallenge_bias(1024),
+                                cap=32, bias_on_nonzero=True)
     images = synthetic_images(1024, 300, seed=4)
     return graph, images, fsdgraph.reference_inference(images, graph.layers())
 
@@ -126,7 +127,7 @@ def test_random_weights_and_dense_bias(backend: LocalBackend) -> None:
 def test_all_rows_die(backend: LocalBackend) -> None:
     """A batch that dies in the first layer still completes, with no categories."""
     w = sp.identity(16, dtype=np.float32, format="csr")
-    g = fsdgraph.sequential([w, w, w], bias=-10.0, cap=32)
+    g = fsdgraph.sequential([w, w, w], bias=-10.0, cap=32, bias_on_nonzero=True)
     result = fsdgraph.Scheduler(backend, "queue").run_sync(fsdgraph.compile(g, 2),
                                                             sp.identity(16, format="csr"))
     assert result.categories.size == 0 and result.activations.nnz == 0

@@ -53,7 +53,7 @@ def test_official_network_every_path_bit_identical(official_data: Path, kernel: 
     """The official 1024 x 120 network on the 1200 shipped images: sparse layers first, dense
     ones once the surviving rows saturate; the 19 official categories."""
     layers = fsdgraph.sequential(load_weights(official_data / "neuron1024", 1024, 120),
-                                 BIASES[1024], cap=32).layers()
+                                 BIASES[1024], cap=32, bias_on_nonzero=True).layers()
     images = load_images(official_data / "sparse-images-1024-first1200.tsv.gz", 1024)
     got = serial_inference(images, layers, kernel)
     assert_bit_identical(got, reference_inference(images, layers))
@@ -66,7 +66,8 @@ def test_generated_networks_every_path_bit_identical(kernel: Kernel, neurons: in
                                                      images: int) -> None:
     """RadiX-Net 4096 and 16384 (two blocks of layers each, so a random row permutation
     too) on generated images, with the official bias for the size."""
-    graph = fsdgraph.sequential(radixnet(neurons, layers, seed=3), BIASES[neurons], cap=32)
+    graph = fsdgraph.sequential(radixnet(neurons, layers, seed=3), BIASES[neurons],
+                                cap=32, bias_on_nonzero=True)
     y0 = synthetic_images(neurons, images, seed=4)
     want = reference_inference(y0, graph.layers())
     assert want.nnz > 0  # something survives: the comparison is not of two empty matrices
@@ -139,7 +140,8 @@ def test_bad_thread_counts_are_refused(monkeypatch: pytest.MonkeyPatch, raw: str
 def test_a_run_uses_and_reports_the_kernel_asked_for(name: str) -> None:
     if name == "numba" and not choice.fast_available():
         pytest.skip("numba is not installed")
-    graph = fsdgraph.sequential(radixnet(1024, 6, seed=5), BIASES[1024], cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 6, seed=5), BIASES[1024],
+                                cap=32, bias_on_nonzero=True)
     y0 = synthetic_images(1024, 64, seed=6)
     config = fsdgraph.RunConfig(progress=False, kernel=name, kernel_threads=1)
     backend = LocalBackend()

@@ -209,7 +209,8 @@ from fsdgraph.backends.local import LocalBackend
 from fsdgraph.sources.images import synthetic_images
 from fsdgraph.sources.radixnet import radixnet
 
-plan = fsdgraph.compile(fsdgraph.sequential(radixnet(1024, 12), bias=-0.3, cap=32), workers=4,
+plan = fsdgraph.compile(fsdgraph.sequential(radixnet(1024, 12), bias=-0.3,
+                                            cap=32, bias_on_nonzero=True), workers=4,
                         partitioner="contiguous")
 backend = LocalBackend(root=sys.argv[1], warm=sys.argv[2] == "warm", kill=(1, 3),
                        kill_signal="STOP")

@@ -57,7 +57,8 @@ Network = tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_matrix]
 @pytest.fixture(scope="module")
 def network() -> Network:
     """A generated 1024-neuron RadiX-Net of four layers on 64 generated images."""
-    graph = fsdgraph.sequential(radixnet(1024, 4, seed=3), graphchallenge_bias(1024), cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 4, seed=3), graphchallenge_bias(1024),
+                                cap=32, bias_on_nonzero=True)
     images = synthetic_images(1024, 64, seed=4)
     return graph, images, fsdgraph.reference_inference(images, graph.layers())
 

@@ -104,7 +104,8 @@ def test_a_dag_with_branches_merges_two_inputs_and_two_outputs() -> None:
 
 
 def test_the_graph_challenge_chain_is_a_lowering_bit_for_bit() -> None:
-    graph = fsdgraph.sequential(radixnet(1024, 8, seed=3), graphchallenge_bias(1024), cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 8, seed=3), graphchallenge_bias(1024),
+                                cap=32, bias_on_nonzero=True)
     images = synthetic_images(1024, 120, seed=4)
     reference = fsdgraph.reference_inference(images, graph.layers()).toarray()
     model = from_layers(graph.layers())

@@ -20,7 +20,8 @@ def test_official_categories_four_workers(official_data: Path, channel: str) -> 
     images = load_images(official_data / "sparse-images-1024-first1200.tsv.gz", 1024)
     truth = load_truth(official_data / "neuron1024-l120-categories-first1200.tsv")
     assert len(truth) == 19
-    plan = fsdgraph.compile(fsdgraph.sequential(weights, -0.3, cap=32), workers=4)
+    plan = fsdgraph.compile(fsdgraph.sequential(weights, -0.3,
+                                                cap=32, bias_on_nonzero=True), workers=4)
     with fsdgraph.Scheduler("local", channel) as scheduler:
         result = scheduler.run_sync(plan, images)
     assert np.array_equal(result.categories, truth)

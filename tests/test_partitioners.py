@@ -51,7 +51,8 @@ def test_hypergraph_balanced_and_cost_matches_plan(workers: int) -> None:
     """Balance within 3%; the plan's exchange edges carry exactly the connectivity cost, and
     the module's cost function agrees with the one computed here from scratch."""
     weights = radixnet(1024, 8, seed=1)
-    plan = fsdgraph.compile(fsdgraph.sequential(weights, -0.3, cap=32), workers, "hypergraph")
+    graph = fsdgraph.sequential(weights, -0.3, cap=32, bias_on_nonzero=True)
+    plan = fsdgraph.compile(graph, workers, "hypergraph")
     check_balanced(plan, 0.03)
     per_layer = plan.rows_to_send()
     for l in range(1, len(weights)):
@@ -75,7 +76,7 @@ def test_official_network_hypergraph_beats_contiguous_and_random(
         official_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """On the official 1024-neuron network with 8 workers: fewer rows to send than both."""
     weights = load_weights(official_data / "neuron1024", 1024, 120)
-    graph = fsdgraph.sequential(weights, -0.3, cap=32)
+    graph = fsdgraph.sequential(weights, -0.3, cap=32, bias_on_nonzero=True)
     rows = {name: sum(fsdgraph.compile(graph, 8, name).rows_to_send())
             for name in ("contiguous", "random", "hypergraph")}
     with capsys.disabled():
@@ -91,7 +92,7 @@ def test_activation_aware_lowers_the_weighted_cost(official_data: Path) -> None:
     """Weighing inputs by how often they are nonzero lowers the cost in those weights."""
     weights = load_weights(official_data / "neuron1024", 1024, 30)
     images = load_images(official_data / "sparse-images-1024-first1200.tsv.gz", 1024)
-    layers = fsdgraph.sequential(weights, -0.3, cap=32).layers()
+    layers = fsdgraph.sequential(weights, -0.3, cap=32, bias_on_nonzero=True).layers()
     aware = Hypergraph.activation_aware(layers, images[:300])
     assert aware.input_weights is not None
     plain_plan = fsdgraph.compile(layers, 8, "hypergraph")

@@ -27,7 +27,7 @@ def exactly(text: str) -> str:
 @pytest.fixture(scope="module")
 def official_layers(official_data: Path) -> list[fsdgraph.Layer]:
     weights = load_weights(official_data / "neuron1024", 1024, 120)
-    return fsdgraph.sequential(weights, -0.3, cap=32).layers()
+    return fsdgraph.sequential(weights, -0.3, cap=32, bias_on_nonzero=True).layers()
 
 
 @pytest.mark.official
@@ -51,7 +51,7 @@ def test_the_official_network_on_3_gb_workers_is_planned_data_parallel(
 def big_layers() -> list[fsdgraph.Layer]:
     """A 4096-neuron, 40-layer RadiX-Net: 5.2 M weights, 63 MB as a worker holds them."""
     return fsdgraph.sequential(radixnet(4096, 40, seed=1), graphchallenge_bias(4096),
-                               cap=32).layers()
+                               cap=32, bias_on_nonzero=True).layers()
 
 
 def test_a_model_that_does_not_fit_a_function_is_never_planned_data_parallel(
@@ -102,7 +102,7 @@ def test_on_request_the_planner_also_picks_the_worker_count_memory_and_channel()
     """Lists of P, memory sizes and channels: every combination is weighed, and the winner is
     the fitting candidate with the least predicted time (or cost)."""
     layers = fsdgraph.sequential(radixnet(1024, 12, seed=2), graphchallenge_bias(1024),
-                                 cap=32).layers()
+                                 cap=32, bias_on_nonzero=True).layers()
     for objective, score in (("time", "predicted_wall_s"), ("cost", "predicted_cost_usd")):
         choice = choose(layers, [1, 2, 4], memory_mb=[1769, 3008],
                         channel=["queue", "object"], images=2000, objective=objective)
@@ -120,7 +120,7 @@ def test_on_request_the_planner_also_picks_the_worker_count_memory_and_channel()
 
 def test_a_sample_whose_images_die_offers_a_collapsed_candidate() -> None:
     layers = fsdgraph.sequential(radixnet(1024, 24, seed=2), graphchallenge_bias(1024),
-                                 cap=32).layers()
+                                 cap=32, bias_on_nonzero=True).layers()
     images = synthetic_images(1024, 400, seed=3)
     choice = choose(layers, 2, images=400, sample=images)
     collapsed = [c for c in choice.candidates if c.collapse_at is not None]
@@ -130,7 +130,8 @@ def test_a_sample_whose_images_die_offers_a_collapsed_candidate() -> None:
 
 
 def test_an_auto_run_reports_the_choice_its_prediction_and_the_measured_time() -> None:
-    graph = fsdgraph.sequential(radixnet(1024, 12, seed=4), graphchallenge_bias(1024), cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 12, seed=4), graphchallenge_bias(1024),
+                                cap=32, bias_on_nonzero=True)
     images = synthetic_images(1024, 300, seed=6)
     plan = fsdgraph.compile(graph, 2, strategy="auto", images=300, sample=images,
                             channel="object", profile="local")

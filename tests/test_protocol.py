@@ -206,7 +206,7 @@ def network() -> Network:
                       random_state=rng)
         w.data = rng.choice(np.array([-1, 1, 1, 2], np.float32), size=w.nnz)
         weights.append(w)
-    graph = fsdgraph.sequential(weights, bias=-1.0, cap=32)
+    graph = fsdgraph.sequential(weights, bias=-1.0, cap=32, bias_on_nonzero=True)
     inputs = synthetic_images(1024, 256, seed=1)
     reference = fsdgraph.reference_inference(inputs, graph.layers())
     # A meaningful comparison: many rows alive, few values at the cap, every value an integer.

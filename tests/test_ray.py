@@ -115,7 +115,7 @@ def test_cli_run_reproduces_the_serial_reference(cluster: str, channel: str) -> 
 
 @pytest.mark.parametrize("channel", CHANNELS)
 def test_api_run_equals_the_reference_bit_for_bit(cluster: str, channel: str) -> None:
-    graph = fsdgraph.sequential(radixnet(1024, 12), bias=-0.3, cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 12), bias=-0.3, cap=32, bias_on_nonzero=True)
     inputs = synthetic_images(1024, 200)
     reference = fsdgraph.reference_inference(inputs, graph.layers())
     plan = fsdgraph.compile(graph, workers=4)
@@ -129,7 +129,7 @@ def test_api_run_equals_the_reference_bit_for_bit(cluster: str, channel: str) ->
 
 
 def test_a_run_leaves_no_actors(cluster: str) -> None:
-    graph = fsdgraph.sequential(radixnet(1024, 3), bias=-0.3, cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 3), bias=-0.3, cap=32, bias_on_nonzero=True)
     backend = RayBackend(mailbox_actors=2)
     Scheduler(backend, "ray", RunConfig(progress=False)).run_sync(
         fsdgraph.compile(graph, workers=3), synthetic_images(1024, 20))
@@ -141,7 +141,7 @@ def test_a_run_leaves_no_actors(cluster: str) -> None:
 
 @pytest.mark.parametrize("channel", ["queue", "auto"])
 def test_channels_needing_a_message_service_are_refused(cluster: str, channel: str) -> None:
-    graph = fsdgraph.sequential(radixnet(1024, 2), bias=-0.3, cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 2), bias=-0.3, cap=32, bias_on_nonzero=True)
     with pytest.raises(ConfigError, match=rf"channel '{channel}' needs messages, which backend "
                                           r"'ray' does not provide"):
         Scheduler(RayBackend(), channel, RunConfig(progress=False)).run_sync(
@@ -149,7 +149,7 @@ def test_channels_needing_a_message_service_are_refused(cluster: str, channel: s
 
 
 def test_the_ray_channel_needs_the_ray_backend() -> None:
-    graph = fsdgraph.sequential(radixnet(1024, 2), bias=-0.3, cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 2), bias=-0.3, cap=32, bias_on_nonzero=True)
     with pytest.raises(ConfigError, match=r"channel 'ray' needs ray, which backend 'inproc'"):
         Scheduler("inproc", "ray", RunConfig(progress=False)).run_sync(
             fsdgraph.compile(graph, workers=2), synthetic_images(1024, 4))

@@ -28,7 +28,8 @@ Network = tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_matrix]
 
 @pytest.fixture(scope="module")
 def network() -> Network:
-    graph = fsdgraph.sequential(radixnet(1024, LAYERS, seed=5), graphchallenge_bias(1024), cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, LAYERS, seed=5), graphchallenge_bias(1024),
+                                cap=32, bias_on_nonzero=True)
     images = synthetic_images(1024, 200, seed=6)
     return graph, images, fsdgraph.reference_inference(images, graph.layers())
 

@@ -52,7 +52,7 @@ def network() -> tuple[fsdgraph.Plan, sp.csr_matrix, sp.csr_matrix]:
         w = sp.random(256, 256, density=0.02, format="csr", dtype=np.float32, random_state=rng)
         w.data = rng.choice(np.array([-1, 1, 1, 2], np.float32), size=w.nnz)
         weights.append(w)
-    graph = fsdgraph.sequential(weights, bias=-1.0, cap=32)
+    graph = fsdgraph.sequential(weights, bias=-1.0, cap=32, bias_on_nonzero=True)
     inputs = synthetic_images(256, 64, seed=4)
     reference = fsdgraph.reference_inference(inputs, graph.layers())
     assert len(fsdgraph.categories(reference)) > 10

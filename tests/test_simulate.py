@@ -197,7 +197,8 @@ def test_data_parallelism_makes_no_exchange_requests() -> None:
 
 
 def test_a_data_parallel_plan_makes_no_exchange_requests() -> None:
-    graph = fsdgraph.sequential(radixnet(1024, 6, seed=3), graphchallenge_bias(1024), cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 6, seed=3), graphchallenge_bias(1024),
+                                cap=32, bias_on_nonzero=True)
     plan = fsdgraph.compile(graph, 4, strategy="data")
     assert plan.edges == []
     p = predict_plan(plan, images=400, channel="object")
@@ -246,7 +247,8 @@ def test_a_local_run_is_within_2x_of_its_prediction(backend: LocalBackend) -> No
     given are the images' own (live_row_curve). Other load on the machine only ever adds to a
     run's wall time, so the fastest of up to five runs is the one compared: a prediction too
     high fails whatever the load, one too low fails only if no run comes near it."""
-    graph = fsdgraph.sequential(radixnet(1024, 24, seed=3), graphchallenge_bias(1024), cap=32)
+    graph = fsdgraph.sequential(radixnet(1024, 24, seed=3), graphchallenge_bias(1024),
+                                cap=32, bias_on_nonzero=True)
     images = synthetic_images(1024, 1000, seed=4)
     alive = live_row_curve(images, graph.layers())
     live = [1.0, *alive[:-1].tolist()]

@@ -399,7 +399,8 @@ def test_distinct_images_keep_the_official_live_row_curve(
 ) -> None:
     """10 000 images made from the first 1200 die like them, layer by layer; thicker ones
     keep about twice as many rows through the dense layers."""
-    layers = fsdgraph.sequential(official_weights, graphchallenge_bias(1024), cap=32).layers()
+    layers = fsdgraph.sequential(official_weights, graphchallenge_bias(1024),
+                                 cap=32, bias_on_nonzero=True).layers()
     official = live_row_curve(official_images, layers)
     assert official[0] == 1098 / 1200 and official[119] == 19 / 1200
     generated = distinct_images(official_images, 10_000, seed=0)

@@ -35,7 +35,7 @@ def official(official_data: Path) -> tuple[fsdgraph.Graph, sp.csr_matrix, np.nda
     weights = load_weights(official_data / "neuron1024", 1024, 120)
     images = load_images(official_data / "sparse-images-1024-first1200.tsv.gz", 1024)
     truth = load_truth(official_data / "neuron1024-l120-categories-first1200.tsv")
-    graph = fsdgraph.sequential(weights, -0.3, cap=32)
+    graph = fsdgraph.sequential(weights, -0.3, cap=32, bias_on_nonzero=True)
     return graph, images, truth, fsdgraph.reference_inference(images, graph.layers())
 
 
@@ -82,7 +82,8 @@ GENERATED = [
 
 @pytest.fixture(scope="module")
 def generated() -> tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_matrix]:
-    graph = fsdgraph.sequential(radixnet(4096, 6, seed=3), graphchallenge_bias(4096), cap=32)
+    graph = fsdgraph.sequential(radixnet(4096, 6, seed=3), graphchallenge_bias(4096),
+                                cap=32, bias_on_nonzero=True)
     images = synthetic_images(4096, 240, seed=5)
     return graph, images, fsdgraph.reference_inference(images, graph.layers())
 

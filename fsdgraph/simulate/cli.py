@@ -228,7 +228,8 @@ def _predict_compiled(args: argparse.Namespace, profile: Any) -> tuple[Any, dict
     from fsdgraph.sources.graphchallenge import graphchallenge_bias, load_weights
 
     weights = load_weights(args.weights, args.neurons, args.layers)
-    graph = fsdgraph.sequential(weights, graphchallenge_bias(args.neurons), cap=32.0)
+    graph = fsdgraph.sequential(weights, graphchallenge_bias(args.neurons),
+                                cap=32.0, bias_on_nonzero=True)
     channel, memory_mb = args.channel[0], args.memory[0]
     if args.strategy == "auto":
         if args.collapse_at is not None:

@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,9 @@ import scipy.sparse as sp
 
 from fsdgraph.errors import InputError
 from fsdgraph.sources.memory import check_memory, csr_bytes
+
+if TYPE_CHECKING:
+    from fsdgraph.graph import Graph
 
 __all__ = [
     "BIASES",
@@ -75,6 +78,24 @@ def graphchallenge_bias(neurons: int) -> float:
         raise InputError(
             f"no Graph Challenge bias for {neurons!r} neurons; known sizes: {known}"
         ) from None
+
+
+def graphchallenge_network(weights: list[sp.csr_matrix],
+                           bias: float | None = None) -> Graph:
+    """The Graph Challenge network of ``weights``: per layer ``Y @ W + bias`` where the product
+    is nonzero (a dead neuron stays dead), then a ReLU capped at 32; ``bias`` defaults to the
+    official one for the layer width.
+
+    >>> import numpy as np, scipy.sparse as sp
+    >>> g = graphchallenge_network([sp.eye(1024, format="csr", dtype=np.float32)] * 2)
+    >>> [(layer.bias_on_nonzero, layer.cap) for layer in g.layers()]
+    [(True, 32.0), (True, 32.0)]
+    """
+    from fsdgraph.graph import sequential
+
+    if bias is None:
+        bias = graphchallenge_bias(weights[0].shape[0] if weights else 0)
+    return sequential(weights, bias, cap=32.0, bias_on_nonzero=True)
 
 
 def find_file(path: PathLike) -> Path:

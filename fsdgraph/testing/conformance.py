@@ -300,7 +300,7 @@ def small_network(seed: int = 0) -> tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_
         w = sp.random(96, 96, density=0.06, format="csr", dtype=np.float32, random_state=rng)
         w.data = rng.choice(np.array([-1, 1, 1, 2], np.float32), size=w.nnz)
         weights.append(w)
-    graph = fsdgraph.sequential(weights, bias=-1.0, cap=32)
+    graph = fsdgraph.sequential(weights, bias=-1.0, cap=32, bias_on_nonzero=True)
     inputs = sp.csr_matrix(rng.integers(0, 2, size=(32, 96)).astype(np.float32))
     return graph, inputs, fsdgraph.reference_inference(inputs, graph.layers())
 

@@ -898,7 +898,8 @@ class Runner:
 
         key = (s.neurons, s.layers, s.workers, s.images)
         if key not in self._networks:
-            graph = fsdgraph.sequential(radixnet(s.neurons, s.layers, seed=1), -0.1, cap=32)
+            graph = fsdgraph.sequential(radixnet(s.neurons, s.layers, seed=1), -0.1,
+                                        cap=32, bias_on_nonzero=True)
             images = synthetic_images(s.neurons, s.images, seed=2)
             self._networks[key] = (fsdgraph.compile(graph, workers=s.workers), images,
                                    fsdgraph.reference_inference(images, graph.layers()))
