@@ -28,9 +28,10 @@ TOLERANCE = 1e-4
 def add_parser(subparsers: Any, epilog: str) -> None:
     """Add the ``run`` subcommand to ``fsdgraph``'s subparsers."""
     run = subparsers.add_parser(
-        "run", help="run an ONNX model distributed (data parallel) on numpy inputs",
+        "run", help="run an ONNX model distributed on numpy inputs",
         description="Import MODEL.onnx (supported ops: docs/models.md), run it on P workers, "
-                    "each computing a slice of the input rows, and write the outputs.",
+                    "each computing a slice of the input rows (--strategy data) or a share of "
+                    "every op's features (--strategy model), and write the outputs.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("model", type=Path, metavar="MODEL.onnx")
     run.add_argument("--input", type=Path, required=True, metavar="X.npy",
@@ -45,6 +46,13 @@ def add_parser(subparsers: Any, epilog: str) -> None:
     run.add_argument("--report", type=Path, metavar="R.json", help="write the run report")
     g = run.add_argument_group("distributed run")
     g.add_argument("--workers", type=int, help="number of workers P (default 4)")
+    g.add_argument("--strategy", choices=["data", "model", "auto"],
+                   help="data (default): each worker holds the whole model and computes a slice "
+                        "of the rows; model: each holds a share of every op's features and "
+                        "weights, exchanging over the channel (a model too big for one "
+                        "function); auto: data unless twice the weights exceed --memory")
+    g.add_argument("--memory", type=int, dest="memory_mb", metavar="MB",
+                   help="auto: the functions' memory in MB (default 1769)")
     g.add_argument("--channel", help="exchange channel (default queue; a data-parallel run "
                                      "exchanges nothing)")
     g.add_argument("--backend", help="compute backend: local (default), aws, or a plugin's name")
@@ -128,13 +136,16 @@ def run(args: argparse.Namespace) -> int:
     chosen = args.outputs.split(",") if args.outputs else None
     model = from_onnx(args.model, outputs=chosen)
     inputs = read_inputs(args.input, list(model.inputs))
+    plan = compile(model, settings.workers, strategy=args.strategy or "data",
+                   memory_mb=args.memory_mb or settings.memory_mb)
     with make_scheduler(args, settings) as scheduler:
-        result = scheduler.run_sync(compile(model, settings.workers), inputs)
+        result = scheduler.run_sync(plan, inputs)
     report: dict[str, Any] = dict(result.report)
     outputs = result.outputs
     rows = next(iter(outputs.values())).shape[0]
+    how = "data parallel" if plan.strategy == "data" else "model parallel"
     print(f"{len(model.nodes)} ops x {rows} rows on {report['workers']} workers "
-          f"({report['backend']} backend, data parallel): {report['wall_s']:.3f} s; outputs "
+          f"({report['backend']} backend, {how}): {report['wall_s']:.3f} s; outputs "
           + ", ".join(f"{name} {a.shape[0]}x{a.shape[1]}" for name, a in outputs.items()))
     if args.output is not None:
         write_outputs(args.output, outputs)

@@ -114,6 +114,13 @@ class ModelPlan:
                     for v in [*i.get("params", {}).values(), *i.values()] if _is_array(v))
                 for program in self.lowering.programs]
 
+    def steps(self) -> list[str]:
+        """What each instruction does (the report's ``per_layer`` entries, in order): ``op
+        <kind> -> <key>`` or ``<collective> <value>``."""
+        return [f"op {i['kind']} -> {i['out']}" if i["do"] == "op"
+                else f"{i['do']} {i['src']} -> {i['out']}"
+                for i in self.lowering.programs[0]]
+
     def summary(self) -> dict[str, Any]:
         """A JSON-able description of the plan."""
         widths = self.model.widths()

@@ -393,8 +393,13 @@ class Scheduler:
         report = build_report(worker_metrics, coordinator.to_dict(), plan, facts, self.channel,
                               self.config.channel, prices)
         if model_io is not None:
-            report["model"] = {"ops": list(model_io.plan.model.order()),
-                               "outputs": list(model_io.plan.model.outputs)}
+            mp = model_io.plan
+            report["model"] = {"ops": list(mp.model.order()), "outputs": list(mp.model.outputs),
+                               "steps": mp.steps(),
+                               "collectives": [asdict(c) for c in mp.edges],
+                               "lower_bound_bytes": mp.lowering.lower_bound_bytes(
+                                   model_io.batch),
+                               "weight_bytes": mp.weight_bytes()}
         return Result(activations, cats, report, model_outputs)
 
     async def _stage(self, services: Services, names: RunNames, plan: Plan,

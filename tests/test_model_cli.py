@@ -61,6 +61,29 @@ def test_the_digits_mlp_runs_distributed_with_scikit_learns_predictions(
     assert data["parallelism"]["strategy"] == "data"
 
 
+def test_the_digits_mlp_split_by_features_passes_against_onnxruntime(
+        digits: tuple[Path, Path, Any, np.ndarray], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    model, x, clf, features = digits
+    out, report = tmp_path / "p.npy", tmp_path / "run.json"
+    code = main(["run", str(model), "--input", str(x), "--outputs", "probabilities",
+                 "--output", str(out), "--workers", "4", "--strategy", "model",
+                 "--channel", "object", "--compare-reference", "--report", str(report),
+                 "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "on 4 workers (local backend, model parallel)" in printed
+    assert printed.rstrip().endswith("PASSED")
+    probabilities = np.load(out)
+    assert np.array_equal(clf.classes_[probabilities.argmax(axis=1)], clf.predict(features))
+    data = json.loads(report.read_text())
+    assert data["parallelism"]["strategy"] == "model" and data["bytes_sent"] > 0
+    # 64 -> 64 by columns, 64 -> 32 and 32 -> 10 by rows (a reduction each), then the softmax's
+    # row statistics
+    assert [c["kind"] for c in data["model"]["collectives"]] == \
+        ["reduce_scatter", "reduce_scatter", "row_stats"]
+
+
 def two_heads(path: Path) -> None:
     """Inputs a (3 features) and b (2); outputs s = relu(a @ W) and t = tanh(b)."""
     w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10

@@ -61,7 +61,11 @@ def test_a_residual_model_runs_distributed_with_the_serial_outputs(
     report = result.report
     assert report["workers"] == workers and report["batch"] == 45
     assert report["layers"] == len(model.nodes) and report["bytes_sent"] == 0
-    assert report["model"] == {"ops": model.order(), "outputs": ["probs", "features"]}
+    assert report["model"]["ops"] == model.order()
+    assert report["model"]["outputs"] == ["probs", "features"]
+    assert report["model"]["steps"] == [f"op {model.nodes[n].op.kind} -> {n}@full"
+                                        for n in model.order()]
+    assert report["model"]["collectives"] == [] and report["model"]["lower_bound_bytes"] == 0
     assert report["parallelism"]["replicas"] == workers
     assert len(report["per_layer"]) == len(model.nodes)
 

@@ -152,8 +152,11 @@ def test_a_residual_model_split_by_features_equals_the_serial_outputs(
     report = result.report
     assert report["parallelism"]["strategy"] == "model"
     assert report["parallelism"]["group"] == workers
-    assert report["layers"] == plan.layers
+    assert report["layers"] == plan.layers == len(report["model"]["steps"])
     assert (report["bytes_sent"] > 0) == (workers > 1)
+    bound = report["model"]["lower_bound_bytes"]
+    assert bound == plan.lowering.lower_bound_bytes(33) and (bound > 0) == (workers > 1)
+    assert len(report["per_layer"]) == plan.layers
 
 
 @pytest.mark.parametrize("workers", [2, 3, 7])
