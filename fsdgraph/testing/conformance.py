@@ -25,7 +25,9 @@ What is checked:
   never sends fails the receiver with :class:`~fsdgraph.errors.RunTimeout` naming it; two runs'
   chunks do not mix.
 * :class:`BackendSuite` — a worker attached from ``Services.description`` sees the session's
-  objects; a distributed run equals the serial reference bit for bit on every channel; a worker
+  objects; a distributed run equals the serial reference bit for bit on every channel, and an
+  op-level model split by features (its collectives over the channel) equals the serial
+  evaluator to float32 rounding; a worker
   that fails fails the run with an error naming it; a channel the backend cannot carry is refused
   with an error naming both.
 
@@ -305,6 +307,22 @@ def small_network(seed: int = 0) -> tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_
     return graph, inputs, fsdgraph.reference_inference(inputs, graph.layers())
 
 
+def small_model(seed: int = 0) -> tuple[fsdgraph.Model, dict[str, np.ndarray]]:
+    """A dense residual block (LayerNorm, Gemm, GELU, Gemm, add) and softmax head, and 20 rows:
+    split by features, it needs every collective."""
+    rng = np.random.default_rng(seed)
+    m = fsdgraph.Model()
+    x = m.input("x", 12)
+    n = m.add("layer_norm", x, scale=rng.normal(size=12))
+    h = m.add("gelu", m.add("gemm", n, weight=rng.normal(size=(12, 30)) / 4))
+    r = m.add("add", x, m.add("gemm", h, weight=rng.normal(size=(30, 12)) / 4,
+                              bias=rng.normal(size=12)))
+    m.add("layer_norm", r, scale=rng.normal(size=12), name="norm")
+    m.output(m.add("softmax", m.add("matmul", "norm", weight=rng.normal(size=(12, 24))),
+                   name="y"))
+    return m, {"x": rng.normal(size=(20, 12)).astype(np.float32)}
+
+
 class _CorruptShard(Scheduler):
     """Stages garbage as worker 1's plan shard: that worker must fail, and the run with it."""
 
@@ -345,6 +363,18 @@ class BackendSuite(_Suite):
                                                         channel=FAST)).run_sync(plan, inputs)
             assert (result.activations != reference).nnz == 0, f"{name}: values differ"
             assert result.report["messages_received"] == result.report["messages_sent"], name
+
+    def test_a_model_split_by_features_equals_the_serial_evaluator(self,
+                                                                   backend: Backend) -> None:
+        model, inputs = small_model()
+        plan = fsdgraph.compile(model, workers=3, strategy="model")
+        expected = model.evaluate(inputs)["y"]
+        for name in self.channels:
+            result = Scheduler(backend, name, RunConfig(progress=False,
+                                                        channel=FAST)).run_sync(plan, inputs)
+            np.testing.assert_allclose(result.outputs["y"], expected, rtol=1e-4, atol=1e-5,
+                                       err_msg=name)
+            assert result.report["bytes_sent"] > 0, name
 
     def test_a_failing_worker_fails_the_run_by_name(self, backend: Backend) -> None:
         graph, inputs, _ = small_network()
