@@ -159,14 +159,16 @@ def test_a_residual_model_split_by_features_equals_the_serial_outputs(
     assert len(report["per_layer"]) == plan.layers
 
 
+@pytest.mark.parametrize("channel", ["object", "auto"])
 @pytest.mark.parametrize("workers", [2, 3, 7])
-def test_a_dag_with_branches_merges_and_two_inputs(backend: LocalBackend, workers: int) -> None:
+def test_a_dag_with_branches_merges_and_two_inputs(backend: LocalBackend, workers: int,
+                                                   channel: str) -> None:
     model = branchy()
     inputs = {"a": RNG.normal(size=(17, 12)), "b": RNG.normal(size=(17, 6))}
     plan = fsdgraph.compile(model, workers, strategy="model")
     kinds = {c.kind for c in plan.edges}
     assert {"reduce_scatter", "row_stats"} <= kinds
-    with fsdgraph.Scheduler(backend, "object", fsdgraph.RunConfig(progress=False)) as scheduler:
+    with fsdgraph.Scheduler(backend, channel, fsdgraph.RunConfig(progress=False)) as scheduler:
         result = scheduler.run_sync(plan, inputs)
     expected = model.evaluate(inputs)
     for name in ("probs", "hidden"):
