@@ -34,6 +34,7 @@ The objects, all sealed (:mod:`fsdgraph.sealed`) and raw-array packed
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,6 +208,33 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
+def _ints(value: Any, count: int) -> bool:
+    return isinstance(value, list) and len(value) == count and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+def _shape_problem(instruction: Instruction) -> str:
+    """What is wrong with an instruction's lists and optional fields ('' if nothing)."""
+    do = instruction["do"]
+    if do == "op" and not all(isinstance(s, str) for s in instruction["inputs"]):
+        return "field 'inputs' must be a list of value keys"
+    if do == "slice" and not (_ints(instruction["cols"], 2)
+                              and instruction["cols"][0] <= instruction["cols"][1]):
+        return "field 'cols' must be [lo, hi] with 0 <= lo <= hi"
+    if do in ("all_gather", "reduce_scatter"):
+        bounds = instruction["bounds"]
+        if not bounds or not all(_ints(b, 2) for b in bounds) or bounds[0][0] != 0 or any(
+                a[1] != b[0] for a, b in itertools.pairwise(bounds)) \
+                or any(lo > hi for lo, hi in bounds):
+            return "field 'bounds' must be contiguous [lo, hi] shares from 0"
+        bias = instruction.get("bias")
+        if do == "reduce_scatter" and bias is not None and not isinstance(bias, np.ndarray):
+            return "field 'bias' must be an array or None"
+    if do in ("layer_norm", "softmax") and not _ints(instruction["steps"], 2):
+        return "field 'steps' must be two step numbers"
+    return ""
+
+
 @dataclass
 class Program:
     """A worker's instructions as read back, each op built (and checked) by its registry."""
@@ -236,6 +264,9 @@ def read_program(key: str, parts: Sequence[bytes | memoryview]) -> Program:
         for name, expected in _FIELDS[instruction["do"]].items():
             if not isinstance(instruction.get(name), expected):
                 raise ProtocolError(f"{where}: field {name!r} is not a {expected}")
+        problem = _shape_problem(instruction)
+        if problem:
+            raise ProtocolError(f"{where}: {problem}")
         sources = instruction["inputs"] if instruction["do"] == "op" else [instruction["src"]]
         unknown = [s for s in sources if s not in known]
         if unknown:

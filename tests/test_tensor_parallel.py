@@ -205,6 +205,14 @@ def test_a_malformed_program_is_refused_naming_the_instruction() -> None:
                                    "params": {"weight": np.ones(2)}, "inputs": ["x@full"],
                                    "out": "y"}]))
     with pytest.raises(ProtocolError, match=re.escape(
+            "object k: instruction 0: field 'bounds' must be contiguous [lo, hi] shares from 0")):
+        read_program("k", staged([{"do": "all_gather", "src": "x@full", "out": "y", "step": 0,
+                                   "bounds": [[0, 2], [1, 3]]}]))
+    with pytest.raises(ProtocolError, match=re.escape(
+            "object k: instruction 0: field 'inputs' must be a list of value keys")):
+        read_program("k", staged([{"do": "op", "kind": "relu", "attrs": {}, "params": {},
+                                   "inputs": [["x@full"]], "out": "y"}]))
+    with pytest.raises(ProtocolError, match=re.escape(
             "object k: instruction 0: field 'step' is not a <class 'int'>")):
         read_program("k", staged([{"do": "all_gather", "src": "x@full", "out": "y",
                                    "step": "0", "bounds": []}]))
