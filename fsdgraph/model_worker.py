@@ -30,7 +30,8 @@ from fsdgraph.metrics import WorkerMetrics
 from fsdgraph.model_lowering import Instruction
 from fsdgraph.model_plan import Program, output_parts, read_inputs, read_program
 from fsdgraph.plan import row_slices
-from fsdgraph.sealed import seal, unseal_parts
+from fsdgraph.resources import RunNames
+from fsdgraph.sealed import ALIGN, seal, unseal_parts
 from fsdgraph.transport import ObjectStore
 
 _EXCHANGES = ("all_gather", "reduce_scatter", "layer_norm", "softmax")
@@ -74,10 +75,12 @@ class ModelRuntime:
         input_key = names.input_key(event.worker // group)
         program_body, input_body = await asyncio.gather(objects.get(program_key),
                                                         objects.get(input_key))
-        program = read_program(program_key, unseal_parts(names, program_key, program_body))
+        # Verifying and decoding a program of several GB takes seconds: off the event loop, so
+        # that the heartbeat keeps telling the scheduler this worker is alive.
+        program, self.rows, inputs = await asyncio.to_thread(
+            _decode, self.names, program_key, program_body, input_key, input_body)
+        del program_body, input_body  # the arrays are views of them: they live on in those
         self.program = program
-        self.rows, inputs = read_inputs(input_key, unseal_parts(names, input_key, input_body),
-                                        program.inputs)
         values: dict[str, np.ndarray] = {f"{name}@full": x for name, x in inputs.items()}
         del inputs
         last_use = _last_uses(program)
@@ -145,7 +148,15 @@ class ModelRuntime:
                            worker=self.event.worker)
         key = self.names.output_key(self.event.worker)
         parts = output_parts(self.rows, self.outputs, self.cols, self.metrics.to_dict())
-        await objects.put(key, seal(self.names, key, parts))
+        await objects.put(key, seal(self.names, key, parts, align=ALIGN))
+
+
+def _decode(names: RunNames, program_key: str, program_body: bytes, input_key: str,
+            input_body: bytes) -> tuple[Program, tuple[int, int], dict[str, np.ndarray]]:
+    program = read_program(program_key, unseal_parts(names, program_key, program_body))
+    rows, inputs = read_inputs(input_key, unseal_parts(names, input_key, input_body),
+                               program.inputs)
+    return program, rows, inputs
 
 
 def _sources(instruction: Instruction) -> list[str]:

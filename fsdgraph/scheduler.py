@@ -86,7 +86,7 @@ from fsdgraph.prices import Prices
 from fsdgraph.report import RunFacts, build_report
 from fsdgraph.resources import RunNames
 from fsdgraph.retry import retry
-from fsdgraph.sealed import seal, unseal_parts
+from fsdgraph.sealed import ALIGN, seal, unseal_parts
 from fsdgraph.transport import Limits, check_invoke_payload
 from fsdgraph.tree import depth, roots
 
@@ -540,12 +540,13 @@ MIN_MESSAGE_BYTES = 1024
 
 async def put_sealed(services: Services, names: RunNames,
                      objects: list[tuple[str, list[bytes | memoryview]]]) -> None:
-    """PUT each ``(key, parts)`` sealed; the first failure is raised once every PUT has ended."""
+    """PUT each ``(key, parts)`` sealed, its parts aligned (workers use the arrays where they
+    lie); the first failure is raised once every PUT has ended."""
     puts: list[asyncio.Future[None]] = []
     try:
         for key, parts in objects:
             puts.append(asyncio.ensure_future(
-                services.objects.put(key, seal(names, key, parts))))
+                services.objects.put(key, seal(names, key, parts, align=ALIGN))))
             # Let this PUT start (a large one is written from a thread) while the next
             # object is encoded and checksummed.
             await asyncio.sleep(0)

@@ -12,6 +12,13 @@ joins them into the body in one copy (msgpack's packer would copy a large part s
 its buffer grows), and :func:`unseal_parts` returns views of the body instead of copies. Both
 read and write exactly the bytes of ``msgpack.packb([format, run id, parts, tag])``.
 
+An object whose parts are arrays to be used in place (plan shards, model programs, inputs) is
+sealed **aligned** (``seal(..., align=ALIGN)``, format :data:`ALIGNED_FORMAT`): each part is
+preceded in the list by a padding byte string of fewer than :data:`ALIGN` zero bytes, so that
+every part starts on an :data:`ALIGN`-byte boundary of the body. numpy then uses the weights
+where they lie (an unaligned array would be copied before BLAS could use it), and a worker holds
+its weights once, not twice.
+
 >>> from fsdgraph.integrity import RunKey
 >>> from fsdgraph.resources import RunNames
 >>> names = RunNames("r1", key=RunKey.generate())
@@ -35,6 +42,11 @@ from fsdgraph.resources import RunNames
 
 #: The first element of a sealed object: its layout.
 FORMAT = "fsd-sealed-2"
+#: The layout of an aligned object: a padding byte string before each part.
+ALIGNED_FORMAT = "fsd-sealed-3"
+#: Where the parts of an aligned object start: a multiple of this many bytes into the body (a
+#: cache line; Python's bytes and the allocators' blocks start on 16-byte boundaries).
+ALIGN = 64
 #: Bytes a seal adds around its parts (format, run id, list headers, tag).
 OVERHEAD = 64
 
@@ -63,15 +75,24 @@ def _bin_header(n: int) -> bytes:
     raise ValueError(f"a part of {n} bytes is too large for an object")
 
 
-def seal(names: RunNames, key: str, parts: Sequence[Part]) -> bytes:
-    """The object to store under ``key`` holding ``parts`` (each copied once, into the
-    body)."""
+def seal(names: RunNames, key: str, parts: Sequence[Part], align: int = 0) -> bytes:
+    """The object to store under ``key`` holding ``parts`` (each copied once, into the body);
+    with ``align`` (:data:`ALIGN`), every part starts on a multiple of it."""
     views = [memoryview(p).cast("B") for p in parts]
     tag = names.key.tag(names.run_id, key, str(len(views)), *map(checksum, views))
-    pieces: list[Part] = [b"\x94", msgpack.packb(FORMAT), msgpack.packb(names.run_id),
-                          _array_header(len(views))]
+    pieces: list[Part] = [b"\x94", msgpack.packb(ALIGNED_FORMAT if align else FORMAT),
+                          msgpack.packb(names.run_id),
+                          _array_header(2 * len(views) if align else len(views))]
+    at = sum(len(p) for p in pieces)
     for v in views:
-        pieces += [_bin_header(v.nbytes), v]
+        header = _bin_header(v.nbytes)
+        if align:
+            # a pad of k zero bytes (a 2-byte header) puts the part's first byte on a boundary
+            k = -(at + 2 + len(header)) % align
+            pieces += [_bin_header(k), bytes(k)]
+            at += 2 + k
+        pieces += [header, v]
+        at += len(header) + v.nbytes
     pieces.append(msgpack.packb(tag))
     return b"".join(pieces)
 
@@ -139,7 +160,13 @@ def unseal_views(names: RunNames, key: str,
         reader.end()
     except _Malformed:
         return None
-    if fmt != FORMAT or run_id != names.run_id:
+    if fmt == ALIGNED_FORMAT:
+        pads, parts = parts[0::2], parts[1::2]
+        if len(pads) != len(parts) or any(p.nbytes >= ALIGN or any(p) for p in pads):
+            return None
+    elif fmt != FORMAT:
+        return None
+    if run_id != names.run_id:
         return None
     sums = [checksum(p) for p in parts]
     if not names.key.verify(tag, names.run_id, key, str(len(parts)), *sums):

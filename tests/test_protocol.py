@@ -44,7 +44,7 @@ from fsdgraph.metrics import WorkerMetrics
 from fsdgraph.plan import Plan, WorkerShard
 from fsdgraph.resources import RunNames
 from fsdgraph.scheduler import Result, RunConfig, input_blocks
-from fsdgraph.sealed import seal, unseal, unseal_parts
+from fsdgraph.sealed import ALIGN, seal, unseal, unseal_parts
 from fsdgraph.serialize import pack, pack_parts, unpack
 from fsdgraph.sources.images import synthetic_images
 from fsdgraph.transport import BatchResult, Entry, Failure, Limits
@@ -549,6 +549,31 @@ def test_sealed_parts_come_back_as_views_of_the_body() -> None:
             + b"".join(b"\xc6" + len(p).to_bytes(4, "big") + p for p in parts) + msgpack.packb(tag))
     assert [bytes(v) for v in unseal_parts(SEALED_NAMES, key, wide)] == parts
     assert unseal_parts(SEALED_NAMES, key, seal(SEALED_NAMES, key, [])) == []
+
+
+def test_aligned_parts_start_on_a_boundary_and_come_back_as_views() -> None:
+    """Sealed aligned, every part starts on a multiple of ALIGN bytes into the body (a zero
+    pad before each); the body is still msgpack's encoding of the list, and a pad that is too
+    long or not zeros is refused."""
+    parts = [b"a", b"", b"x" * 255, b"y" * 256, b"z" * 65536, *[b"p"] * 16]
+    key = "runs/sealed/k"
+    body = seal(SEALED_NAMES, key, parts, align=ALIGN)
+    tag = SEALED_NAMES.key.tag("sealed", key, str(len(parts)), *map(checksum, parts))
+    items = msgpack.unpackb(body)
+    assert items[0] == "fsd-sealed-3" and items[2][1::2] == parts and items[3] == tag
+    assert all(set(pad) <= {0} and len(pad) < ALIGN for pad in items[2][0::2])
+    assert body == msgpack.packb(items, use_bin_type=True)
+    views = unseal_parts(SEALED_NAMES, key, body)
+    assert [bytes(v) for v in views] == parts
+    base = np.frombuffer(body, np.uint8).ctypes.data
+    assert all((np.frombuffer(v, np.uint8).ctypes.data - base) % ALIGN == 0
+               for v in views if v.nbytes)
+    for pads in ([b"\0" * ALIGN, *items[2][2::2]], [b"\1", *items[2][2::2]]):
+        forged = [x for pair in zip(pads, parts, strict=True) for x in pair]
+        assert unseal(SEALED_NAMES, key, msgpack.packb(["fsd-sealed-3", "sealed", forged, tag],
+                                                        use_bin_type=True)) is None
+    odd = msgpack.packb(["fsd-sealed-3", "sealed", items[2][:-1], tag], use_bin_type=True)
+    assert unseal(SEALED_NAMES, key, odd) is None
 
 
 def test_malformed_sealed_objects_are_refused() -> None:
