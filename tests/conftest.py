@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from fsdgraph.backends.local import LocalBackend
+
 OFFICIAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "graphchallenge"
 
 
@@ -31,6 +33,15 @@ def compiled_kernels() -> None:
     as a Lambda function whose image was built without the cache would be."""
     if importlib.util.find_spec("numba") is not None:
         importlib.import_module("fsdgraph.kernels.fused")
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[LocalBackend]:
+    """The embedded backend, shared by a module's runs (a module or class may define its own
+    ``backend``)."""
+    b = LocalBackend()
+    yield b
+    b.close()
 
 
 def _required(found: bool, reason: str) -> None:

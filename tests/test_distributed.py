@@ -7,7 +7,6 @@ each pay for a launcher start.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +23,6 @@ LAYERS = 36
 
 #: The graph, the images and the serial reference's activations.
 Network = tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_matrix]
-
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[LocalBackend]:
-    b = LocalBackend()
-    yield b
-    b.close()
 
 
 @pytest.fixture(scope="module")

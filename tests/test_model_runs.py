@@ -4,7 +4,6 @@ the serial evaluator's, at P in 1-7, on both channels; bad inputs and plans are 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -33,13 +32,6 @@ def residual_mlp(width: int = 24, hidden: int = 48, blocks: int = 2) -> Model:
                    name="probs"),
              m.add("tanh", x, name="features"))
     return m
-
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[LocalBackend]:
-    b = LocalBackend()
-    yield b
-    b.close()
 
 
 @pytest.mark.parametrize("channel", ["queue", "object"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -233,13 +232,6 @@ def test_kernel_costs_are_measured_here() -> None:
 
 
 # -- a real local run against its prediction -----------------------------------------------------
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[LocalBackend]:
-    b = LocalBackend()
-    yield b
-    b.close()
-
 
 def test_a_local_run_is_within_2x_of_its_prediction(backend: LocalBackend) -> None:
     """The ``local`` profile against real local runs (object channel), P = 1, 2, 4: the

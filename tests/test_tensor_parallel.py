@@ -4,7 +4,6 @@ collective per op, and distributed runs equal to the serial evaluator on both ch
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -54,13 +53,6 @@ def branchy() -> Model:
     hidden = m.add("layer_norm", m.add("relu", wide), scale=RNG.normal(size=20), name="hidden")
     m.output(m.add("softmax", normed, name="probs"), hidden)
     return m
-
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[LocalBackend]:
-    b = LocalBackend()
-    yield b
-    b.close()
 
 
 def close(got: np.ndarray, want: np.ndarray) -> None:
