@@ -12,10 +12,15 @@ predicted bill (``fsdgraph.cost.bill`` of the prediction, full rules, us-east-1)
 headline: 65536 neurons on 62 workers, both channels. Prints JSON::
 
     python bench/simulate.py > simulate.json
+
+``--local``: the ``local`` profile against real runs on this machine instead (object channel, a
+24-layer 1024-neuron RadiX-Net on 1000 images, P = 1, 2, 4, after a warm-up): the predicted wall
+time over the fastest of five measured runs (other load only ever adds to a run's time).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from typing import Any
@@ -56,7 +61,38 @@ def row_result(channel: str, row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def local_check() -> dict[str, Any]:
+    """Predicted (profile ``local``) against measured wall times on this machine."""
+    import fsdgraph
+    from fsdgraph.simulate import predict_plan
+    from fsdgraph.sources.graphchallenge import graphchallenge_network
+    from fsdgraph.sources.images import live_row_curve, synthetic_images
+    from fsdgraph.sources.radixnet import radixnet
+
+    graph = graphchallenge_network(radixnet(1024, 24, seed=3))
+    images = synthetic_images(1024, 1000, seed=4)
+    alive = live_row_curve(images, graph.layers())
+    live = [1.0, *alive[:-1].tolist()]
+    rows = []
+    with fsdgraph.Scheduler("local", "object", fsdgraph.RunConfig(progress=False)) as scheduler:
+        scheduler.run_sync(fsdgraph.compile(graph, 1), images)  # warm-up
+        for workers in (1, 2, 4):
+            plan = fsdgraph.compile(graph, workers)
+            predicted = predict_plan(plan, images=1000, channel="object", profile="local",
+                                     live_rows=live).wall_s
+            measured = min(scheduler.run_sync(plan, images).report["wall_s"] for _ in range(5))
+            rows.append({"workers": workers, "predicted_s": predicted, "measured_s": measured,
+                         "ratio": predicted / measured})
+    return {"what": "profile local vs runs on this machine (object channel)", "runs": rows}
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--local", action="store_true",
+                        help="the local profile against real runs on this machine")
+    if parser.parse_args().local:
+        print(json.dumps(local_check(), indent=2))
+        return
     started = time.perf_counter()
     rows = [row_result(channel, row) for channel, row in paper_runs()]
     cal = calibrate(fit_params=False)
