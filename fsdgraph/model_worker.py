@@ -113,7 +113,10 @@ class ModelRuntime:
                        values: Mapping[str, np.ndarray]) -> np.ndarray:
         do = instruction["do"]
         if do == "op":
-            return np.asarray(instruction["op"].apply(*(values[k] for k in instruction["inputs"])))
+            # In a thread: an op on large blocks runs for seconds (BLAS and numpy let go of the
+            # GIL), and the event loop must go on sending this worker's heartbeats meanwhile.
+            op, xs = instruction["op"], [values[k] for k in instruction["inputs"]]
+            return np.asarray(await asyncio.to_thread(op.apply, *xs))
         x = values[instruction["src"]]
         if do == "slice":
             lo, hi = instruction["cols"]
