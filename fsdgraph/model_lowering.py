@@ -89,9 +89,11 @@ class Collective:
 
     def lower_bound_bytes(self, batch: int, workers: int) -> int:
         """The float32 bytes all workers together must send for it, uncompressed: an all-gather
-        or reduce-scatter moves every feature but a worker's own share to each other worker."""
-        return int(batch * self.width * 4 * (workers - 1)) if self.kind != "row_stats" else \
-            int(batch * self.width * 4 * workers * (workers - 1))
+        or reduce-scatter moves every feature but a worker's own share to each other worker;
+        each round of row statistics, every worker's to every other."""
+        if self.kind == "row_stats":
+            return int(batch * self.width * 4 * workers * (workers - 1) * STATS_ROUNDS)
+        return int(batch * self.width * 4 * (workers - 1))
 
 
 @dataclass
