@@ -380,8 +380,11 @@ def _gemm(im: _Importer, node: _Node) -> None:
     x, weight = _product(im, node, a, b, layout="")  # (out x in) with transB
     if node.attrs.get("transB", 0):
         weight = np.ascontiguousarray(weight.T)
-    # Scaling the weight rather than the product: the same values up to float32 rounding.
-    weight = weight * np.float32(node.attrs.get("alpha", 1.0))
+    # Scaling the weight rather than the product: the same values up to float32 rounding (and
+    # no copy of a large weight for the usual alpha of 1).
+    alpha = np.float32(node.attrs.get("alpha", 1.0))
+    if alpha != 1:
+        weight = weight * alpha
     bias = None
     if c:
         bias = im.row(node, c, weight.shape[1], "bias") * np.float32(node.attrs.get("beta", 1.0))
