@@ -105,10 +105,6 @@ class Lowering:
     outputs: dict[str, str]
     collectives: list[Collective] = field(default_factory=list)
 
-    @property
-    def steps(self) -> int:
-        return sum(STATS_ROUNDS if c.kind == "row_stats" else 1 for c in self.collectives)
-
     def lower_bound_bytes(self, batch: int) -> int:
         return sum(c.lower_bound_bytes(batch, self.workers) for c in self.collectives)
 

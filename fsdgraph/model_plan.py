@@ -40,12 +40,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from fsdgraph.errors import ConfigError, GraphError, ProtocolError
 from fsdgraph.model import Model
 from fsdgraph.model_lowering import Collective, Instruction, Lowering, lower
-from fsdgraph.ops import get_op, in_process_only
+from fsdgraph.ops import get_op, in_process_only, is_array
 from fsdgraph.plan import row_slices
 from fsdgraph.serialize import pack_parts, unpack_parts
 
@@ -112,7 +111,7 @@ class ModelPlan:
     def weight_bytes(self) -> list[int]:
         """Each group position's bytes of weights (what a worker holds of the model)."""
         return [sum(_nbytes(v) for i in program
-                    for v in [*i.get("params", {}).values(), *i.values()] if _is_array(v))
+                    for v in [*i.get("params", {}).values(), *i.values()] if is_array(v))
                 for program in self.lowering.programs]
 
     def steps(self) -> list[str]:
@@ -142,10 +141,6 @@ class ModelPlan:
                            "outputs": dict(self.lowering.outputs),
                            "inputs": dict(self.model.inputs),
                            "widths": {n: widths[n] for n in self.model.outputs}})
-
-
-def _is_array(value: Any) -> bool:
-    return isinstance(value, np.ndarray) or sp.issparse(value)
 
 
 def _nbytes(value: Any) -> int:

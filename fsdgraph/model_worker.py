@@ -105,7 +105,7 @@ class ModelRuntime:
                 self.cols[name] = (0, width) if event.worker % group == 0 else (0, 0)
                 y = values[key] if event.worker % group == 0 else np.zeros((batch, 0))
             else:
-                self.cols[name] = _share(width, group, event.worker % group)
+                self.cols[name] = row_slices(width, group)[event.worker % group]
                 y = values[key]
             self.outputs[name] = np.ascontiguousarray(y, dtype=np.float32)
 
@@ -176,6 +176,3 @@ def _last_uses(program: Program) -> dict[str, Any]:
         last[key] = None
     return last
 
-
-def _share(width: int, group: int, position: int) -> tuple[int, int]:
-    return row_slices(width, group)[position]

@@ -64,15 +64,16 @@ class Op:
     def params(self) -> dict[str, Any]:
         """Its weights: the fields holding arrays (numpy or scipy sparse)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if _is_array(getattr(self, f.name))}
+                if is_array(getattr(self, f.name))}
 
     def attrs(self) -> dict[str, Any]:
         """Its other fields, JSON-able."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if not _is_array(getattr(self, f.name))}
+                if not is_array(getattr(self, f.name))}
 
 
-def _is_array(value: object) -> bool:
+def is_array(value: object) -> bool:
+    """Whether ``value`` is a weight array: numpy or scipy sparse."""
     return isinstance(value, np.ndarray) or sp.issparse(value)
 
 
@@ -166,4 +167,4 @@ def same_widths(kind: str, widths: Sequence[int]) -> int:
 
 
 __all__ = ["Block", "GraphError", "Op", "as_block", "elementwise", "get_op", "in_process_only",
-           "op_names", "positive", "register", "rowwise", "same_widths"]
+           "is_array", "op_names", "positive", "register", "rowwise", "same_widths"]
