@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fsdgraph import defaults
 from fsdgraph.control import ControlPlane
 from fsdgraph.quotas import Quotas, check_workers
 from fsdgraph.resources import RunNames
@@ -80,6 +81,8 @@ class Backend(ABC):
 
     #: The name users pass as ``--backend``; also the entry-point name.
     name: ClassVar[str]
+    #: The channel a run uses when none is named (one whose services this backend provides).
+    default_channel: ClassVar[str] = defaults.CHANNEL
 
     @classmethod
     def configure(cls, config_file: Path | None = None) -> Backend:

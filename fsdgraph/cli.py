@@ -97,7 +97,8 @@ def _add_plan_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = _add_plan_options(p)
     g.title = "distributed run"
-    g.add_argument("--channel", choices=channel_names(), help="exchange channel (default queue)")
+    g.add_argument("--channel", choices=channel_names(),
+                   help="exchange channel (default: the backend's own; queue on local and aws)")
     g.add_argument("--backend",
                    help="compute backend: local (default: processes on this machine), aws "
                         "(Lambda + SNS/SQS + S3, after fsdgraph deploy) or a plugin's name")
@@ -549,7 +550,8 @@ def _compile(graph: Graph, settings: RunSettings, partitioner: str | Partitioner
     profile = "local" if settings.backend == "local" else None
     return compile(graph, settings.workers, partitioner, strategy="auto",
                    objective=settings.objective, memory_mb=settings.memory_mb,
-                   channel=settings.channel, images=max(1, images), profile=profile,
+                   channel=settings.channel or get_backend(settings.backend).default_channel,
+                   images=max(1, images), profile=profile,
                    sample=None if inputs is None else inputs[:PLANNING_SAMPLE])
 
 

@@ -40,7 +40,7 @@ class RunSettings:
     """What a command-line run can be told; see the module docstring for where it comes from."""
 
     workers: int = defaults.WORKERS
-    channel: str = defaults.CHANNEL
+    channel: str = ""  #: "": the backend's default channel (``Backend.default_channel``)
     backend: str = defaults.BACKEND
     partitioner: str = defaults.PARTITIONER
     branching: int = defaults.BRANCHING

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 WORKERS = 4  #: workers P of a command-line run
-CHANNEL = "queue"
+CHANNEL = "queue"  #: a backend's channel unless it names another (``Backend.default_channel``)
 BACKEND = "local"
 PARTITIONER = "hypergraph"
 BRANCHING = 4  #: children per node of the invocation tree

@@ -286,10 +286,11 @@ class RunState:
 class Scheduler:
     """Runs compiled plans on a backend through a channel. See the module docstring."""
 
-    def __init__(self, backend: str | Backend = "local", channel: str = "queue",
+    def __init__(self, backend: str | Backend = "local", channel: str | None = None,
                  config: RunConfig | None = None, *, prices: Prices | None = None) -> None:
         self.backend = get_backend(backend)() if isinstance(backend, str) else backend
-        self.channel = get_channel(channel)
+        # None: the backend's own default (queue for local and aws, ray for ray...).
+        self.channel = get_channel(channel or self.backend.default_channel)
         self.config = config or RunConfig()
         #: The price table of the bill and the auto channel (default: the backend's).
         self.prices = prices

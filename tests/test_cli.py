@@ -163,6 +163,9 @@ def test_inproc_backend_from_the_command_line(capsys: pytest.CaptureFixture[str]
     assert main(["graphchallenge", *SMALL, "--backend", "inproc", "--channel", "object",
                  "--no-progress"]) == 0
     assert "inproc backend" in capsys.readouterr().out
+    # No --channel: the backend's own default (it has no message service for ``queue``).
+    assert main(["graphchallenge", *SMALL, "--backend", "inproc", "--no-progress"]) == 0
+    assert "inproc backend, object channel" in capsys.readouterr().out
     code = main(["graphchallenge", *SMALL, "--backend", "inproc", "--channel", "queue",
                  "--no-progress"])
     assert code == 2

@@ -81,6 +81,12 @@ def test_builtin_plugins_are_found_without_metadata() -> None:
     assert get_channel("auto") is AutoChannel
 
 
+def test_a_scheduler_without_a_channel_takes_the_backends_default() -> None:
+    assert Scheduler("local").channel.name == "queue"
+    assert Scheduler("inproc").channel.name == "object"  # it has no message service
+    assert Scheduler("inproc", "auto").channel.name == "auto"  # a named one is kept
+
+
 def test_an_installed_entry_point_is_found_and_wins_over_a_builtin(installed: Path) -> None:
     assert "loud" in channel_names()
     assert get_channel("loud") is LoudObjectChannel

@@ -103,14 +103,16 @@ def run_actors() -> list[str]:
 
 
 # -- whole runs ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("channel", CHANNELS)
-def test_cli_run_reproduces_the_serial_reference(cluster: str, channel: str) -> None:
+@pytest.mark.parametrize("channel", [None, *CHANNELS])
+def test_cli_run_reproduces_the_serial_reference(cluster: str, channel: str | None) -> None:
+    """Without ``--channel`` the run takes the backend's own, the ``ray`` channel."""
+    chosen = ["--channel", channel] if channel else []
     done = fsdgraph_cli("graphchallenge", "--synthetic", "--backend", "ray", "--layers", "12",
-                        "--images", "200", "--workers", "4", "--channel", channel,
+                        "--images", "200", "--workers", "4", *chosen,
                         "--no-progress", env=clean_environ(FSDGRAPH_RAY_ADDRESS=cluster))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASSED" in done.stdout
-    assert "ray backend" in done.stdout
+    assert f"ray backend, {channel or 'ray'} channel" in done.stdout
 
 
 @pytest.mark.parametrize("channel", CHANNELS)

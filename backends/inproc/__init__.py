@@ -132,6 +132,7 @@ class InProcBackend(Backend):
     """Workers as tasks in one process. See the module docstring."""
 
     name: ClassVar[str] = "inproc"
+    default_channel: ClassVar[str] = "object"  # no message service, so not the queue channel
 
     limits: Limits = field(default_factory=Limits)
     #: Chain a worker's own exception to the run's error (full traceback; see the docstring).

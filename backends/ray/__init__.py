@@ -103,6 +103,7 @@ class RayBackend(Backend):
     """Workers as Ray tasks, a run's state in a Ray actor. See the module docstring."""
 
     name: ClassVar[str] = "ray"
+    default_channel: ClassVar[str] = "ray"
 
     #: None: join what ``ray.init()`` finds or start a local instance; ``"auto"``: a cluster
     #: running on this machine; ``HOST:PORT`` or ``ray://HOST:PORT``: that cluster.
