@@ -34,7 +34,9 @@ Two fixes, not quotas: the server listens with a backlog of 4096 connections (we
 refuses hundreds of workers connecting at once); and moto's ``Topic.publish`` delivers only to
 the first 100 subscriptions of a topic (it reads one page of ListSubscriptionsByTopic):
 :func:`install` replaces it with one that delivers to all of them, as SNS does (a topic shard
-holds up to 200).
+holds up to 200). The server also runs moto's SQS without its per-message clock
+(:mod:`fsdgraph.testing.moto_speed`): the same answers, without requests slowing down as queues
+fill.
 """
 
 from __future__ import annotations
@@ -203,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     install()
     import werkzeug.serving
     from moto.server import main as moto_main
+
+    from fsdgraph.testing import moto_speed
+
+    moto_speed.install()
 
     # Hundreds of workers open their connections at once; werkzeug's backlog of 128 refuses
     # the rest, which no AWS endpoint does.

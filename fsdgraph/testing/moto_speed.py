@@ -1,0 +1,87 @@
+"""moto's server without the costs that made it collapse under hundreds of clients.
+
+Profiled under a 32-worker run, moto's server spent about 60% of its time building queue
+attributes and checking message visibility, nearly all of it in ``moto.core.utils.unix_time``:
+every call builds two datetimes (``utcnow`` and the epoch) to subtract them. Each ``SendMessage``
+computes every attribute of its queue, three of which (the approximate counts) ask every message
+of the queue whether it is visible or delayed; each received message rebuilds the attributes
+again for its retention period. A queue holding a few hundred messages then makes each request
+milliseconds long, statuses queue up on the control queue, which makes its requests slower
+still: at 64 workers statuses reached the scheduler minutes late. At 256 workers, the next
+wall: moto's server picks the service of each request under one lock, and what it does under
+it lists moto's package directory on disk and tries a few hundred URL patterns; a dump of the
+server showed 621 of its threads waiting for that lock.
+
+:func:`install` changes only how fast those answers come, not what they are:
+
+* ``unix_time`` and ``unix_time_millis`` as moto's SQS models see them read ``time.time()``
+  (what the datetime arithmetic computes) when called without a datetime;
+* ``SQSBackend.is_message_valid_based_on_retention_period`` reads the queue's retention period
+  instead of computing every attribute of the queue to take one;
+* the service of a host name is looked up once (moto's list of its own modules is read once,
+  and a host's match against the URL patterns is remembered), so the lock is held for a
+  dictionary lookup;
+* werkzeug's access log line per request is off (errors are still logged).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from typing import Any
+
+import moto.backends as moto_backends
+import moto.sqs.models as sqs_models
+from moto.core import utils as moto_utils
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+from moto.sqs.models import Message, SQSBackend
+
+__all__ = ["install"]
+
+_installed = False
+
+
+def unix_time(dt: datetime.datetime | None = None) -> float:
+    """Seconds since the epoch; ``time.time()`` unless given a datetime."""
+    return time.time() if dt is None else moto_utils.unix_time(dt)
+
+
+def unix_time_millis(dt: datetime.datetime | None = None) -> float:
+    return unix_time(dt) * 1000.0
+
+
+def _within_retention(self: SQSBackend, queue_name: str, message: Message) -> bool:
+    retention_s = int(self.get_queue(queue_name).message_retention_period)
+    sent_s: float = message.sent_timestamp / 1000  # type: ignore[operator]
+    return retention_s + sent_s > time.time()
+
+
+_backend_of_host: dict[str, Any] = {}
+_find_backend = DomainDispatcherApplication.get_backend_for_host
+
+
+def _backend_for_host(self: DomainDispatcherApplication, host: str | None) -> Any:
+    """moto's answer for ``host``, computed once (it depends only on the host)."""
+    if host is None:
+        return None
+    if host not in _backend_of_host:
+        _backend_of_host[host] = _find_backend(self, host)
+    return _backend_of_host[host]
+
+
+def install() -> None:
+    """Patch this process's moto SQS models (once)."""
+    global _installed
+    if _installed:
+        return
+    sqs_models.unix_time = unix_time  # type: ignore[assignment]
+    sqs_models.unix_time_millis = unix_time_millis  # type: ignore[assignment]
+    SQSBackend.is_message_valid_based_on_retention_period = (  # type: ignore[method-assign]
+        _within_retention)
+    modules = tuple(moto_backends.list_of_moto_modules())
+    moto_backends.list_of_moto_modules = lambda: modules
+    DomainDispatcherApplication.get_backend_for_host = (  # type: ignore[method-assign]
+        _backend_for_host)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    _installed = True
