@@ -1,0 +1,66 @@
+"""fsdgraph.testing.moto_speed changes how fast moto answers, never what it answers.
+
+moto runs in this process (``mock_aws``) with the patches installed, as the local server runs it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+import pytest
+
+moto = pytest.importorskip("moto", reason="pip install -e '.[test]'")
+boto3 = pytest.importorskip("boto3", reason="pip install -e '.[test]'")
+
+import moto.sqs.models as sqs_models  # noqa: E402
+from moto.core import utils as moto_utils  # noqa: E402
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication  # noqa: E402
+
+from fsdgraph.testing import moto_speed  # noqa: E402
+
+HOSTS = ["sqs.us-east-1.amazonaws.com", "sns.us-east-1.amazonaws.com", "s3.amazonaws.com",
+         "bucket.s3.us-east-1.amazonaws.com", "lambda.eu-west-1.amazonaws.com", "sqs",
+         "example.org"]
+
+
+@pytest.fixture(scope="module")
+def installed() -> None:
+    moto_speed.install()
+    moto_speed.install()  # a second call changes nothing
+
+
+def test_the_clock_reads_what_moto_computes(installed: None) -> None:
+    before = moto_utils.unix_time()
+    now = sqs_models.unix_time()
+    assert before - 1e-3 <= now <= moto_utils.unix_time() + 1e-3
+    assert abs(sqs_models.unix_time_millis() - 1000 * time.time()) < 1000
+    some_day = datetime.datetime(2020, 1, 2, 3, 4, 5)
+    assert sqs_models.unix_time(some_day) == moto_utils.unix_time(some_day)
+
+
+def test_hosts_map_to_the_service_moto_finds(installed: None) -> None:
+    app = DomainDispatcherApplication(lambda service: None)  # type: ignore[arg-type,return-value]
+    for host in HOSTS:
+        expected = moto_speed._find_backend(app, host)
+        assert app.get_backend_for_host(host) == expected
+        assert app.get_backend_for_host(host) == expected  # remembered, the same
+    assert app.get_backend_for_host("sqs.us-east-1.amazonaws.com") == "sqs"
+    assert app.get_backend_for_host(None) is None
+
+
+def test_messages_past_their_retention_are_still_not_received(installed: None,
+                                                              monkeypatch: Any) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with moto.mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="kept",
+                               Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="young")
+        sqs.send_message(QueueUrl=url, MessageBody="old")
+        backend = sqs_models.sqs_backends["123456789012"]["us-east-1"]
+        old = next(m for m in backend.get_queue("kept")._messages if m.body == "old")
+        old.sent_timestamp -= 61_000  # sent 61 s ago: past the 60 s retention
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+        assert [m["Body"] for m in got] == ["young"]
