@@ -64,3 +64,12 @@ def test_messages_past_their_retention_are_still_not_received(installed: None,
         old.sent_timestamp -= 61_000  # sent 61 s ago: past the 60 s retention
         got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
         assert [m["Body"] for m in got] == ["young"]
+
+
+def test_account_backends_are_made_once_and_found_again(installed: None) -> None:
+    account = "000011112222"
+    assert not dict.__contains__(sqs_models.sqs_backends, account)
+    made = sqs_models.sqs_backends[account]  # made under moto's lock, as before
+    assert sqs_models.sqs_backends[account] is made  # found again, without it
+    assert made["us-east-1"] is sqs_models.sqs_backends[account]["us-east-1"]
+    del sqs_models.sqs_backends[account]
