@@ -73,3 +73,25 @@ def test_account_backends_are_made_once_and_found_again(installed: None) -> None
     assert sqs_models.sqs_backends[account] is made  # found again, without it
     assert made["us-east-1"] is sqs_models.sqs_backends[account]["us-east-1"]
     del sqs_models.sqs_backends[account]
+
+
+def test_queue_attributes_count_messages_when_read(installed: None, monkeypatch: Any) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with moto.mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="counted")["QueueUrl"]
+        for body in ("a", "b", "c"):
+            sqs.send_message(QueueUrl=url, MessageBody=body)
+        sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=600)
+        sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, VisibilityTimeout=600)
+        everything = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert (everything["ApproximateNumberOfMessages"],
+                everything["ApproximateNumberOfMessagesNotVisible"],
+                everything["ApproximateNumberOfMessagesDelayed"]) == ("2", "1", "1")
+        assert everything["SqsManagedSseEnabled"] == "true"  # bools as moto writes them
+        one = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                                                     "QueueArn"])["Attributes"]
+        assert one == {"ApproximateNumberOfMessages": "2",
+                       "QueueArn": "arn:aws:sqs:us-east-1:123456789012:counted"}
+        # The same queue created again with the same attributes is the same queue.
+        assert sqs.create_queue(QueueName="counted")["QueueUrl"] == url

@@ -19,6 +19,9 @@ a full topic shard): 511 of 520 threads were waiting there.
 
 * ``unix_time`` and ``unix_time_millis`` as moto's SQS models see them read ``time.time()``
   (what the datetime arithmetic computes) when called without a datetime;
+* a queue's attributes count its messages (``ApproximateNumberOfMessages`` and the delayed and
+  in-flight counts) only when one of those is read, not whenever any attribute is (as
+  ``SendMessage`` does for ``ContentBasedDeduplication``);
 * ``SQSBackend.is_message_valid_based_on_retention_period`` reads the queue's retention period
   instead of computing every attribute of the queue to take one;
 * the service of a host name is looked up once (moto's list of its own modules is read once,
@@ -33,7 +36,9 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import moto.backends as moto_backends
@@ -41,7 +46,7 @@ import moto.sqs.models as sqs_models
 from moto.core import utils as moto_utils
 from moto.core.base_backend import BackendDict
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
-from moto.sqs.models import Message, SQSBackend
+from moto.sqs.models import Message, Queue, SQSBackend
 
 __all__ = ["install"]
 
@@ -55,6 +60,60 @@ def unix_time(dt: datetime.datetime | None = None) -> float:
 
 def unix_time_millis(dt: datetime.datetime | None = None) -> float:
     return unix_time(dt) * 1000.0
+
+
+#: The attributes that walk every message of the queue.
+_COUNTS = ("approximate_number_of_messages", "approximate_number_of_messages_delayed",
+           "approximate_number_of_messages_not_visible")
+_building = threading.local()  #: set while a thread builds a queue's attributes
+
+
+class _Count:
+    """A count not made yet: made when the attribute is read."""
+
+    __slots__ = ("count", "queue")
+
+    def __init__(self, queue: Queue, count: Callable[[Queue], int]) -> None:
+        self.queue, self.count = queue, count
+
+
+class _QueueAttributes(Mapping[str, Any]):
+    """moto's attribute dict of a queue, with the counts made when read."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getitem__(self, name: str) -> Any:
+        value = self._values[name]
+        return value.count(value.queue) if isinstance(value, _Count) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def _deferred(name: str) -> property:
+    count: Callable[[Queue], int] = getattr(Queue, name).fget
+
+    def get(self: Queue) -> Any:
+        return _Count(self, count) if getattr(_building, "on", False) else count(self)
+
+    return property(get)
+
+
+def _lazy_attributes() -> property:
+    build: Callable[[Queue], dict[str, Any]] = Queue.attributes.fget  # type: ignore[attr-defined]
+
+    def attributes(self: Queue) -> Mapping[str, Any]:
+        _building.on = True
+        try:
+            return _QueueAttributes(build(self))
+        finally:
+            _building.on = False
+
+    return property(attributes)
 
 
 def _within_retention(self: SQSBackend, queue_name: str, message: Message) -> bool:
@@ -93,6 +152,9 @@ def install() -> None:
         return
     sqs_models.unix_time = unix_time  # type: ignore[assignment]
     sqs_models.unix_time_millis = unix_time_millis  # type: ignore[assignment]
+    for name in _COUNTS:
+        setattr(Queue, name, _deferred(name))
+    Queue.attributes = _lazy_attributes()  # type: ignore[assignment,method-assign]
     SQSBackend.is_message_valid_based_on_retention_period = (  # type: ignore[method-assign]
         _within_retention)
     modules = tuple(moto_backends.list_of_moto_modules())
