@@ -95,3 +95,30 @@ def test_queue_attributes_count_messages_when_read(installed: None, monkeypatch:
                        "QueueArn": "arn:aws:sqs:us-east-1:123456789012:counted"}
         # The same queue created again with the same attributes is the same queue.
         assert sqs.create_queue(QueueName="counted")["QueueUrl"] == url
+
+
+def test_deletes_find_their_message_by_any_of_its_receipts(installed: None,
+                                                           monkeypatch: Any) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with moto.mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="deleted")["QueueUrl"]
+        other = sqs.create_queue(QueueName="other")["QueueUrl"]
+        for body in ("a", "b"):
+            sqs.send_message(QueueUrl=url, MessageBody=body)
+        sqs.send_message(QueueUrl=other, MessageBody="c")
+        first = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=0)
+        again = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=60)
+        assert len(first["Messages"]) == len(again["Messages"]) == 2
+        foreign = sqs.receive_message(QueueUrl=other)["Messages"][0]["ReceiptHandle"]
+        with pytest.raises(sqs.exceptions.ReceiptHandleIsInvalid):
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=foreign)  # another queue's
+        old = next(m for m in first["Messages"] if m["Body"] == "a")["ReceiptHandle"]
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=old)  # an earlier receipt still works
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=old)  # and deleting twice succeeds
+        new = next(m for m in again["Messages"] if m["Body"] == "b")["ReceiptHandle"]
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=new)
+        counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert counts["ApproximateNumberOfMessages"] == "0"
+        assert counts["ApproximateNumberOfMessagesNotVisible"] == "0"
+        sqs.delete_message(QueueUrl=other, ReceiptHandle=foreign)

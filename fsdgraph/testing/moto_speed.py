@@ -22,6 +22,9 @@ a full topic shard): 511 of 520 threads were waiting there.
 * a queue's attributes count its messages (``ApproximateNumberOfMessages`` and the delayed and
   in-flight counts) only when one of those is read, not whenever any attribute is (as
   ``SendMessage`` does for ``ContentBasedDeduplication``);
+* ``DeleteMessage`` finds its message by an index of receipt handles (kept as moto hands them
+  out) instead of asking every message of the queue for its list of handles, twice: the
+  scheduler's control queue backs up when deletes slow down, which slows them down further;
 * ``SQSBackend.is_message_valid_based_on_retention_period`` reads the queue's retention period
   instead of computing every attribute of the queue to take one;
 * the service of a host name is looked up once (moto's list of its own modules is read once,
@@ -38,6 +41,7 @@ import datetime
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -46,6 +50,7 @@ import moto.sqs.models as sqs_models
 from moto.core import utils as moto_utils
 from moto.core.base_backend import BackendDict
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+from moto.sqs.exceptions import ReceiptHandleIsInvalid
 from moto.sqs.models import Message, Queue, SQSBackend
 
 __all__ = ["install"]
@@ -116,6 +121,31 @@ def _lazy_attributes() -> property:
     return property(attributes)
 
 
+#: The message each receipt handle moto gave out belongs to, while moto holds the message.
+_receipts: weakref.WeakValueDictionary[str, Message] = weakref.WeakValueDictionary()
+_mark_received = Message.mark_received
+
+
+def _mark_received_indexed(self: Message, visibility_timeout: int | None = None) -> None:
+    _mark_received(self, visibility_timeout)
+    _receipts[self.receipt_handle] = self  # type: ignore[index]
+
+
+def _delete_message(self: Queue, receipt_handle: str) -> None:
+    """moto's ``Queue.delete_message``, with the message found through :data:`_receipts`."""
+    if receipt_handle in self.deleted_messages:
+        return  # already deleted: deleting again succeeds
+    message = _receipts.get(receipt_handle)
+    if message is None or not any(m is message for m in self._messages):
+        raise ReceiptHandleIsInvalid()
+    self.pending_messages.discard(message)
+    self.deleted_messages.update(message.all_receipt_handles)  # type: ignore[arg-type]
+    for handle in message.all_receipt_handles:
+        _receipts.pop(handle, None)  # type: ignore[arg-type]
+    # A new list, as moto makes: other threads may be reading the old one.
+    self._messages = [m for m in self._messages if m is not message]
+
+
 def _within_retention(self: SQSBackend, queue_name: str, message: Message) -> bool:
     retention_s = int(self.get_queue(queue_name).message_retention_period)
     sent_s: float = message.sent_timestamp / 1000  # type: ignore[operator]
@@ -155,6 +185,8 @@ def install() -> None:
     for name in _COUNTS:
         setattr(Queue, name, _deferred(name))
     Queue.attributes = _lazy_attributes()  # type: ignore[assignment,method-assign]
+    Message.mark_received = _mark_received_indexed  # type: ignore[method-assign]
+    Queue.delete_message = _delete_message  # type: ignore[method-assign]
     SQSBackend.is_message_valid_based_on_retention_period = (  # type: ignore[method-assign]
         _within_retention)
     modules = tuple(moto_backends.list_of_moto_modules())
