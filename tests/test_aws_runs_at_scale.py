@@ -246,7 +246,9 @@ def test_a_run_longer_than_the_function_timeout_continues(tmp_path: Path) -> Non
             fsdgraph.compile(graph, 2, "contiguous"), inputs)
         releaser.join()
     np.testing.assert_array_equal(result.activations.toarray(), reference.toarray())
-    assert result.report["continuations"] == 1
+    # Worker 0 must hand over (it waits past its limit for the held worker 1); how many more
+    # attempts the rest of the run takes depends on this machine's speed, not on the protocol.
+    assert result.report["continuations"] >= 1
     assert result.report["relaunches"] == 0
 
 
