@@ -34,9 +34,8 @@ Two fixes, not quotas: the server listens with a backlog of 4096 connections (we
 refuses hundreds of workers connecting at once); and moto's ``Topic.publish`` delivers only to
 the first 100 subscriptions of a topic (it reads one page of ListSubscriptionsByTopic):
 :func:`install` replaces it with one that delivers to all of them, as SNS does (a topic shard
-holds up to 200). The server also runs moto's SQS without its per-message clock
-(:mod:`fsdgraph.testing.moto_speed`): the same answers, without requests slowing down as queues
-fill.
+holds up to 200). The server also runs moto without the costs that made it collapse under
+hundreds of clients (:mod:`fsdgraph.testing.moto_speed`): the same answers, faster.
 """
 
 from __future__ import annotations

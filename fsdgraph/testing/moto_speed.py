@@ -147,7 +147,7 @@ def _delete_message(self: Queue, receipt_handle: str) -> None:
 
 
 def _within_retention(self: SQSBackend, queue_name: str, message: Message) -> bool:
-    retention_s = int(self.get_queue(queue_name).message_retention_period)
+    retention_s = int(self.get_queue(queue_name).message_retention_period)  # type: ignore[attr-defined]
     sent_s: float = message.sent_timestamp / 1000  # type: ignore[operator]
     return retention_s + sent_s > time.time()
 
@@ -176,12 +176,12 @@ def _existing_account_backend(self: BackendDict[Any], account_id: str) -> Any:
 
 
 def install() -> None:
-    """Patch this process's moto SQS models (once)."""
+    """Patch this process's moto (its server, SQS and backend registry), once."""
     global _installed
     if _installed:
         return
-    sqs_models.unix_time = unix_time  # type: ignore[assignment]
-    sqs_models.unix_time_millis = unix_time_millis  # type: ignore[assignment]
+    sqs_models.unix_time = unix_time  # type: ignore[attr-defined]
+    sqs_models.unix_time_millis = unix_time_millis  # type: ignore[attr-defined]
     for name in _COUNTS:
         setattr(Queue, name, _deferred(name))
     Queue.attributes = _lazy_attributes()  # type: ignore[assignment,method-assign]
@@ -193,6 +193,6 @@ def install() -> None:
     moto_backends.list_of_moto_modules = lambda: modules
     DomainDispatcherApplication.get_backend_for_host = (  # type: ignore[method-assign]
         _backend_for_host)
-    BackendDict.__getitem__ = _existing_account_backend  # type: ignore[assignment,method-assign]
+    BackendDict.__getitem__ = _existing_account_backend  # type: ignore[method-assign]
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     _installed = True
