@@ -76,17 +76,11 @@ def run_local(counts: list[int], network: Any, say: Any) -> list[dict[str, Any]]
     return rows
 
 
-#: Against the local servers every worker is a process on this machine's few cores: one starved
-#: of CPU is slow, not lost, so the run waits for it rather than relaunching it.
-PATIENT = fsdgraph.RunConfig(progress=False, relaunch_after_s=600, stall_timeout_s=600,
-                             channel=fsdgraph.ChannelConfig(peer_timeout_s=600))
-
-
 def run_aws(counts: list[int], network: Any, say: Any) -> list[dict[str, Any]]:
     from fsdgraph.backends.aws import AwsBackend
     from fsdgraph.cli import EXIT_PASSED
     from fsdgraph.cli import main as cli
-    from fsdgraph.testing.aws_servers import CREDENTIALS, LocalAws
+    from fsdgraph.testing.aws_servers import CREDENTIALS, PATIENT, LocalAws
 
     if not counts:
         return []

@@ -36,7 +36,7 @@ from fsdgraph.quotas import Quotas
 from fsdgraph.sources.graphchallenge import graphchallenge_bias
 from fsdgraph.sources.images import synthetic_images
 from fsdgraph.sources.radixnet import radixnet
-from fsdgraph.testing.aws_servers import CREDENTIALS, LocalAws
+from fsdgraph.testing.aws_servers import CREDENTIALS, PATIENT, LocalAws
 
 
 @pytest.fixture(autouse=True)
@@ -62,13 +62,6 @@ def network() -> tuple[fsdgraph.Graph, sp.csr_matrix, sp.csr_matrix]:
                                 cap=32.0, bias_on_nonzero=True)
     inputs = synthetic_images(1024, 32, seed=1)
     return graph, inputs, fsdgraph.reference_inference(inputs, graph.layers())
-
-
-#: Runs that test setup and counting, not relaunches: 24 functions starting through the
-#: invocation tree on two shared cores can each be silent for longer than the 10 s after which a
-#: worker is relaunched (or its peers wait more than 60 s), and a relaunch would change the counts.
-PATIENT = fsdgraph.RunConfig(progress=False, relaunch_after_s=600, stall_timeout_s=600,
-                             channel=fsdgraph.ChannelConfig(peer_timeout_s=600))
 
 
 def run(backend: AwsBackend, network: Any, workers: int,

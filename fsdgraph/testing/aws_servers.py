@@ -46,8 +46,17 @@ from types import TracebackType
 from typing import IO, Any
 
 from fsdgraph.backends.aws.config import SERVICES, AwsSettings
+from fsdgraph.channels import ChannelConfig
 from fsdgraph.errors import ConfigError
 from fsdgraph.quotas import Quotas
+from fsdgraph.scheduler import RunConfig
+
+#: A run against these servers that waits for slow workers rather than relaunching them: every
+#: function is a process on this machine's few cores, so tens of them starting through the
+#: invocation tree can each be silent for longer than the 10 s after which a worker is relaunched
+#: (or its peers wait more than 60 s). Starved of CPU is slow, not lost.
+PATIENT = RunConfig(progress=False, relaunch_after_s=600, stall_timeout_s=600,
+                    channel=ChannelConfig(peer_timeout_s=600))
 
 #: Dummy credentials for local servers; the shared AWS files are hidden so a developer's real
 #: configuration is never read.

@@ -136,14 +136,15 @@ def _delete_message(self: Queue, receipt_handle: str) -> None:
     if receipt_handle in self.deleted_messages:
         return  # already deleted: deleting again succeeds
     message = _receipts.get(receipt_handle)
-    if message is None or not any(m is message for m in self._messages):
-        raise ReceiptHandleIsInvalid()
+    # A new list, as moto makes: other threads may be reading the old one.
+    remaining = [m for m in self._messages if m is not message]
+    if message is None or len(remaining) == len(self._messages):
+        raise ReceiptHandleIsInvalid()  # unknown, or another queue's message
     self.pending_messages.discard(message)
     self.deleted_messages.update(message.all_receipt_handles)  # type: ignore[arg-type]
     for handle in message.all_receipt_handles:
         _receipts.pop(handle, None)  # type: ignore[arg-type]
-    # A new list, as moto makes: other threads may be reading the old one.
-    self._messages = [m for m in self._messages if m is not message]
+    self._messages = remaining
 
 
 def _within_retention(self: SQSBackend, queue_name: str, message: Message) -> bool:
